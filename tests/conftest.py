@@ -1,0 +1,30 @@
+"""Shared fixtures. Tests never touch the hub or W&B's servers."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from antibody.config import compose  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """The real config shrunk to the tiny model and a few rows, writing under tmp_path."""
+    return compose(["experiment=tiny", f"run.output_dir={tmp_path / 'runs'}"])
