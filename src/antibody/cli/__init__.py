@@ -1,0 +1,1 @@
+"""Command-line entry points: `python -m antibody <command>` and the Make targets."""

@@ -1,0 +1,43 @@
+"""Lightning callbacks used by every stage."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+
+
+class StepTimer(L.Callback):
+    """Wall seconds per optimizer step (the first step, which warms up caches, is excluded)."""
+
+    def __init__(self) -> None:
+        self.step_times: list[float] = []
+        self._t0: float | None = None
+        self._last_step = 0
+        self.fit_seconds = 0.0
+        self._fit_t0 = 0.0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_t0 = time.perf_counter()
+        self._last_step = trainer.global_step
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self._last_step:  # an optimizer step happened
+            now = time.perf_counter()
+            if self._t0 is not None:
+                self.step_times.append(now - self._t0)
+            self._t0 = now
+            self._last_step = trainer.global_step
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.fit_seconds = time.perf_counter() - self._fit_t0
+
+    def summary(self) -> dict:
+        steady = self.step_times[1:] if len(self.step_times) > 1 else self.step_times
+        mean = sum(steady) / len(steady) if steady else float("nan")
+        return {
+            "seconds_per_step": mean,
+            "steps_timed": len(steady),
+            "fit_seconds": self.fit_seconds,
+        }

@@ -1,0 +1,170 @@
+"""Run one training stage with Lightning: data checks, model, module, trainer, outputs.
+
+Order matters for "bad input fails before expensive work": the config is validated by
+`compose`, then the DataModule builds its splits and checks pool sizes (cheap; model-
+written sources are generated only after the checks), and only then is the model loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Callable
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+
+from antibody.cli.callbacks import StepTimer
+from antibody.cli.loggers import build_logger
+from antibody.cli.rundir import RunDir, resolve_init_from, run_dir_for, write_json
+from antibody.config import Config, to_container
+
+
+class Stage(str, Enum):
+    ALIGN = "align"
+    FINETUNE = "finetune"
+
+
+def data_cache_dir() -> Path:
+    from antibody.models import cache_root
+
+    return cache_root() / "data"
+
+
+def lazy_base_generator(cfg: Config) -> tuple[Callable[[list[str]], list[str]], dict]:
+    """A generator that loads the UNALIGNED base model on first use (model-written data
+    must come from the base model, whatever adapter the stage trains)."""
+    from antibody.evaluation.generation import make_text_generator
+    from antibody.models import load_model
+
+    state: dict = {}
+
+    def generate(instructions: list[str]) -> list[str]:
+        if "fn" not in state:
+            model, tok = load_model(cfg.model, with_lora=False)
+            model.eval()
+            state["fn"] = make_text_generator(
+                model,
+                tok,
+                cfg.data.prompt_format,
+                max_new_tokens=cfg.data.generation_max_new_tokens,
+                batch_size=cfg.data.generation_batch_size,
+            )
+        return state["fn"](instructions)
+
+    settings = {
+        "model": cfg.model.name,
+        "model_path": cfg.model.path,
+        "dtype": cfg.model.dtype,
+        "prompt_format": cfg.data.prompt_format.value,
+        "max_new_tokens": cfg.data.generation_max_new_tokens,
+        "decoding": "greedy",
+    }
+    return generate, settings
+
+
+def build_datamodule(cfg: Config, tokenizer, stage: Stage):
+    from antibody.data.datamodule import SafetyDataModule
+
+    generator, settings = lazy_base_generator(cfg)
+    dm = SafetyDataModule(
+        cfg, tokenizer, stage=stage.value, generator=generator, cache_dir=data_cache_dir()
+    )
+    dm.generator_settings = settings
+    return dm
+
+
+def build_trainer(cfg: Config, run: RunDir, stage: Stage, max_steps: int, extra_callbacks=()):
+    callbacks: list = [
+        ModelCheckpoint(
+            dirpath=str(run.checkpoints),
+            every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
+            save_last=True,
+            save_top_k=0,
+        ),
+        *extra_callbacks,
+    ]
+    if cfg.trainer.progress_bar:
+        callbacks.append(RichProgressBar())
+    return L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        strategy=cfg.trainer.strategy,
+        precision=cfg.trainer.precision,
+        max_steps=max_steps,
+        max_epochs=-1,
+        logger=build_logger(cfg, run.path, stage.value),
+        callbacks=callbacks,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_model_summary=False,
+        deterministic=cfg.trainer.deterministic,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+
+
+def _module_for(stage: Stage, model, cfg: Config):
+    from antibody.methods import FlatAlignModule, WeightedFinetuneModule
+
+    return {Stage.ALIGN: FlatAlignModule, Stage.FINETUNE: WeightedFinetuneModule}[stage](model, cfg)
+
+
+def train_stage(cfg: Config, stage: Stage) -> RunDir:
+    from antibody.models import load_model, load_tokenizer, merge_and_new_adapter, save_adapter
+
+    init_dir: Path | None = None
+    if stage is Stage.FINETUNE and cfg.run.init_from:
+        init_dir = resolve_init_from(cfg.run.init_from, cfg.run.output_dir)
+    run = run_dir_for(cfg, stage.value)
+    L.seed_everything(cfg.run.seed, workers=True)
+
+    tokenizer = load_tokenizer(cfg.model)
+    dm = build_datamodule(cfg, tokenizer, stage)
+    dm.setup("fit")  # pool checks and model-written data happen here, before training
+    write_json(run.path / "data_summary.json", dm.summary())
+
+    adapter = init_dir / "adapter" if init_dir is not None else None
+    model, _ = load_model(cfg.model, adapter_path=adapter)
+    if stage is Stage.FINETUNE and adapter is not None and cfg.method.finetune.merge_then_new_adapter:
+        model = merge_and_new_adapter(model, cfg.model)
+    module = _module_for(stage, model, cfg)
+    steps = cfg.method.align.max_steps if stage is Stage.ALIGN else cfg.method.finetune.max_steps
+    timer = StepTimer()
+    trainer = build_trainer(cfg, run, stage, steps, extra_callbacks=[timer])
+    ckpt = str(run.last_checkpoint) if run.last_checkpoint.exists() else None
+    if ckpt:
+        print(f"[antibody] resuming {run.path} from {ckpt}")
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    wall = time.perf_counter() - t0
+
+    if trainer.global_step < steps:  # interrupted (e.g. KeyboardInterrupt): keep it resumable
+        raise RuntimeError(f"stage stopped at step {trainer.global_step}/{steps}; rerun to resume")
+    save_adapter(model, run.adapter)
+    metrics = {
+        "stage": stage.value,
+        "run": cfg.run.name,
+        "init_from": str(init_dir) if init_dir else None,
+        "steps": trainer.global_step,
+        "wall_seconds": wall,
+        **timer.summary(),
+        "final": {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1},
+        "config": to_container(cfg),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+    if hasattr(module, "weight_records"):
+        rows = module.weight_records()
+        with open(run.path / "weights.jsonl", "w") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+        if hasattr(module, "detector_metrics"):
+            metrics["detector"] = module.detector_metrics()
+    write_json(run.metrics_path, metrics)
+    run.mark_done(stage.value)
+    return run

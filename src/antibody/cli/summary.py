@@ -1,0 +1,16 @@
+"""`data-summary`: the composition of every split for a config."""
+
+from __future__ import annotations
+
+from antibody.config import Config
+
+
+def data_summary(cfg: Config) -> str:
+    from antibody.cli.stages import Stage, build_datamodule
+    from antibody.data.summary import format_summary
+    from antibody.models import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    dm = build_datamodule(cfg, tokenizer, Stage.FINETUNE)
+    dm.setup("fit")
+    return format_summary(dm.summary())
