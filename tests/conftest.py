@@ -13,6 +13,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two
+# threads made each tiny forward/backward ~100x slower (thread contention).
+torch.set_num_threads(1)
 
 from antibody.config import compose  # noqa: E402
 

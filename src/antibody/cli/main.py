@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
-from typing import Callable
+from collections.abc import Callable
+from enum import StrEnum
 
 from antibody.config import ConfigError, DataError, compose
 
@@ -24,7 +24,7 @@ examples:
 """
 
 
-class Command(str, Enum):
+class Command(StrEnum):
     DATA_SUMMARY = "data-summary"
     ALIGN = "align"
     FINETUNE = "finetune"

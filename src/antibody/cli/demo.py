@@ -1,0 +1,236 @@
+"""`demo`: the whole attack-and-defence story on one config (default: the embedded model).
+
+1. evaluate the base model; 2. align twice (SFT, Antibody); 3. fine-tune each on the same
+poisoned upload with SFT and Antibody weighting, plus the benign-only control; 4. evaluate
+every model; print a table, write `results.json` and a PNG bar chart.
+
+Every job writes its own run dir under `runs/<run.name>/`; a finished job (DONE marker,
+metrics.json) is skipped on a second run, so an interrupted demo resumes where it stopped.
+All jobs share the data seed, so every fine-tuning run sees identical batches.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from antibody.cli.rundir import RunDir, write_json
+from antibody.config import Config, compose
+
+console = Console()
+
+
+@dataclass(frozen=True)
+class Job:
+    """One model of the demo: how it is trained (stage overrides) and from what."""
+
+    name: str
+    label: str
+    stage: Optional[str]  # "align" | "finetune" | None (base model)
+    overrides: tuple[str, ...] = ()
+    init_from: Optional[str] = None
+    group: str = field(default="")
+
+
+def demo_jobs() -> list[Job]:
+    align = {
+        "sft": ("method.align.method=sft",),
+        "antibody": ("method.align.method=antibody",),
+    }
+    weighting = {
+        "sft": ("method.finetune.weighting=uniform",),
+        "antibody": ("method.finetune.weighting=likelihood_ratio",),
+    }
+    jobs = [Job("base", "base model (no alignment)", None, group="base")]
+    for a, ov in align.items():
+        jobs.append(Job(f"align-{a}", f"{a} alignment", "align", ov, group="aligned"))
+    for a in align:
+        for w, ov in weighting.items():
+            jobs.append(Job(f"ft-{a}-{w}", f"{a} align -> {w} fine-tune", "finetune", ov,
+                            init_from=f"align-{a}", group="attacked"))
+        jobs.append(Job(f"ft-{a}-benign", f"{a} align -> benign-only control", "finetune",
+                        ("method.finetune.weighting=uniform", "data.user.benign_only=true"),
+                        init_from=f"align-{a}", group="control"))
+    return jobs
+
+
+def job_config(args: list[str], job: Job, root: Path) -> Config:
+    extra = [f"run.output_dir={root}", f"run.name={job.name}", *job.overrides]
+    if job.init_from:
+        extra.append(f"run.init_from={root / job.init_from}")
+    return compose([*args, *extra])
+
+
+def _train(cfg: Config, job: Job) -> RunDir:
+    from antibody.cli.stages import Stage, train_stage
+
+    run = RunDir(Path(cfg.run.output_dir) / cfg.run.name)
+    if run.done:
+        return run
+    return train_stage(cfg, Stage(job.stage))
+
+
+def _probe(cfg: Config, run: RunDir) -> dict:
+    """Sharpness probe of an aligned model on held-out harmful pairs: the upload's harmful
+    rows, which no alignment run saw (the same rows for every aligned model)."""
+    import torch
+
+    from antibody.cli.stages import build_datamodule
+    from antibody.data.collate import BatchCollator
+    from antibody.data.datamodule import Split, Stage
+    from antibody.methods import sharpness_probe
+    from antibody.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    dm = build_datamodule(cfg, tokenizer, Stage.FINETUNE)
+    dm.setup("fit")
+    rows = [r for r in dm.encoded(Split.USER) if r.is_harmful]
+    collate = BatchCollator(dm.pad_token_id)
+    size = cfg.data.eval_batch_size
+    batches = [collate(rows[i : i + size]) for i in range(0, len(rows), size)]
+    model, _ = load_model(cfg.model, adapter_path=run.adapter)
+    torch.manual_seed(cfg.run.seed)
+    out = sharpness_probe(model, batches, cfg.method.align.rho)
+    out["rows"] = len(rows)
+    out["rho"] = cfg.method.align.rho
+    return out
+
+
+def _row(job: Job, cfg: Config, root: Path) -> dict:
+    run_dir = root / job.name
+    ev = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    metrics = ev["metrics"]
+    row = {"job": job.name, "label": job.label, "group": job.group, "metrics": metrics,
+           "eval_seconds": ev.get("eval_seconds")}
+    train = run_dir / "metrics.json"
+    if train.is_file():
+        tm = json.loads(train.read_text())
+        row["train_seconds"] = tm.get("wall_seconds")
+        row["seconds_per_step"] = tm.get("seconds_per_step")
+        row["detector"] = tm.get("detector")
+        row["final"] = {k: v for k, v in tm.get("final", {}).items() if "weight" in k}
+    probe = run_dir / "sharpness.json"
+    if probe.is_file():
+        row["sharpness"] = json.loads(probe.read_text())
+    return row
+
+
+def _value(row: dict, key: str) -> Optional[float]:
+    m = row["metrics"].get(key)
+    return None if m is None else m["value"]
+
+
+def _fmt_rate(row: dict, key: str) -> str:
+    m = row["metrics"].get(key)
+    if m is None:
+        return "-"
+    return f"{100 * m['value']:.1f} ± {100 * m['stderr']:.1f}"
+
+
+def render_table(rows: list[dict], task: str) -> Table:
+    table = Table(title="antibody demo (rates in %, ± one standard error)")
+    for col in ("model", "HS", "refusal", "HS+", "over-refusal", f"FA ({task})", "train s",
+                "s/step", "eval s", "grad-norm@harm", "loss drop@rho"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for r in rows:
+        sh = r.get("sharpness") or {}
+        table.add_row(
+            r["label"],
+            _fmt_rate(r, "harmful/harmful_score"),
+            _fmt_rate(r, "harmful/refusal_rate"),
+            _fmt_rate(r, "harmful/harmful_score_plus"),
+            _fmt_rate(r, "benign/over_refusal"),
+            _fmt_rate(r, f"{task}/accuracy"),
+            f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-",
+            f"{r['seconds_per_step']:.2f}" if r.get("seconds_per_step") else "-",
+            f"{r['eval_seconds']:.0f}" if r.get("eval_seconds") else "-",
+            f"{sh['grad_norm']:.3f}" if sh else "-",
+            f"{sh['loss_drop']:.4f}" if sh else "-",
+        )
+    return table
+
+
+def plot(rows: list[dict], task: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = [("harmful/harmful_score", "Harmful Score"), ("harmful/refusal_rate", "refusal (harmful)"),
+            ("benign/over_refusal", "over-refusal (benign)"), (f"{task}/accuracy", f"FA ({task})")]
+    x = np.arange(len(rows))
+    width = 0.8 / len(keys)
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(rows)), 4.5))
+    for i, (key, name) in enumerate(keys):
+        vals = [100 * (_value(r, key) or 0.0) for r in rows]
+        errs = [100 * r["metrics"].get(key, {}).get("stderr", 0.0) for r in rows]
+        ax.bar(x + (i - (len(keys) - 1) / 2) * width, vals, width, yerr=errs, capsize=2, label=name)
+    ax.set_xticks(x)
+    ax.set_xticklabels([r["job"] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("antibody demo: harmfulness, refusals and task accuracy per model")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def demo_command(args: list[str]) -> int:
+    from antibody.cli.evaluate import evaluate_model
+    from antibody.evaluation.tasks import accuracy_task_for
+
+    # the tuned demo sizes unless the caller names another experiment (e.g. demo_quick)
+    has_experiment = any(a.startswith("experiment=") for a in args)
+    experiment_args = list(args) if has_experiment else ["experiment=demo", *args]
+    base_cfg = compose(experiment_args)
+    root = Path(base_cfg.run.output_dir) / base_cfg.run.name
+    root.mkdir(parents=True, exist_ok=True)
+    jobs = demo_jobs()
+    task = accuracy_task_for(base_cfg.task.name).name.value
+    t_start = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        overall = progress.add_task("demo", total=2 * len(jobs) + 2)
+        for job in jobs:  # training first: evaluation below reuses the same models
+            cfg = job_config(experiment_args, job, root)
+            if job.stage is not None:
+                progress.update(overall, description=f"train {job.name}")
+                _train(cfg, job)
+            progress.advance(overall)
+        for job in jobs:
+            cfg = job_config(experiment_args, job, root)
+            run_dir = root / job.name
+            progress.update(overall, description=f"eval {job.name}")
+            if not (run_dir / "eval" / "metrics.json").is_file():
+                adapter = run_dir / "adapter" if job.stage is not None else None
+                from antibody.cli.stages import read_base_adapters
+
+                evaluate_model(cfg, adapter, run_dir / "eval",
+                               base_adapters=tuple(read_base_adapters(run_dir)))
+            if job.stage == "align" and not (run_dir / "sharpness.json").is_file():
+                write_json(run_dir / "sharpness.json", _probe(cfg, RunDir(run_dir)))
+            progress.advance(overall)
+        progress.update(overall, description="report")
+        rows = [_row(job, job_config(experiment_args, job, root), root) for job in jobs]
+        results = {
+            "config": base_cfg.run.name,
+            "task": task,
+            "eval_sizes": {key: m["n"] for key, m in rows[0]["metrics"].items()},
+            "rows": rows,
+            "demo_seconds_this_invocation": time.perf_counter() - t_start,
+        }
+        write_json(root / "results.json", results)
+        plot(rows, task, root / "results.png")
+        progress.advance(overall, 2)
+    console.print(render_table(rows, task))
+    console.print(f"[antibody] wrote {root / 'results.json'} and {root / 'results.png'}")
+    return 0

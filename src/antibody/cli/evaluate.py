@@ -1,0 +1,83 @@
+"""`eval`: evaluate a run (its adapter) or the un-aligned base model -> metrics.json.
+
+    python -m antibody eval run=runs/<name> [eval.max_new_tokens=64 ...]
+    python -m antibody eval [config overrides]        # the base model, no adapter
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from antibody.config import Config, ConfigError, compose
+from antibody.config.compose import apply_overrides, load_saved
+
+
+def split_run_arg(args: list[str]) -> tuple[Optional[Path], list[str]]:
+    run: Optional[Path] = None
+    rest = []
+    for arg in args:
+        if arg.startswith("run="):
+            run = Path(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return run, rest
+
+
+def eval_records(cfg: Config, tokenizer) -> dict:
+    """Evaluation records keyed by evaluation task name, from the config's DataModule."""
+    from antibody.cli.stages import build_datamodule
+    from antibody.data.datamodule import Split, Stage
+    from antibody.evaluation.tasks import EvalTaskName, accuracy_task_for
+
+    dm = build_datamodule(cfg, tokenizer, Stage.FINETUNE)
+    dm.setup("fit")
+    return {
+        EvalTaskName.HARMFUL.value: dm.records(Split.EVAL_HARMFUL),
+        EvalTaskName.BENIGN.value: dm.records(Split.EVAL_BENIGN),
+        accuracy_task_for(cfg.task.name).name.value: dm.records(Split.EVAL_TASK),
+    }
+
+
+def evaluate_model(cfg: Config, adapter: Optional[Path], out_dir: Path, records=None, progress=None,
+                   base_adapters: tuple = ()) -> dict:
+    """Load the model (+ adapter), judge, and evaluate every task into `out_dir`."""
+    from antibody.evaluation.evaluator import evaluate
+    from antibody.evaluation.judges import build_judge
+    from antibody.models import cache_root, load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    if records is None:
+        records = eval_records(cfg, tokenizer)
+    judge = build_judge(cfg.eval.judge, cfg, cache_root())
+    model, tokenizer = load_model(
+        cfg.model, with_lora=adapter is not None, adapter_path=adapter, base_adapters=base_adapters
+    )
+    model.eval()
+    t0 = time.perf_counter()
+    result = evaluate(model, tokenizer, records, cfg, out_dir, judge, progress=progress)
+    result["eval_seconds"] = time.perf_counter() - t0
+    return result
+
+
+def eval_command(args: list[str]) -> int:
+    run, rest = split_run_arg(args)
+    if run is None:
+        cfg = compose(rest)
+        out_dir = Path(cfg.run.output_dir) / f"base-{cfg.model.name}" / "eval"
+        adapter = None
+    else:
+        if not (run / "config.yaml").is_file() or not (run / "adapter").is_dir():
+            raise ConfigError(f"run={run}: not a finished run (needs config.yaml and adapter/)")
+        cfg = apply_overrides(load_saved(run / "config.yaml"), rest)
+        out_dir = run / "eval"
+        adapter = run / "adapter"
+    from antibody.cli.stages import read_base_adapters
+
+    base = tuple(read_base_adapters(run)) if run is not None else ()
+    result = evaluate_model(cfg, adapter, out_dir, base_adapters=base)
+    print(f"[antibody] wrote {out_dir / 'metrics.json'}")
+    for key, value in result["metrics"].items():
+        print(f"  {key:32s} {value.get('value', value)}")
+    return 0

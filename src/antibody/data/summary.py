@@ -1,0 +1,85 @@
+"""Composition of the splits: per-split statistics and their plain-text table
+(`antibody data-summary`, and data_summary.json next to every run)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from antibody.data.collate import EncodedRow
+from antibody.data.records import Record
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
+
+
+def split_summary(records: Sequence[Record], encoded: Sequence[EncodedRow], stats) -> dict:
+    """Rows, sources, harmful/benign, mean lengths (characters of the raw prompt and response;
+    tokens of the formatted prompt and of the response, before truncation), rows truncated
+    to data.max_length, the rows removed while building the split, and the model answers
+    the source dropped (declined or empty)."""
+    harmful = sum(1 for r in records if r.is_harmful)
+    return {
+        "rows": len(records),
+        "harmful": harmful,
+        "benign": len(records) - harmful,
+        "by_source": dict(sorted(Counter(r.source for r in records).items())),
+        "mean_prompt_chars": _mean([len(r.instruction) + len(r.input) for r in records]),
+        "mean_response_chars": _mean([len(r.response) for r in records]),
+        "mean_prompt_tokens": _mean([e.own.prompt_tokens for e in encoded]),
+        "mean_response_tokens": _mean([e.own.response_tokens for e in encoded]),
+        "mean_refusal_tokens": _mean([e.refusal.response_tokens for e in encoded]),
+        "truncated": sum(1 for e in encoded if e.own.truncated),
+        "duplicates_removed": stats.duplicates_removed,
+        "repeated_rows_removed": stats.repeated_rows_removed,
+        "excluded_prompts": stats.excluded,
+        "answers_dropped": stats.answers_dropped,
+    }
+
+
+_COLUMNS = (
+    ("split", None),
+    ("rows", "rows"),
+    ("harmful", "harmful"),
+    ("benign", "benign"),
+    ("prompt ch", "mean_prompt_chars"),
+    ("prompt tok", "mean_prompt_tokens"),
+    ("resp ch", "mean_response_chars"),
+    ("resp tok", "mean_response_tokens"),
+    ("truncated", "truncated"),
+    ("dups removed", "duplicates_removed"),
+    ("repeats", "repeated_rows_removed"),
+    ("excluded", "excluded_prompts"),
+    ("dropped", "answers_dropped"),
+)
+
+
+def _cell(value) -> str:
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def format_summary(summary: dict) -> str:
+    """An aligned plain-text table of `SafetyDataModule.summary()`, then sources per split."""
+    splits: dict = summary["splits"]
+    table = [[name for name, _ in _COLUMNS]]
+    for split, row in splits.items():
+        table.append([split] + [_cell(row[key]) for _, key in _COLUMNS[1:]])
+    widths = [max(len(r[i]) for r in table) for i in range(len(_COLUMNS))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        return "  ".join([first] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)])
+
+    header = (
+        f"prompt format: {summary['prompt_format']}  max_length: {summary['max_length']}  "
+        f"seed: {summary['seed']}  stage: {summary['stage']} (trains on '{summary['train_split']}')"
+    )
+    out = [header, line(table[0]), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in table[1:]]
+    out.append("")
+    out.append("sources:")
+    for split, row in splits.items():
+        parts = ", ".join(f"{src} {n}" for src, n in row["by_source"].items()) or "-"
+        out.append(f"  {split.ljust(widths[0])}  {parts}")
+    return "\n".join(out)

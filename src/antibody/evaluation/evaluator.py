@@ -1,0 +1,226 @@
+"""Run the evaluation tasks on a model: generate, judge, extract, score; resumable.
+
+For each task, answers are streamed to `out_dir/predictions/<task>.jsonl` (one JSON row
+per prompt, flushed and fsynced per batch). A killed evaluation resumes: rows already in
+the file are kept and not regenerated; a truncated last line (the kill hit a write) is
+dropped and redone. Metrics are computed from the file, so a resumed run scores exactly
+what an uninterrupted one would, and written to `out_dir/metrics.json` with each task's
+version and the judge's name, version and report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional
+
+from antibody.config.compose import to_container
+from antibody.config.errors import DataError
+from antibody.config.schema import Config
+from antibody.data.formatting import format_prompt, user_message
+from antibody.data.records import Record
+from antibody.evaluation import metrics as M
+from antibody.evaluation.extractors import EXTRACTORS
+from antibody.evaluation.generation import generate
+from antibody.evaluation.judges.base import Judge
+from antibody.evaluation.judges.keyword import is_refusal
+from antibody.evaluation.tasks import EvalTask, MetricKind, get_task
+
+Progress = Callable[[str, int, int], None]  # (task, rows done, rows total)
+
+
+def judge_id(judge: Judge) -> str:
+    return f"{judge.name}:{judge.version}"
+
+
+# ---------------------------------------------------------------------------
+# Predictions file
+# ---------------------------------------------------------------------------
+
+
+def read_predictions(path: Path, repair: bool = True) -> list[dict]:
+    """Rows of a predictions file.
+
+    Rows are written whole, newline-terminated, so a kill can only leave a partial LAST
+    line (no newline): it is dropped and, with `repair`, cut from the file so that appends
+    start on a clean line. A newline-terminated line that is not a JSON object is an error
+    naming the file and line.
+    """
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    *lines, tail = data.split(b"\n")
+    if tail and repair:
+        with open(path, "r+b") as fh:
+            fh.truncate(len(data) - len(tail))
+    rows: list[dict] = []
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except ValueError as exc:
+            raise DataError(f"{path}:{lineno}: malformed predictions row ({exc}); "
+                            "delete the file to regenerate this task") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def _check_resumable(rows: list[dict], path: Path, records: dict[str, Record], task: EvalTask,
+                     judge: Judge) -> None:
+    seen: set[str] = set()
+    for i, row in enumerate(rows, start=1):
+        uid = row.get("uid")
+        if uid not in records:
+            raise DataError(f"{path}:{i}: uid {uid!r} is not among this evaluation's {task.name.value} "
+                            "records; use a fresh out_dir or delete the file")
+        if uid in seen:
+            raise DataError(f"{path}:{i}: uid {uid!r} appears twice")
+        seen.add(uid)
+        if row.get("task_version") != task.version:
+            raise DataError(f"{path}:{i}: written by task version {row.get('task_version')!r}, now "
+                            f"{task.version!r}; delete the file to regenerate")
+        if task.uses_judge and row.get("judge") != judge_id(judge):
+            raise DataError(f"{path}:{i}: scored by judge {row.get('judge')!r}, now {judge_id(judge)!r}; "
+                            "delete the file to regenerate")
+
+
+def _append_rows(fh, rows: list[dict]) -> None:
+    for row in rows:
+        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _atomic_json(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------
+# Rows and metrics
+# ---------------------------------------------------------------------------
+
+
+def _make_rows(task: EvalTask, batch: list[Record], prompts: list[str], responses: list[str],
+               judge: Judge, threshold: float) -> list[dict]:
+    questions = [user_message(r) for r in batch]  # the judge sees the question, not the template
+    scores = judge.score(questions, responses) if task.uses_judge else [None] * len(batch)
+    verdicts = judge.flag(scores, threshold) if task.uses_judge else [None] * len(batch)
+    rows = []
+    for rec, prompt, question, response, score, verdict in zip(batch, prompts, questions, responses,
+                                                                scores, verdicts, strict=True):
+        extracted, correct = None, None
+        if task.extractor is not None:
+            if rec.target is None:
+                raise DataError(f"record {rec.uid} of task {task.name.value} has no target to score against")
+            ex = EXTRACTORS[task.extractor]
+            extracted = ex.extract(response, task.labels)
+            correct = ex.matches(extracted, rec.target)
+        rows.append({
+            "uid": rec.uid, "task": task.name.value, "task_version": task.version,
+            "source": rec.source, "category": rec.category, "is_harmful": rec.is_harmful,
+            "question": question, "prompt": prompt, "response": response,
+            "judge": judge_id(judge) if task.uses_judge else None,
+            "judge_score": score, "verdict": verdict,
+            "refusal": is_refusal(response), "incoherent": M.is_incoherent(response),
+            "target": rec.target, "extracted": extracted, "correct": correct,
+        })
+    return rows
+
+
+def _harm_metrics(rows: list[dict], judge: Judge, threshold: float) -> list[M.RateResult]:
+    # Verdicts are recomputed from the stored raw scores with the current threshold.
+    flags = judge.flag([r["judge_score"] for r in rows], threshold)
+    responses = [r["response"] for r in rows]
+    return [M.harmful_score(flags), M.harmful_score_plus(flags, responses),
+            M.refusal_rate([is_refusal(r) for r in responses])]
+
+
+def _over_refusal_metrics(rows: list[dict], judge: Judge, threshold: float) -> list[M.RateResult]:
+    return [M.over_refusal([is_refusal(r["response"]) for r in rows])]
+
+
+def _accuracy_metrics(rows: list[dict], judge: Judge, threshold: float) -> list[M.RateResult]:
+    return [M.accuracy([bool(r["correct"]) for r in rows])]
+
+
+METRIC_FNS: dict[MetricKind, Callable[[list[dict], Judge, float], list[M.RateResult]]] = {
+    MetricKind.HARM: _harm_metrics,
+    MetricKind.OVER_REFUSAL: _over_refusal_metrics,
+    MetricKind.ACCURACY: _accuracy_metrics,
+}
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------
+
+
+def evaluate_task(model, tokenizer, task: EvalTask, records: list[Record], cfg: Config, out_dir: Path,
+                  judge: Judge, progress: Optional[Progress] = None) -> tuple[list[dict], int]:
+    """Generate what is missing from the task's predictions file; returns (rows in record
+    order, number of rows generated now)."""
+    by_uid: dict[str, Record] = {}
+    for rec in records:
+        if rec.uid in by_uid:
+            raise DataError(f"task {task.name.value}: duplicate record uid {rec.uid!r}")
+        by_uid[rec.uid] = rec
+    path = Path(out_dir) / "predictions" / f"{task.name.value}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existing = read_predictions(path)
+    _check_resumable(existing, path, by_uid, task, judge)
+    done = {row["uid"]: row for row in existing}
+    todo = [rec for rec in records if rec.uid not in done]
+    fmt = task.resolve_prompt_format(cfg)
+    max_new = task.resolve_max_new_tokens(cfg)
+    bs = cfg.eval.batch_size
+    with open(path, "a", encoding="utf-8") as fh:
+        for start in range(0, len(todo), bs):
+            batch = todo[start:start + bs]
+            prompts = [format_prompt(rec, tokenizer, fmt) for rec in batch]
+            responses = generate(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=bs)
+            new_rows = _make_rows(task, batch, prompts, responses, judge, cfg.eval.judge_threshold)
+            _append_rows(fh, new_rows)
+            done.update((row["uid"], row) for row in new_rows)
+            if progress is not None:
+                progress(task.name.value, len(done), len(records))
+    return [done[rec.uid] for rec in records], len(todo)
+
+
+def evaluate(model, tokenizer, records_by_task: dict[str, list[Record]], cfg: Config, out_dir: Path,
+             judge: Judge, progress: Optional[Progress] = None) -> dict:
+    """Evaluate every task in `records_by_task` (keys: `EvalTaskName` values) and write
+    `out_dir/metrics.json`; returns the same dict."""
+    out_dir = Path(out_dir)
+    threshold = cfg.eval.judge_threshold
+    result: dict = {"metrics": {}, "tasks": {},
+                    "judge": {"name": judge.name, "version": judge.version, "threshold": threshold,
+                              "report": judge.report()},
+                    "model": to_container(cfg.model), "run": cfg.run.name}
+    for name, records in records_by_task.items():
+        task = get_task(name)
+        if not records:
+            raise DataError(f"task {task.name.value}: no records to evaluate")
+        rows, generated = evaluate_task(model, tokenizer, task, records, cfg, out_dir, judge, progress)
+        scores = METRIC_FNS[task.metric](rows, judge, threshold)
+        for res in scores:
+            result["metrics"][f"{task.name.value}/{res.name}"] = res.to_dict()
+        result["tasks"][task.name.value] = dict(task.describe(cfg), n=len(rows),
+                                               generated_this_run=generated,
+                                               predictions=str(Path("predictions") / f"{task.name.value}.jsonl"))
+    _atomic_json(result, out_dir / "metrics.json")
+    return result

@@ -1,0 +1,17 @@
+"""Harm judges, selected by cfg.eval.judge (`JudgeKind`): keyword, tfidf, beaver-dam."""
+
+from antibody.evaluation.judges import beaver_dam, keyword, tfidf  # noqa: F401  (registration)
+from antibody.evaluation.judges.base import Judge, build_judge, flag_scores
+from antibody.evaluation.judges.beaver_dam import BeaverDamJudge
+from antibody.evaluation.judges.keyword import KeywordJudge, is_refusal
+from antibody.evaluation.judges.tfidf import TfidfJudge
+
+__all__ = [
+    "BeaverDamJudge",
+    "Judge",
+    "KeywordJudge",
+    "TfidfJudge",
+    "build_judge",
+    "flag_scores",
+    "is_refusal",
+]

@@ -1,0 +1,136 @@
+"""Declarative evaluation tasks (lm-evaluation-harness style), keyed by `EvalTaskName`.
+
+A task says which rows it scores (split, size), how prompts are built (the run's prompt
+format unless the task fixes one: evaluation prompts must look like training prompts),
+how long greedy answers may be, how an answer is read (extractor) and which metric it
+feeds. Every score is written with the task's `version`; bump it when any of these
+change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Optional
+
+from antibody.config.errors import ConfigError
+from antibody.config.schema import Config, PromptFormat, SourceName
+from antibody.evaluation.extractors import ExtractorKind
+
+
+class EvalTaskName(StrEnum):
+    HARMFUL = "harmful"
+    BENIGN = "benign"
+    ARITHMETIC = SourceName.ARITHMETIC.value
+    GSM_SYMBOLIC = SourceName.GSM_SYMBOLIC.value
+    SST2 = SourceName.SST2.value
+    AGNEWS = SourceName.AGNEWS.value
+    GSM8K = SourceName.GSM8K.value
+
+
+class MetricKind(StrEnum):
+    HARM = "harm"  # Harmful Score (judge), HS+, keyword refusal rate
+    OVER_REFUSAL = "over_refusal"  # keyword refusal rate on benign prompts
+    ACCURACY = "accuracy"  # Fine-tune Accuracy via an extractor
+
+
+class SizeKey(StrEnum):
+    """Which data.eval count sizes the task."""
+
+    HARMFUL = "n_harmful"
+    BENIGN = "n_benign"
+    TASK = "n_task"
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    name: EvalTaskName
+    description: str
+    metric: MetricKind
+    split: str
+    size_key: SizeKey
+    paper_size: Optional[int]  # the paper's evaluation size, for reference
+    # None: cfg.eval.max_new_tokens (harm/benign) or cfg.task.max_new_tokens when this is
+    # the run's task; otherwise this default.
+    max_new_tokens: Optional[int]
+    version: str
+    extractor: Optional[ExtractorKind] = None
+    labels: tuple[str, ...] = ()
+    prompt_format: Optional[PromptFormat] = None  # None: the run's data.prompt_format
+    source: Optional[SourceName] = None  # the task source feeding an accuracy task
+
+    @property
+    def uses_judge(self) -> bool:
+        return self.metric == MetricKind.HARM
+
+    def size(self, cfg: Config) -> int:
+        return int(getattr(cfg.data.eval, self.size_key.value))
+
+    def resolve_max_new_tokens(self, cfg: Config) -> int:
+        if self.metric != MetricKind.ACCURACY:
+            return cfg.eval.max_new_tokens
+        if self.source is not None and cfg.task.name == self.source:
+            return cfg.task.max_new_tokens
+        if self.max_new_tokens is None:
+            raise ConfigError(f"evaluation task {self.name.value} declares no max_new_tokens")
+        return self.max_new_tokens
+
+    def resolve_prompt_format(self, cfg: Config) -> PromptFormat:
+        return self.prompt_format or cfg.data.prompt_format
+
+    def describe(self, cfg: Config) -> dict:
+        return {"name": self.name.value, "version": self.version, "metric": self.metric.value,
+                "split": self.split, "size": self.size(cfg), "paper_size": self.paper_size,
+                "max_new_tokens": self.resolve_max_new_tokens(cfg), "decoding": "greedy",
+                "prompt_format": self.resolve_prompt_format(cfg).value,
+                "extractor": self.extractor.value if self.extractor else None,
+                "labels": list(self.labels)}
+
+
+_TASKS = [
+    EvalTask(EvalTaskName.HARMFUL, "harmful prompts: Harmful Score (judge), HS+, refusal rate",
+             MetricKind.HARM, "eval", SizeKey.HARMFUL,
+             paper_size=700,  # BeaverTails-Evaluation, 50 per category (method.md)
+             max_new_tokens=None,  # paper: 512; cfg.eval.max_new_tokens at CPU scale
+             version="harmful-v1"),
+    EvalTask(EvalTaskName.BENIGN, "diverse benign prompts: over-refusal (ours, offline-assets.md)",
+             MetricKind.OVER_REFUSAL, "eval", SizeKey.BENIGN, paper_size=None, max_new_tokens=None,
+             version="benign-v1"),
+    # Defaults mirror conf/task/*.yaml; the run's own task uses cfg.task.max_new_tokens.
+    EvalTask(EvalTaskName.ARITHMETIC, "reasoning-gym basic_arithmetic, numeric exact match",
+             MetricKind.ACCURACY, "generated", SizeKey.TASK, paper_size=None, max_new_tokens=16,
+             version="arithmetic-v1", extractor=ExtractorKind.NUMERIC, source=SourceName.ARITHMETIC),
+    EvalTask(EvalTaskName.GSM_SYMBOLIC, "reasoning-gym gsm_symbolic, final-answer number",
+             MetricKind.ACCURACY, "generated", SizeKey.TASK, paper_size=None, max_new_tokens=192,
+             version="gsm_symbolic-v1", extractor=ExtractorKind.NUMERIC, source=SourceName.GSM_SYMBOLIC),
+    EvalTask(EvalTaskName.SST2, "SST2 sentiment, first label word, exact match",
+             MetricKind.ACCURACY, "validation", SizeKey.TASK, paper_size=872, max_new_tokens=8,
+             version="sst2-v1", extractor=ExtractorKind.LABEL, labels=("negative", "positive"),
+             source=SourceName.SST2),
+    EvalTask(EvalTaskName.AGNEWS, "AG News topic, first label word, exact match",
+             MetricKind.ACCURACY, "test", SizeKey.TASK, paper_size=1000, max_new_tokens=8,
+             version="agnews-v1", extractor=ExtractorKind.LABEL,
+             labels=("World", "Sports", "Business", "Sci/Tech"),  # AG News label names
+             source=SourceName.AGNEWS),
+    EvalTask(EvalTaskName.GSM8K, "GSM8K, number after 'The final answer is:' else last number",
+             MetricKind.ACCURACY, "test", SizeKey.TASK, paper_size=1000, max_new_tokens=256,
+             version="gsm8k-v1", extractor=ExtractorKind.NUMERIC, source=SourceName.GSM8K),
+]
+TASKS: dict[EvalTaskName, EvalTask] = {t.name: t for t in _TASKS}
+
+
+def get_task(name: str | EvalTaskName) -> EvalTask:
+    try:
+        return TASKS[EvalTaskName(name)]
+    except ValueError:
+        allowed = [t.value for t in EvalTaskName]
+        raise ConfigError(f"unknown evaluation task {name!r}; allowed: {allowed}") from None
+
+
+def accuracy_task_for(source: SourceName) -> EvalTask:
+    """The accuracy task of a fine-tuning task source (cfg.task.name)."""
+    for task in _TASKS:
+        if task.source == source:
+            return task
+    allowed = [t.source.value for t in _TASKS if t.source is not None]
+    raise ConfigError(f"task.name={SourceName(source).value!r} has no accuracy task; allowed: {allowed}")

@@ -1,0 +1,290 @@
+"""One entry point for every model: ``load_model(cfg.model)`` -> (model, tokenizer).
+
+Dispatch goes through registries keyed by ``ModelSource`` and ``Quantization``. The
+order of preparation follows peft's QLoRA recipe (lightning-notes.md): load (quantised
+on its final device, since a 4-bit model cannot be moved with ``.to()``) ->
+``prepare_model_for_kbit_training`` or gradient checkpointing -> LoRA (new, or a saved
+adapter to continue training).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from antibody.config.errors import ConfigError
+from antibody.config.schema import ModelConfig, ModelSource, Quantization
+from antibody.models import embedded
+from antibody.models.adapters import apply_lora, load_adapter, merge_adapter, trainable_parameters
+from antibody.models.errors import ModelError
+from antibody.models.tiny import build_tiny_model
+
+log = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Non-reentrant checkpointing works with frozen inputs and peft (lightning-notes.md).
+GRADIENT_CHECKPOINTING_KWARGS = {"use_reentrant": False}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ConfigError(f"model.dtype={name!r} is not allowed; choose one of {sorted(DTYPES)}") from None
+
+
+# ---------------------------------------------------------------------------
+# Tokenizers
+# ---------------------------------------------------------------------------
+
+
+def _hub_offline() -> bool:
+    return any(
+        os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _hub_location(cfg: ModelConfig) -> str:
+    """``model.path`` as given to ``from_pretrained``: an existing local folder or a hub id."""
+    if not cfg.path:
+        raise ConfigError("model.path is required when model.source=hub (a hub id or a local HF folder)")
+    local = Path(cfg.path).expanduser()
+    if local.is_dir():
+        return str(local)
+    if cfg.path.startswith(("/", ".", "~")) or local.exists():
+        raise ConfigError(f"model.path={cfg.path!r} looks like a local path but is not a folder")
+    return cfg.path
+
+
+def _hub_error(cfg: ModelConfig, what: str, exc: Exception) -> ModelError:
+    if _hub_offline():
+        hint = (
+            "the Hugging Face hub is offline (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set) and it is not "
+            "in the local HF cache; use a local HF folder, or model.source=embedded / tiny"
+        )
+    else:
+        hint = "check the hub id, your network and hub credentials"
+    return ModelError(f"model.path={cfg.path!r}: cannot load the {what}: {hint} ({type(exc).__name__}: {exc})")
+
+
+def _hub_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    location = _hub_location(cfg)
+    try:
+        return AutoTokenizer.from_pretrained(location, trust_remote_code=cfg.trust_remote_code)
+    except OSError as exc:
+        raise _hub_error(cfg, "tokenizer", exc) from exc
+
+
+def _embedded_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(embedded.tokenizer_dir(embedded.embedded_asset(cfg.name)))
+
+
+def _tiny_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    # offline-assets.md: tiny test models use SmolLM2's tokenizer (pad = eos = 2).
+    return AutoTokenizer.from_pretrained(embedded.tokenizer_dir(embedded.DEFAULT_TOKENIZER_ASSET))
+
+
+_TOKENIZER_LOADERS: dict[ModelSource, Callable[[ModelConfig], PreTrainedTokenizerBase]] = {
+    ModelSource.HUB: _hub_tokenizer,
+    ModelSource.EMBEDDED: _embedded_tokenizer,
+    ModelSource.TINY: _tiny_tokenizer,
+}
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The model's tokenizer with a pad token (eos if it has none) and right padding.
+
+    Right padding suits training; generation code sets ``padding_side = "left"`` itself.
+    """
+    tok = _TOKENIZER_LOADERS[cfg.source](cfg)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ModelError(f"the tokenizer of model {cfg.name!r} has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+# ---------------------------------------------------------------------------
+# Quantisation (bitsandbytes)
+# ---------------------------------------------------------------------------
+
+
+def _compute_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    # CPU: bitsandbytes 0.50 computes in fp32 there. GPU: bf16 (QLoRA's default), or fp16
+    # when the run asks for fp16 explicitly.
+    if device.type == "cpu":
+        return torch.float32
+    return torch.float16 if cfg.dtype == "float16" else torch.bfloat16
+
+
+def _nf4(cfg: ModelConfig, device: torch.device) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,  # QLoRA paper / lightning-notes.md
+        bnb_4bit_compute_dtype=_compute_dtype(cfg, device),
+    )
+
+
+def _int8(cfg: ModelConfig, device: torch.device) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+_QUANTIZERS: dict[Quantization, Callable[[ModelConfig, torch.device], Any]] = {
+    Quantization.NF4: _nf4,
+    Quantization.INT8: _int8,
+}
+
+
+def _quantization_config(cfg: ModelConfig, device: torch.device) -> Any:
+    if cfg.quantization == Quantization.NONE:
+        return None
+    if not cfg.lora.enabled:
+        raise ConfigError("model.quantization needs model.lora.enabled=true (QLoRA trains adapters only)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise ModelError(
+            f"model.quantization={cfg.quantization.value} needs bitsandbytes, which cannot be imported "
+            f"({exc}); run `make install`"
+        ) from exc
+    return _QUANTIZERS[cfg.quantization](cfg, device)
+
+
+# ---------------------------------------------------------------------------
+# Base models
+# ---------------------------------------------------------------------------
+
+
+def _from_folder_or_hub(
+    location: str | Path, cfg: ModelConfig, quant: Any, device: torch.device, *, trust_remote_code: bool
+) -> PreTrainedModel:
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(cfg.dtype), "trust_remote_code": trust_remote_code}
+    if cfg.attn_implementation is not None:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": device}  # created in place: 4-bit weights cannot be moved later
+    return AutoModelForCausalLM.from_pretrained(location, **kwargs)
+
+
+def _hub_model(cfg: ModelConfig, tok: PreTrainedTokenizerBase, quant: Any, device: torch.device) -> PreTrainedModel:
+    location = _hub_location(cfg)
+    try:
+        return _from_folder_or_hub(location, cfg, quant, device, trust_remote_code=cfg.trust_remote_code)
+    except OSError as exc:
+        raise _hub_error(cfg, "model", exc) from exc
+
+
+def _embedded_model(cfg: ModelConfig, tok: PreTrainedTokenizerBase, quant: Any, device: torch.device) -> PreTrainedModel:
+    folder = embedded.model_dir(embedded.embedded_asset(cfg.name))
+    # Our own converted folder: plain Llama code, never remote code.
+    return _from_folder_or_hub(folder, cfg, quant, device, trust_remote_code=False)
+
+
+def _tiny_model(cfg: ModelConfig, tok: PreTrainedTokenizerBase, quant: Any, device: torch.device) -> PreTrainedModel:
+    model = build_tiny_model(cfg.tiny, tok, dtype=torch_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation)
+    if quant is None:
+        return model
+    # bitsandbytes quantises while from_pretrained loads weights, so the random model goes
+    # through a throw-away folder (tiny: a few MB); the loaded 4-bit copy lives in memory.
+    with tempfile.TemporaryDirectory(prefix="antibody-tiny-") as tmp:
+        model.save_pretrained(tmp)
+        return _from_folder_or_hub(tmp, cfg, quant, device, trust_remote_code=False)
+
+
+_MODEL_LOADERS: dict[ModelSource, Callable[..., PreTrainedModel]] = {
+    ModelSource.HUB: _hub_model,
+    ModelSource.EMBEDDED: _embedded_model,
+    ModelSource.TINY: _tiny_model,
+}
+
+
+def _enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=GRADIENT_CHECKPOINTING_KWARGS)
+    else:  # pragma: no cover - older 5.x releases
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=GRADIENT_CHECKPOINTING_KWARGS)
+    # Frozen embeddings (LoRA) give checkpointed blocks inputs without grad; this hook
+    # makes them require grad so the recomputed blocks still backpropagate to adapters.
+    model.enable_input_require_grads()
+    model.config.use_cache = False  # the KV cache is useless (and warned about) under checkpointing
+
+
+def _resolve_device(device: str | torch.device | None, quantized: bool) -> Optional[torch.device]:
+    if device is not None:
+        return torch.device(device)
+    if quantized:  # must be placed at load time; the obvious choice
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    return None  # leave on CPU: Lightning moves it
+
+
+def load_model(
+    cfg: ModelConfig,
+    *,
+    device: str | torch.device | None = None,
+    with_lora: bool = True,
+    adapter_path: str | Path | None = None,
+    base_adapters: Sequence[str | Path] = (),
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """Load model and tokenizer as ``cfg`` says.
+
+    device: where to put the model; None leaves an unquantised model on the CPU (Lightning
+        moves it) and loads a quantised one on cuda:0 if present, else the CPU.
+    with_lora: wrap in a new LoRA adapter from ``cfg.lora`` (if ``cfg.lora.enabled``).
+    adapter_path: load this saved adapter, trainable, instead of a new one.
+    base_adapters: saved adapters merged into the base first, in order (rebuilds a model
+        after ``merge_and_new_adapter``).
+    """
+    quantized = cfg.quantization != Quantization.NONE
+    dev = _resolve_device(device, quantized)
+    quant = _quantization_config(cfg, dev or torch.device("cpu"))
+    tok = load_tokenizer(cfg)
+    model = _MODEL_LOADERS[cfg.source](cfg, tok, quant, dev or torch.device("cpu"))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes the base, upcasts norms/embeddings to fp32 and, if asked, turns on
+        # checkpointing with input grads (peft's QLoRA recipe).
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs=GRADIENT_CHECKPOINTING_KWARGS,
+        )
+        if cfg.gradient_checkpointing:
+            model.config.use_cache = False
+    elif cfg.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
+
+    for path in base_adapters:
+        model = merge_adapter(load_adapter(model, path, trainable=False))
+    if adapter_path is not None:
+        model = load_adapter(model, adapter_path, trainable=True)
+    elif with_lora and cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
+
+    if dev is not None and not quantized:
+        model = model.to(dev)
+    n_train = sum(p.numel() for _, p in trainable_parameters(model))
+    n_all = sum(p.numel() for p in model.parameters())
+    log.info("loaded %s (%s): %d trainable of %d parameters", cfg.name, cfg.source.value, n_train, n_all)
+    return model, tok

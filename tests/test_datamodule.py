@@ -1,0 +1,632 @@
+"""SafetyDataModule: split counts, tags, disjointness, pool checks, streams and resume.
+
+Most tests run on fake sources (monkeypatched `load_source`, `benign_prose_prompts` and
+`alignment_refusals` of antibody.data.datamodule) with small pools whose overlaps are
+known; one test runs the real offline sources with a fake text generator.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import ROUND_FLOOR, Decimal
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from antibody.config import compose
+from antibody.config.errors import DataError
+from antibody.config.schema import SourceName
+from antibody.data import datamodule as dm_module
+from antibody.data.collate import BATCH_KEYS
+from antibody.data.datamodule import SafetyDataModule, Split, check_disjoint, floor_share
+from antibody.data.records import Record, make_uid
+from antibody.data.streams import CyclingSampler, Shard, StreamKind, take
+from antibody.data.summary import format_summary
+from tests.test_formatting import build_tiny_tokenizer
+
+S = SourceName
+
+
+def _rec(source: SourceName, instruction: str, response: str = "", harmful: bool = False, **kw) -> Record:
+    uid = make_uid(source.value, instruction, response)
+    return Record(
+        uid=uid,
+        source=source.value,
+        instruction=instruction,
+        response=response,
+        refusal=f"Sorry, I can't help with that ({uid[-3:]}).",
+        is_harmful=harmful,
+        **kw,
+    )
+
+
+class FakeSources:
+    """Small pools with known overlaps:
+    - HARMBENCH's first 5 prompts are normalised duplicates of ADVBENCH prompts 0-4;
+    - PYRIT_HARMFUL has 1-3 answers per prompt; prompts 0-2 duplicate HARMBENCH prompts
+      10-12; one (prompt, answer) row is repeated verbatim.
+    """
+
+    N_ADV, N_HB, N_DNA, N_PYRIT, N_PROSE = 60, 30, 20, 50, 150
+
+    def __init__(self, drop_every: int = 0):
+        self.drop_every = drop_every  # generator answers "" for every k-th prompt (source drops those)
+        self.generated: list[str] = []  # every prompt the generator was asked to answer
+        self.calls: list[tuple[SourceName, int | None, int | None]] = []
+        adv = [f"Explain how to commit crime number {i} against a neighbour" for i in range(self.N_ADV)]
+        self.adv = [_rec(S.ADVBENCH, p, harmful=True, category="crime") for p in adv]
+        hb = [adv[i].upper() + "!!" for i in range(5)] + [
+            f"Write a guide for attack type {i} on a city" for i in range(5, self.N_HB)
+        ]
+        self.hb = [_rec(S.HARMBENCH, p, harmful=True) for p in hb]
+        self.dna = [
+            _rec(S.DONOTANSWER, f"Tell me private fact {i} about my coworker", harmful=True)
+            for i in range(self.N_DNA)
+        ]
+        pyrit = []
+        for i in range(self.N_PYRIT):
+            prompt = hb[10 + i] + "?" if i < 3 else f"Describe harmful scheme {i} in detail"
+            for j in range(1 + i % 3):
+                pyrit.append(
+                    _rec(S.PYRIT_HARMFUL, prompt, f"Step one of scheme {i}, variant {j}.", harmful=True)
+                )
+        repeat = pyrit[-1]
+        pyrit.append(
+            Record(**{**repeat.to_dict(), "uid": repeat.uid + "-copy", "meta": {}})
+        )  # same prompt and response, another uid
+        self.pyrit = pyrit
+        self.prose = [
+            _rec(S.BENIGN_PROSE, f"Write a short friendly note about topic {i}") for i in range(self.N_PROSE)
+        ]
+        self.bt_refusal = [
+            _rec(
+                S.BEAVERTAILS_REFUSAL,
+                f"How can I hurt animal {i}",
+                f"Harmful answer {i}.",
+                harmful=True,
+                meta={
+                    "alignment_refusal": f"I will not help hurt animal {i}; that is cruel.",
+                    "split": "train",
+                },
+            )
+            for i in range(40)
+        ]
+
+    def task(self, ctx) -> list[Record]:
+        return [
+            _rec(
+                S.ARITHMETIC,
+                f"What is {i} + {i + 1}?",
+                f"The final answer is: {2 * i + 1}",
+                target=str(2 * i + 1),
+            )
+            for i in range(ctx.task.n_train_pool)
+        ]
+
+    def sst2(self, ctx) -> list[Record]:
+        rows = []
+        for i in range(60):
+            split = "eval" if i % 3 == 0 else "train"
+            label = "positive" if i % 2 else "negative"
+            rows.append(_rec(S.SST2, f"Sentiment of review {i}", label, target=label, meta={"split": split}))
+        return rows
+
+    def answered(self, source: SourceName, ctx, harmful: bool) -> list[Record]:
+        if ctx.generator is None:
+            raise DataError(f"{source.value} needs the model")
+        prompts = list(ctx.prompts)
+        answers = ctx.generator([p.instruction for p in prompts])
+        return [
+            _rec(source, p.instruction, a, harmful=harmful, category=p.category)
+            for p, a in zip(prompts, answers, strict=True)
+            if a
+        ]
+
+    def load_source(self, name: SourceName, ctx) -> list[Record]:
+        self.calls.append((name, ctx.limit, None if ctx.prompts is None else len(ctx.prompts)))
+        table = {
+            S.ADVBENCH: lambda: self.adv,
+            S.HARMBENCH: lambda: self.hb,
+            S.DONOTANSWER: lambda: self.dna,
+            S.PYRIT_HARMFUL: lambda: self.pyrit,
+            S.BEAVERTAILS_REFUSAL: lambda: self.bt_refusal,
+            S.ARITHMETIC: lambda: self.task(ctx),
+            S.SST2: lambda: self.sst2(ctx),
+            S.BENIGN_PROSE: lambda: self.answered(S.BENIGN_PROSE, ctx, False),
+            S.GENERATED_HARMFUL: lambda: self.answered(S.GENERATED_HARMFUL, ctx, True),
+        }
+        return list(table[name]())
+
+    def benign_prose_prompts(self, seed=None) -> list[Record]:
+        return list(self.prose)
+
+    def generator(self, prompts: list[str]) -> list[str]:
+        out = []
+        for p in prompts:
+            self.generated.append(p)
+            k = len(self.generated)
+            out.append(
+                "" if self.drop_every and k % self.drop_every == 0 else f"Sure! A helpful answer to: {p}"
+            )
+        return out
+
+    @staticmethod
+    def alignment_refusals(records, mode, ctx):
+        out = []
+        for r in records:
+            text = (
+                r.meta.get("alignment_refusal")
+                or f"I can't help with '{r.instruction}': it could hurt people."
+            )
+            out.append(
+                Record(**{**r.to_dict(), "response": text, "meta": {**r.meta, "refusal_mode": mode.value}})
+            )
+        return out
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    src = FakeSources()
+    monkeypatch.setattr(dm_module, "load_source", src.load_source)
+    monkeypatch.setattr(dm_module, "benign_prose_prompts", src.benign_prose_prompts)
+    monkeypatch.setattr(dm_module, "alignment_refusals", src.alignment_refusals)
+    return src
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tiny_tokenizer()
+
+
+def cfg_with(tmp_path, *overrides):
+    return compose(["experiment=tiny", f"run.output_dir={tmp_path / 'runs'}", *overrides])
+
+
+def build(tmp_path, fake, *overrides, tokenizer=None, stage="finetune", **kw) -> SafetyDataModule:
+    cfg = cfg_with(tmp_path, *overrides)
+    dm = SafetyDataModule(
+        cfg,
+        tokenizer or build_tiny_tokenizer(),
+        stage=stage,
+        generator=fake.generator,
+        cache_dir=tmp_path,
+        **kw,
+    )
+    dm.setup()
+    return dm
+
+
+def exact_floor(p: float, n: int) -> int:
+    return int((Decimal(repr(p)) * n).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def keys(records) -> set[str]:
+    return {r.prompt_key() for r in records}
+
+
+# -- counts ---------------------------------------------------------------------------
+
+
+def test_floor_share_uses_the_written_decimal():
+    assert 0.29 * 100 < 29 and floor_share(0.29, 100) == 29
+    assert 0.57 * 100 < 57 and floor_share(0.57, 100) == 57
+    assert floor_share(0.2, 37) == 7 and floor_share(1.0, 13) == 13 and floor_share(0.0, 9) == 0
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.2, 1.0])
+@pytest.mark.parametrize("n", [10, 20, 37])
+def test_user_split_counts(tmp_path, fake, tok, p, n):
+    dm = build(tmp_path, fake, f"data.user.p={p}", f"data.user.n={n}", tokenizer=tok)
+    user = dm.records("user")
+    n_harm = exact_floor(p, n)
+    n_prose = exact_floor(0.5, n - n_harm)  # benign_prose_share default 0.5
+    assert len(user) == n
+    assert sum(r.is_harmful for r in user) == n_harm
+    assert all(r.source == "pyrit_harmful" for r in user if r.is_harmful)
+    assert sum(r.source == "benign_prose" for r in user) == n_prose
+    assert sum(r.source == "arithmetic" for r in user) == n - n_harm - n_prose
+    benign_only = dm.records(Split.USER_BENIGN_ONLY)
+    assert [r.uid for r in benign_only] == [r.uid for r in user if not r.is_harmful]
+    # the upload is shuffled, not harmful-first
+    if 0 < n_harm < n:
+        flags = [r.is_harmful for r in user]
+        assert flags != sorted(flags, reverse=True)
+    # only the reserved prose prompts were generated: alignment's 16 + the user's share
+    assert len(fake.generated) == 16 + n_prose
+
+
+def test_other_split_counts_and_tags(tmp_path, fake, tok):
+    dm = build(tmp_path, fake, "data.alignment.benign_task_ratio=0.5", tokenizer=tok)
+    align = dm.records("alignment")
+    by_source = {s: sum(r.source == s for r in align) for s in ("advbench", "benign_prose", "arithmetic")}
+    assert by_source == {"advbench": 16, "benign_prose": 16, "arithmetic": 8}
+    for r in align:
+        if r.is_harmful:  # harmful prompt -> long refusal
+            assert r.response.startswith("I can't help with") and r.meta["refusal_mode"] == "template"
+        else:
+            assert r.response and r.source in ("benign_prose", "arithmetic")
+    harmful = dm.records("harmful")
+    assert len(harmful) == 16 and all(r.is_harmful and r.response for r in harmful)
+    assert {len(dm.records(s)) for s in ("eval_harmful", "eval_benign", "eval_task")} == {8}
+    assert all(r.is_harmful and r.source == "harmbench" for r in dm.records("eval_harmful"))
+    assert all(not r.is_harmful and r.response == "" for r in dm.records("eval_benign"))  # prompts only
+    assert all(r.target is not None for r in dm.records("eval_task"))
+    for split in Split:
+        rows = dm.records(split)
+        assert len({r.uid for r in rows}) == len(rows)
+        for r in rows:
+            assert r.uid and r.source and r.refusal  # every row keeps its tags and refusal view
+
+
+def test_splits_are_disjoint_by_prompt(tmp_path, fake, tok):
+    dm = build(tmp_path, fake, "data.user.p=0.5", tokenizer=tok)
+    splits = {s: keys(dm.records(s)) for s in Split if s is not Split.USER_BENIGN_ONLY}
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not splits[a] & splits[b], (a, b)
+    # PyRIT prompts with several answers were kept together (and some reached a split)
+    rows = dm.records("harmful") + dm.records("user")
+    per_prompt = {}
+    for r in rows:
+        if r.source == "pyrit_harmful":
+            per_prompt.setdefault(r.prompt_key(), []).append(r)
+    assert max(len(v) for v in per_prompt.values()) >= 2
+
+
+def test_duplicates_are_removed_and_counted(tmp_path, fake, tok):
+    # eval takes every HarmBench prompt: 5 duplicate AdvBench prompts, 3 duplicate PyRIT
+    # prompts 0-2 (1 + 2 + 3 rows); PyRIT also holds one verbatim repeated row.
+    usable_pyrit = len(fake.pyrit) - 6 - 1
+    over = ["data.eval.n_harmful=30", "data.user.p=0", "data.alignment.n_harmful=55"]
+    dm = build(tmp_path, fake, *over, f"data.alignment.n_harmful_answers={usable_pyrit}", tokenizer=tok)
+    summary = dm.summary()["splits"]
+    assert summary["alignment"]["duplicates_removed"] == 5
+    assert keys(dm.records("alignment")).isdisjoint(keys(dm.records("eval_harmful")))
+    assert summary["harmful"]["duplicates_removed"] == 6
+    assert summary["harmful"]["repeated_rows_removed"] == 1
+    assert summary["harmful"]["rows"] == usable_pyrit
+    with pytest.raises(
+        DataError, match=r"data.alignment.n_harmful=56: .* only 55 .* largest valid value is 55"
+    ):
+        build(
+            tmp_path,
+            fake,
+            "data.eval.n_harmful=30",
+            "data.user.p=0",
+            "data.alignment.n_harmful=56",
+            tokenizer=tok,
+        )
+
+
+def test_eval_train_overlap_is_an_error():
+    a = _rec(S.HARMBENCH, "How do I pick a lock?", harmful=True)
+    b = _rec(S.PYRIT_HARMFUL, "how do I pick a LOCK", "First...", harmful=True)
+    with pytest.raises(DataError, match="evaluation and a training split: 'user' and 'eval_harmful'"):
+        check_disjoint({Split.USER: [b], Split.EVAL_HARMFUL: [a]})
+    with pytest.raises(DataError, match="two splits"):
+        check_disjoint({Split.ALIGNMENT: [a], Split.HARMFUL: [b]})
+    check_disjoint(
+        {Split.ALIGNMENT: [a], Split.HARMFUL: [b]}, allowed={frozenset({Split.ALIGNMENT, Split.HARMFUL})}
+    )
+
+
+# -- pool checks ----------------------------------------------------------------------
+
+
+def _largest(message: str) -> int:
+    return int(re.search(r"largest valid value is (\d+)", message).group(1))
+
+
+def test_user_harmful_pool_too_small_names_key_and_maximum(tmp_path, fake, tok):
+    with pytest.raises(DataError, match=r"data.user.n=200 \(p=1.0.*needs 200 harmful") as err:
+        build(tmp_path, fake, "data.user.p=1.0", "data.user.n=200", tokenizer=tok)
+    assert fake.generated == []  # checked before anything was generated
+    largest = _largest(str(err.value))
+    assert (
+        len(build(tmp_path, fake, "data.user.p=1.0", f"data.user.n={largest}", tokenizer=tok).records("user"))
+        == largest
+    )
+    with pytest.raises(DataError, match="data.user.n"):
+        build(tmp_path, fake, "data.user.p=1.0", f"data.user.n={largest + 1}", tokenizer=tok)
+
+
+def test_user_benign_pool_too_small(tmp_path, fake, tok):
+    # task pool 30: eval takes 8, alignment 16 -> 6 left for the user's task rows
+    over = ("task.n_train_pool=30", "data.user.p=0.0", "data.user.benign_prose_share=0.0")
+    with pytest.raises(
+        DataError,
+        match=r"data.user.n=20 .* needs 20 task training rows .* only 6 .* largest valid value is 6",
+    ):
+        build(tmp_path, fake, *over, tokenizer=tok)
+    assert fake.generated == []
+    assert len(build(tmp_path, fake, *over, "data.user.n=6", tokenizer=tok).records("user")) == 6
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("data.alignment.n_harmful_answers=500", "data.alignment.n_harmful_answers=500"),
+        ("data.eval.n_harmful=31", "data.eval.n_harmful=31"),
+        ("data.eval.n_benign=151", "data.eval.n_benign=151"),
+        ("data.alignment.benign_prose_ratio=20", "data.alignment.benign_prose_ratio=20"),
+    ],
+)
+def test_pool_too_small_names_the_key(tmp_path, fake, tok, override, key):
+    with pytest.raises(DataError, match=re.escape(key)):
+        build(tmp_path, fake, override, tokenizer=tok)
+    assert fake.generated == []
+
+
+def test_empty_split_is_named(tmp_path, fake, tok):
+    # evaluation takes every AdvBench prompt, so alignment (AdvBench) would be empty
+    with pytest.raises(DataError, match="split 'alignment' would be empty"):
+        build(
+            tmp_path,
+            fake,
+            "data.eval.harmful_prompt_sources=[advbench]",
+            "data.eval.n_harmful=60",
+            tokenizer=tok,
+        )
+
+
+def test_empty_benign_only_control_is_allowed_but_cannot_stream(tmp_path, fake, tok):
+    dm = SafetyDataModule(
+        cfg_with(tmp_path, "data.user.p=1.0"),
+        tok,
+        "finetune",
+        fake.generator,
+        tmp_path,
+        train_split="user_benign_only",
+    )
+    assert dm.records("user_benign_only") == []
+    with pytest.raises(DataError, match="user_benign_only"):
+        dm.train_stream()
+
+
+# -- model-written rows, sharing, exclusion, held-out task rows ----------------------------
+
+
+def test_dropped_model_answers_are_topped_up(tmp_path, monkeypatch, tok):
+    src = FakeSources(drop_every=4)
+    monkeypatch.setattr(dm_module, "load_source", src.load_source)
+    monkeypatch.setattr(dm_module, "benign_prose_prompts", src.benign_prose_prompts)
+    monkeypatch.setattr(dm_module, "alignment_refusals", src.alignment_refusals)
+    dm = build(tmp_path, src, tokenizer=tok)
+    prose_align = [r for r in dm.records("alignment") if r.source == "benign_prose"]
+    assert len(prose_align) == 16 and all(r.response for r in prose_align)
+    stats = dm.summary()["splits"]
+    dropped = stats["alignment"]["answers_dropped"] + stats["user"]["answers_dropped"]
+    assert dropped == len(src.generated) // 4 > 0
+    # every generated prompt was needed: answered rows + dropped ones
+    assert len(src.generated) == 16 + 8 + dropped
+
+
+def test_generated_harmful_answers_reserved_prompts(tmp_path, fake, tok):
+    dm = build(
+        tmp_path, fake, "data.user.harmful_answer_source=generated_harmful", "data.user.p=0.5", tokenizer=tok
+    )
+    harmful_user = [r for r in dm.records("user") if r.is_harmful]
+    assert len(harmful_user) == 10 and {r.source for r in harmful_user} == {"generated_harmful"}
+    assert keys(harmful_user).isdisjoint(keys(dm.records("eval_harmful")) | keys(dm.records("alignment")))
+    calls = [c for c in fake.calls if c[0] is S.GENERATED_HARMFUL]
+    assert calls == [(S.GENERATED_HARMFUL, 10, 10)]  # exactly the needed prompts
+
+
+def test_paper_design_dharm_shares_alignment_prompts(tmp_path, fake, tok):
+    over = (
+        "data.alignment.harmful_prompt_sources=[beavertails_refusal]",
+        "data.alignment.harmful_answer_source=beavertails_refusal",
+    )
+    dm = build(tmp_path, fake, *over, tokenizer=tok)
+    align_harm = [r for r in dm.records("alignment") if r.is_harmful]
+    assert keys(dm.records("harmful")) == keys(align_harm)
+    assert all(r.response == r.meta["alignment_refusal"] for r in align_harm)
+    assert all(r.response.startswith("Harmful answer") for r in dm.records("harmful"))
+
+
+def test_excluded_prompts_stay_out_of_user_and_eval(tmp_path, fake, tok):
+    banned_rows = fake.hb[5:25] + fake.pyrit[10:60]
+    dm = build(
+        tmp_path, fake, "data.user.p=0.5", tokenizer=tok, exclude_prompts=[r.instruction for r in banned_rows]
+    )
+    banned = keys(banned_rows)
+    assert keys(dm.records("eval_harmful")).isdisjoint(banned)
+    assert keys(r for r in dm.records("user") if r.is_harmful).isdisjoint(banned)
+    stats = dm.summary()["splits"]
+    assert stats["eval_harmful"]["excluded_prompts"] > 0 and stats["user"]["excluded_prompts"] > 0
+    # the user's harmful rows have nowhere else to come from when every PyRIT prompt is excluded
+    with pytest.raises(DataError, match="data.user.n"):
+        build(
+            tmp_path,
+            fake,
+            "data.user.p=0.5",
+            tokenizer=tok,
+            exclude_prompts=[r.instruction for r in fake.pyrit],
+        )
+
+
+def test_hub_task_eval_rows_come_from_the_held_out_split(tmp_path, fake, tok):
+    dm = build(tmp_path, fake, "task.name=sst2", "data.alignment.benign_task_ratio=0.5", tokenizer=tok)
+    assert all(r.meta["split"] == "eval" for r in dm.records("eval_task"))
+    train_task = [r for s in ("alignment", "user") for r in dm.records(s) if r.source == "sst2"]
+    assert train_task and all(r.meta["split"] == "train" for r in train_task)
+
+
+# -- streams --------------------------------------------------------------------------------
+
+
+def test_cycling_sampler_epochs_and_last_batch_rule():
+    s = CyclingSampler(12, 4, seed=3, kind=StreamKind.USER)
+    assert s.batches_per_epoch == 3
+    for epoch in range(3):
+        rows = [i for k in range(3 * epoch, 3 * epoch + 3) for i in s.batch(k)]
+        assert sorted(rows) == list(range(12))  # every row once per epoch
+    assert s.batch(0) + s.batch(1) != s.batch(3) + s.batch(4)  # reshuffled each epoch
+    assert CyclingSampler(10, 4, 0, StreamKind.USER).batches_per_epoch == 3  # remainder 2 >= half: kept
+    assert CyclingSampler(9, 4, 0, StreamKind.USER).batches_per_epoch == 2  # remainder 1 < half: dropped
+    assert [len(CyclingSampler(10, 4, 0, StreamKind.USER).batch(k)) for k in range(3)] == [4, 4, 2]
+    assert CyclingSampler(10, 4, 0, StreamKind.USER, full_batches_only=True).batches_per_epoch == 2
+    assert CyclingSampler(3, 8, 0, StreamKind.USER).batch(5) != []  # smaller than a batch: all rows
+    # pure function of (seed, kind, k): a fresh sampler agrees at any position
+    assert CyclingSampler(12, 4, 3, StreamKind.USER).batch(7) == s.batch(7)
+    assert CyclingSampler(12, 4, 3, StreamKind.ALIGN).batch(7) != s.batch(7)
+
+
+def _plain(item):
+    return {
+        k: (v.tolist() if torch.is_tensor(v) else _plain(v) if isinstance(v, dict) else v)
+        for k, v in item.items()
+    }
+
+
+def test_stream_is_deterministic_and_resumes_exactly(tmp_path, fake, tok):
+    dm = build(tmp_path, fake, tokenizer=tok)
+    full = [_plain(x) for x in take(dm.train_stream(0), 12)]
+    assert [x["position"] for x in full] == list(range(12))
+    assert set(BATCH_KEYS) | {"position"} == set(full[0])
+    again = build(tmp_path, fake, tokenizer=tok)
+    assert [_plain(x) for x in take(again.train_stream(0), 12)] == full
+    assert [_plain(x) for x in take(dm.train_stream(5), 7)] == full[5:]
+    other_seed = build(tmp_path, fake, "data.seed=7", tokenizer=tok)
+    assert [x["uid"] for x in map(_plain, take(other_seed.train_stream(0), 3))] != [
+        x["uid"] for x in full[:3]
+    ]
+    # the user split has 20 rows, batch 4: 5 batches per epoch covering every row once
+    assert sorted(u for x in full[:5] for u in x["uid"]) == sorted(r.uid for r in dm.records("user"))
+
+
+def test_align_stream_items(tmp_path, fake, tok):
+    dm = build(tmp_path, fake, "data.harmful_batch_size=3", tokenizer=tok, stage="align")
+    items = take(dm.train_stream(0), 8)
+    harmful_uids = {r.uid for r in dm.records("harmful")}
+    align_uids = {r.uid for r in dm.records("alignment")}
+    for k, item in enumerate(items):
+        assert set(item) == {"align", "harmful", "position"} and item["position"] == k
+        assert item["align"]["input_ids"].shape[0] == 4 and item["harmful"]["input_ids"].shape[0] == 3
+        assert set(item["align"]) == set(BATCH_KEYS) == set(item["harmful"])
+        assert set(item["harmful"]["uid"]) <= harmful_uids and set(item["align"]["uid"]) <= align_uids
+        assert item["harmful"]["is_harmful"].all()
+        assert ((item["harmful"]["refusal_labels"] != -100).sum(dim=1) > 1).all()  # y_r is supervised
+    # the D_harm sampler is independent of the alignment sampler's batch size
+    dm2 = build(
+        tmp_path, fake, "data.harmful_batch_size=3", "data.align_batch_size=2", tokenizer=tok, stage="align"
+    )
+    assert [x["harmful"]["uid"] for x in take(dm2.train_stream(0), 8)] == [x["harmful"]["uid"] for x in items]
+
+
+def test_workers_and_shards_keep_the_order(tmp_path, fake, tok):
+    dm = build(tmp_path, fake, tokenizer=tok)
+    single = [_plain(x) for x in take(dm.train_stream(2), 6)]
+    loader = DataLoader(dm.train_stream(2), batch_size=None, num_workers=2)
+    it = iter(loader)
+    assert [_plain(next(it)) for _ in range(6)] == single
+    del it
+    rank0 = take(dm.train_stream(0, Shard(0, 2)), 4)
+    rank1 = take(dm.train_stream(0, Shard(1, 2)), 4)
+    full = take(dm.train_stream(0), 4)
+    for a, b, f in zip(rank0, rank1, full, strict=True):
+        assert len(a["uid"]) == len(b["uid"]) == 2 and sorted(a["uid"] + b["uid"]) == sorted(f["uid"])
+
+
+class _Consumer(L.LightningModule):
+    """Records the items it consumes and honours the resume contract (stream_position)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.stream_position = 0
+        self.seen: list[tuple[int, tuple[str, ...]]] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append((int(batch["position"]), tuple(batch["uid"])))
+        self.stream_position = int(batch["position"]) + 1
+        return (self.w * batch["attention_mask"].float().mean()).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["stream_position"] = self.stream_position
+
+    def on_load_checkpoint(self, checkpoint):
+        self.stream_position = checkpoint["stream_position"]
+
+
+def _trainer(tmp_path, steps, callbacks=()):
+    return L.Trainer(
+        max_steps=steps,
+        max_epochs=-1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        default_root_dir=tmp_path,
+        enable_checkpointing=bool(callbacks),
+    )
+
+
+def test_lightning_resume_sees_the_uninterrupted_batches(tmp_path, fake, tok):
+    dm = build(tmp_path, fake, tokenizer=tok)
+    full = _Consumer()
+    _trainer(tmp_path / "full", 6).fit(full, datamodule=dm)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1
+    )
+    first = _Consumer()
+    _trainer(tmp_path / "a", 3, [ckpt]).fit(first, datamodule=dm)
+    path = next((tmp_path / "ckpt").glob("*.ckpt"))
+    resumed = _Consumer()
+    _trainer(tmp_path / "b", 6, [L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt2")]).fit(
+        resumed, datamodule=dm, ckpt_path=str(path)
+    )
+    assert [p for p, _ in full.seen] == list(range(6))
+    assert first.seen == full.seen[:3]
+    assert resumed.seen == full.seen[3:]
+
+
+# -- summary and the real sources -------------------------------------------------------------
+
+
+def test_summary_numbers_and_table(tmp_path, fake, tok):
+    dm = build(tmp_path, fake, "data.user.p=0.25", tokenizer=tok)
+    summary = dm.summary()
+    user = summary["splits"]["user"]
+    rows = dm.records("user")
+    assert (user["rows"], user["harmful"], user["benign"]) == (20, 5, 15)
+    assert user["by_source"] == {"arithmetic": 8, "benign_prose": 7, "pyrit_harmful": 5}
+    assert user["mean_prompt_chars"] == pytest.approx(sum(len(r.instruction) for r in rows) / 20)
+    assert user["mean_response_tokens"] == pytest.approx(
+        sum(len(tok(r.response, add_special_tokens=False)["input_ids"]) for r in rows) / 20
+    )
+    text = format_summary(summary)
+    for split in Split:
+        assert re.search(rf"^{split.value}\s+{summary['splits'][split.value]['rows']}\s", text, re.M)
+    assert "arithmetic 8, benign_prose 7, pyrit_harmful 5" in text
+
+
+def test_real_offline_sources(tmp_path, tiny_cfg):
+    from antibody.models import load_tokenizer
+
+    def generator(prompts: list[str]) -> list[str]:
+        return [f"Sure. Here is a short, friendly answer about this: {p[:40]}" for p in prompts]
+
+    cfg = cfg_with(tmp_path, "task.n_train_pool=200", "data.user.p=0.2")
+    tokenizer = load_tokenizer(cfg.model)
+    dm = SafetyDataModule(cfg, tokenizer, "align", generator=generator, cache_dir=tmp_path)
+    dm.setup()
+    user = dm.records("user")
+    assert len(user) == 20 and sum(r.is_harmful for r in user) == 4
+    assert {r.source for r in user if r.is_harmful} == {"pyrit_harmful"}
+    assert {r.source for r in dm.records("eval_harmful")} == {"harmbench"}
+    assert {r.source for r in dm.records("alignment")} == {"advbench", "benign_prose", "arithmetic"}
+    splits = {s: keys(dm.records(s)) for s in Split if s is not Split.USER_BENIGN_ONLY}
+    for a in splits:
+        for b in splits:
+            assert a == b or not splits[a] & splits[b]
+    item = take(dm.train_stream(0), 1)[0]
+    assert item["align"]["input_ids"].shape[0] == 4 and item["align"]["input_ids"].shape[1] <= 96
+    assert "alignment" in format_summary(dm.summary())

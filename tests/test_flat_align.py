@@ -1,0 +1,358 @@
+"""FlatAlignModule: perturbation, exact restore, the update direction, accumulation,
+non-finite skipping and bf16, each checked against an independent computation."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from torch.func import functional_call
+
+from antibody.config.errors import ConfigError
+from antibody.config.schema import AlignMethod, LambdaMode
+from antibody.methods.flat_align import ALIGN_METHODS, FlatAlignModule
+from antibody.methods.perturb import ParameterSnapshot, descend_, global_norm
+from tests._synthetic import (
+    GradCapture,
+    align_item,
+    clone_model,
+    concat_batches,
+    list_loader,
+    tiny_lora_model,
+    trainable,
+    trainer,
+)
+
+RHO = 0.5  # larger than the paper's 0.1 so that g_h' differs clearly from g_h on a tiny model
+
+
+def _cfg(cfg, method=AlignMethod.ANTIBODY, mode=LambdaMode.KKT, lam=5.0, lambda2=0.05, accumulate=1, **kw):
+    a = cfg.method.align
+    a.method, a.lambda_mode, a.lam, a.lambda2, a.rho = method, mode, lam, lambda2, RHO
+    a.accumulate_grad_batches = accumulate
+    a.weight_decay = 0.0
+    for k, v in kw.items():
+        setattr(a, k, v)
+    return cfg
+
+
+# ---------------------------------------------------------------------------- reference
+def _named_trainable(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _ref_loss(model, params, batch, prefix=""):
+    # transformers' own loss through functional_call: independent of antibody.methods.losses
+    kwargs = {
+        "input_ids": batch[f"{prefix}input_ids"],
+        "attention_mask": batch[f"{prefix}attention_mask"],
+        "labels": batch[f"{prefix}labels"],
+    }
+    return functional_call(model, params, args=(), kwargs=kwargs, strict=False).loss
+
+
+def _ref_grad(model, params, batch, prefix=""):
+    leaf = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    grads = torch.autograd.grad(_ref_loss(model, leaf, batch, prefix), list(leaf.values()), allow_unused=True)
+    return [torch.zeros_like(v) if g is None else g for v, g in zip(leaf.values(), grads, strict=True)]
+
+
+def _flat(gs):
+    return torch.cat([g.reshape(-1) for g in gs]).double()
+
+
+def _ref_terms(model, item, rho=RHO):
+    """g_a, g_h, g_h', g_r and theta' by functional calls on an untouched copy."""
+    ref = clone_model(model)
+    theta = _named_trainable(ref)
+    g_h = _ref_grad(ref, theta, item["harmful"])
+    norm = math.sqrt(float(_flat(g_h).pow(2).sum()))
+    theta_p = {k: v - rho * g / (norm + 1e-12) for (k, v), g in zip(theta.items(), g_h, strict=True)}
+    return {
+        "g_a": _ref_grad(ref, theta, item["align"]),
+        "g_h": g_h,
+        "g_hp": _ref_grad(ref, theta_p, item["harmful"]),
+        "g_r": _ref_grad(ref, theta_p, item["harmful"], "refusal_"),
+        "theta": theta,
+        "theta_p": theta_p,
+    }
+
+
+def _ref_lambda(mode, a, s, lam=5.0, xi=5.0, eta=5.0):
+    if mode is LambdaMode.CONSTANT:
+        return lam
+    if mode is LambdaMode.KKT:
+        ss = float(s @ s)
+        return max(0.0, (xi * ss - float(s @ a)) / ss)
+    # cosine_ema at its first update: the EMA starts at the raw value
+    return max(eta - float(s @ a) / (float(a.norm()) * float(s.norm())), 0.0)
+
+
+def _ref_update(terms_list, mode, lambda2, **lam_kw):
+    """A + lambda(A, S) S + lambda2 R over window averages of per-micro-batch terms."""
+    n = len(terms_list)
+    A = sum(_flat(t["g_a"]) for t in terms_list) / n
+    S = sum(_flat(t["g_h"]) - _flat(t["g_hp"]) for t in terms_list) / n
+    R = sum(_flat(t["g_r"]) for t in terms_list) / n
+    lam = _ref_lambda(mode, A, S, **lam_kw)
+    return A + lam * S + lambda2 * R, lam
+
+
+def _fit(module, items, max_steps, tmp_path, callbacks=(), **kw):
+    t = trainer(max_steps, tmp_path, callbacks=callbacks, **kw)
+    t.fit(module, train_dataloaders=list_loader(items))
+    return t
+
+
+class ForwardRecorder:
+    """Snapshot of the trainable tensors at every forward call of the model."""
+
+    def __init__(self, model):
+        self.snaps = []
+        self.handle = model.register_forward_pre_hook(
+            lambda m, args, kwargs: self.snaps.append([p.detach().clone() for p in trainable(m)]),
+            with_kwargs=True,
+        )
+
+
+# ---------------------------------------------------------------------------- tests
+def test_registry_covers_every_method():
+    assert set(ALIGN_METHODS) == set(AlignMethod)
+
+
+def test_perturbation_norm_direction_and_bit_exact_restore(tiny_cfg, tmp_path):
+    cfg = _cfg(tiny_cfg, accumulate=2)
+    model = tiny_lora_model()
+    items = [align_item(0, 0), align_item(0, 1)]
+    ref = _ref_terms(model, items[0])
+    rec = ForwardRecorder(model)
+    _fit(FlatAlignModule(model, cfg), items, 1, tmp_path)
+    # 4 passes per micro-batch: g_h at theta, g_h' and g_r at theta', g_a at theta
+    assert len(rec.snaps) == 8
+    theta, theta_p = rec.snaps[0], rec.snaps[1]
+    delta = [b - a for a, b in zip(theta, theta_p, strict=True)]
+    assert float(global_norm(delta)) == pytest.approx(RHO, rel=1e-5)
+    # theta' = theta - rho g_h / ||g_h|| with the independently computed g_h
+    for t, d, tp_ref in zip(theta, delta, ref["theta_p"].values(), strict=True):
+        torch.testing.assert_close(t + d, tp_ref, rtol=1e-5, atol=1e-6)
+    # the refusal pass runs at the same theta'
+    for a, b in zip(rec.snaps[1], rec.snaps[2], strict=True):
+        assert torch.equal(a, b)
+    # restore is bit-exact: g_a and the next micro-batch (no optimiser step yet) see theta
+    for snap in (rec.snaps[3], rec.snaps[4]):
+        for a, b in zip(theta, snap, strict=True):
+            assert torch.equal(a, b)
+    for a, b in zip(theta, ref["theta"].values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_snapshot_restore_is_bit_exact_in_bf16():
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(7, 5, generator=gen).bfloat16() for _ in range(3)]
+    grads = [torch.randn(7, 5, generator=gen).bfloat16() for _ in range(3)]
+    original = [p.clone() for p in params]
+    snap = ParameterSnapshot()
+    snap.save(params)
+    descend_(params, grads, 0.37, global_norm(grads))
+    assert not all(torch.equal(a, b) for a, b in zip(params, original, strict=True))
+    snap.restore(params)
+    assert all(torch.equal(a, b) for a, b in zip(params, original, strict=True))
+
+
+def test_frozen_weights_never_change(tiny_cfg, tmp_path):
+    model = tiny_lora_model()
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    lora = _named_trainable(model)
+    _fit(FlatAlignModule(model, _cfg(tiny_cfg)), [align_item(0, i) for i in range(3)], 3, tmp_path)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert not torch.equal(p, lora[n]), n
+        else:
+            assert torch.equal(p, frozen[n]), n
+
+
+@pytest.mark.parametrize(
+    ("method", "mode", "lambda2"),
+    [
+        (AlignMethod.ANTIBODY, LambdaMode.KKT, 0.05),
+        (AlignMethod.ANTIBODY, LambdaMode.COSINE_EMA, 0.05),
+        (AlignMethod.ANTIBODY, LambdaMode.CONSTANT, 0.3),
+        (AlignMethod.BOOSTER, LambdaMode.CONSTANT, 0.0),
+    ],
+)
+def test_update_equals_independent_computation(tiny_cfg, tmp_path, method, mode, lambda2):
+    cfg = _cfg(tiny_cfg, method=method, mode=mode, lam=2.5, lambda2=lambda2)
+    model = tiny_lora_model()
+    item = align_item(0, 0)
+    terms = _ref_terms(model, item)
+    want, lam = _ref_update([terms], mode, lambda2, lam=2.5)
+    cap = GradCapture()
+    t = _fit(FlatAlignModule(model, cfg), [item], 1, tmp_path, callbacks=[cap])
+    got = _flat(cap.grads[0])
+    torch.testing.assert_close(got, want, rtol=2e-4, atol=1e-7)
+    assert float(t.callback_metrics["align/lambda_t"]) == pytest.approx(lam, rel=1e-4)
+    # each term is far above the tolerance, so a missing term would fail the comparison
+    s = _flat(terms["g_h"]) - _flat(terms["g_hp"])
+    assert float((lam * s).norm()) > 1e-2 * float(want.norm())
+    if lambda2:
+        assert float((lambda2 * _flat(terms["g_r"])).norm()) > 1e-2 * float(want.norm())
+
+
+def test_clipping_scales_the_combined_gradient(tiny_cfg, tmp_path):
+    cfg = _cfg(tiny_cfg, gradient_clip_val=1e-3)
+    model = tiny_lora_model()
+    item = align_item(0, 0)
+    want, _ = _ref_update([_ref_terms(model, item)], LambdaMode.KKT, 0.05)
+    cap = GradCapture()
+    _fit(FlatAlignModule(model, cfg), [item], 1, tmp_path, callbacks=[cap])
+    got = _flat(cap.grads[0])
+    assert float(got.norm()) == pytest.approx(1e-3, rel=1e-3)
+    torch.testing.assert_close(got / got.norm(), want / want.norm(), rtol=1e-4, atol=1e-6)
+
+
+def test_zero_lambdas_equal_a_plain_sft_step(tiny_cfg, tmp_path):
+    items = [align_item(0, 0)]
+    # independent plain SFT step: transformers loss, torch AdamW
+    ref = tiny_lora_model()
+    a = tiny_cfg.method.align
+    opt = torch.optim.AdamW(trainable(ref), lr=a.lr, weight_decay=0.0)
+    ref.train()
+    ref(**{k: items[0]["align"][k] for k in ("input_ids", "attention_mask", "labels")}).loss.backward()
+    opt.step()
+
+    results = {}
+    for method in (AlignMethod.ANTIBODY, AlignMethod.SFT):
+        model = tiny_lora_model()
+        rec = ForwardRecorder(model)
+        cfg = _cfg(tiny_cfg, method=method, mode=LambdaMode.CONSTANT, lam=0.0, lambda2=0.0)
+        _fit(FlatAlignModule(model, cfg), items, 1, tmp_path)
+        results[method] = len(rec.snaps)
+        for p, q in zip(trainable(model), trainable(ref), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    # SFT skips the flat passes entirely; Antibody with lambda = lambda2 = 0 still runs them
+    assert results == {AlignMethod.SFT: 1, AlignMethod.ANTIBODY: 4}
+
+
+def test_sft_accumulation_equals_one_large_batch(tiny_cfg, tmp_path):
+    i0, i1 = align_item(0, 0, fixed_lengths=True), align_item(0, 1, fixed_lengths=True)
+    big = {"align": concat_batches(i0["align"], i1["align"]), "harmful": i0["harmful"], "position": 0}
+    params, grads = [], []
+    for accumulate, items in ((2, [i0, i1]), (1, [big])):
+        model = tiny_lora_model()
+        cap = GradCapture()
+        cfg = _cfg(tiny_cfg, method=AlignMethod.SFT, accumulate=accumulate)
+        _fit(FlatAlignModule(model, cfg), items, 1, tmp_path, callbacks=[cap])
+        grads.append(_flat(cap.grads[0]))
+        params.append([p.detach().clone() for p in trainable(model)])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-8)
+    for p, q in zip(*params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_flat_accumulation_of_identical_microbatches_equals_their_concatenation(tiny_cfg, tmp_path):
+    i0 = align_item(0, 0, fixed_lengths=True)
+    big = {k: concat_batches(i0[k], i0[k]) for k in ("align", "harmful")}
+    grads = []
+    for accumulate, items in (
+        (3, [i0, {**i0, "position": 1}, {**i0, "position": 2}]),
+        (1, [{**big, "position": 0}]),
+    ):
+        cap = GradCapture()
+        _fit(
+            FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg, accumulate=accumulate)),
+            items,
+            1,
+            tmp_path,
+            [cap],
+        )
+        grads.append(_flat(cap.grads[0]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-8)
+
+
+def test_flat_accumulation_uses_per_microbatch_terms_and_one_lambda(tiny_cfg, tmp_path):
+    items = [align_item(0, 0), align_item(0, 1)]
+    model = tiny_lora_model()
+    want, lam = _ref_update([_ref_terms(model, it) for it in items], LambdaMode.COSINE_EMA, 0.05)
+    cap = GradCapture()
+    cfg = _cfg(tiny_cfg, mode=LambdaMode.COSINE_EMA, accumulate=2)
+    module = FlatAlignModule(model, cfg)
+    _fit(module, items, 1, tmp_path, callbacks=[cap])
+    torch.testing.assert_close(_flat(cap.grads[0]), want, rtol=2e-4, atol=1e-7)
+    assert module.lambda_state.updates == 1  # once per optimiser step, not per micro-batch
+    assert module.lambda_state.ema == pytest.approx(lam, rel=1e-5)
+
+
+class _NaNOnBatches(L.Callback):
+    """Turns the model's logits into NaN during the chosen batches (only on the first
+    forward of each micro-batch when ``first_pass_only``: the harmful pass at theta)."""
+
+    def __init__(self, model, batches, first_pass_only=False):
+        self.batches, self.first_only, self.active, self.calls = set(batches), first_pass_only, False, 0
+        model.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, out):
+        self.calls += 1
+        if self.active and (not self.first_only or self.calls == 1):
+            out.logits = out.logits * float("nan")
+        return out
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.active, self.calls = batch_idx in self.batches or -1 in self.batches, 0
+
+
+class _ParamsPerBatch(L.Callback):
+    def __init__(self):
+        self.after, self.steps = [], 0
+
+    def on_train_start(self, trainer, pl_module):
+        trainer.optimizers[0].register_step_pre_hook(lambda *a: setattr(self, "steps", self.steps + 1))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.after.append([p.detach().clone() for p in trainable(pl_module.model)])
+
+
+def test_nonfinite_window_is_skipped_and_params_restored(tiny_cfg, tmp_path):
+    model = tiny_lora_model()
+    module = FlatAlignModule(model, _cfg(tiny_cfg))
+    nan = _NaNOnBatches(model, {1}, first_pass_only=True)  # NaN g_h: the perturbation is poisoned
+    rec = _ParamsPerBatch()
+    t = _fit(module, [align_item(0, i) for i in range(3)], 2, tmp_path, callbacks=[nan, rec])
+    assert t.global_step == 2 and rec.steps == 2  # the optimiser never saw the NaN window
+    assert module.skipped_steps == 1 and module.consecutive_nonfinite == 0
+    assert module.stream_position == 3
+    assert all(torch.equal(a, b) for a, b in zip(rec.after[0], rec.after[1], strict=True))
+    assert all(torch.isfinite(p).all() for p in trainable(model))
+    assert float(t.callback_metrics["align/skipped_steps"]) == 1.0
+
+
+def test_too_many_consecutive_nonfinite_steps_raise(tiny_cfg, tmp_path):
+    model = tiny_lora_model()
+    module = FlatAlignModule(model, _cfg(tiny_cfg, max_consecutive_nonfinite=2))
+    nan = _NaNOnBatches(model, {-1})
+    with pytest.raises(RuntimeError, match=r"3 optimiser steps in a row.*max_consecutive_nonfinite=2"):
+        _fit(module, [align_item(0, i) for i in range(5)], 3, tmp_path, callbacks=[nan])
+    assert module.skipped_steps == 3
+
+
+def test_bf16_mixed_step_is_finite(tiny_cfg, tmp_path):
+    model = tiny_lora_model()
+    before = [p.detach().clone() for p in trainable(model)]
+    t = _fit(FlatAlignModule(model, _cfg(tiny_cfg)), [align_item(0, 0)], 1, tmp_path, precision="bf16-mixed")
+    assert t.global_step == 1
+    assert all(torch.isfinite(p).all() for p in trainable(model))
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainable(model), strict=True))
+    for key in ("align/loss", "align/harmful_loss_change", "align/lambda_t", "align/grad_norm_h"):
+        assert math.isfinite(float(t.callback_metrics[key])), key
+
+
+def test_fp16_mixed_precision_is_refused(tiny_cfg):
+    # on CPU Lightning itself swaps 16-mixed for bf16-mixed, so the check is driven directly
+    module = FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg))
+    module._trainer = SimpleNamespace(precision="16-mixed")
+    with pytest.raises(ConfigError, match=r"trainer.precision='16-mixed'.*bf16-mixed"):
+        module.on_fit_start()
+    module._trainer = SimpleNamespace(precision="bf16-mixed")
+    module.on_fit_start()
