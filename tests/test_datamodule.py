@@ -180,8 +180,13 @@ def tok():
     return build_tiny_tokenizer()
 
 
+# The split logic is tested with the embedded default's mix (benign prose in alignment and
+# upload), which the tiny experiment switches off for its real-model pipeline tests.
+MIX = ("data.alignment.benign_prose_ratio=1.0", "data.user.benign_prose_share=0.5")
+
+
 def cfg_with(tmp_path, *overrides):
-    return compose(["experiment=tiny", f"run.output_dir={tmp_path / 'runs'}", *overrides])
+    return compose(["experiment=tiny", f"run.output_dir={tmp_path / 'runs'}", *MIX, *overrides])
 
 
 def build(tmp_path, fake, *overrides, tokenizer=None, stage="finetune", **kw) -> SafetyDataModule:

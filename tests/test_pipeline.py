@@ -1,0 +1,75 @@
+"""End to end through the CLI on the tiny model: align -> finetune -> eval, and the demo."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from antibody.cli.main import main
+
+TINY = ["experiment=tiny", "trainer.checkpoint_every_n_steps=2"]
+
+
+@pytest.fixture
+def out(tmp_path):
+    return tmp_path / "runs"
+
+
+def test_align_finetune_eval_cli(out, capsys):
+    base = [*TINY, f"run.output_dir={out}"]
+    assert main(["align", *base, "run.name=al", "method.align.rho=0.3"]) == 0
+    al = out / "al"
+    for name in ("config.yaml", "adapter", "checkpoints/last.ckpt", "metrics.json", "data_summary.json", "DONE"):
+        assert (al / name).exists(), name
+    m = json.loads((al / "metrics.json").read_text())
+    assert m["steps"] == 3 and m["seconds_per_step"] > 0
+    assert "align/lambda_t" in m["final"]
+
+    # finetune from "latest": the newest finished alignment run
+    assert main(["finetune", *base, "run.name=ft", "run.init_from=latest"]) == 0
+    ft = out / "ft"
+    m = json.loads((ft / "metrics.json").read_text())
+    assert m["init_from"] == str(al)
+    rows = [json.loads(line) for line in (ft / "weights.jsonl").read_text().splitlines()]
+    assert rows and {"uid", "is_harmful", "w", "r"} <= set(rows[0])
+    assert any(r["is_harmful"] for r in rows)
+
+    # a finished run is never overwritten
+    assert main(["finetune", *base, "run.name=ft", "run.init_from=latest"]) == 2
+    assert "already holds a finished finetune run" in capsys.readouterr().err
+
+    assert main(["eval", f"run={ft}"]) == 0
+    metrics = json.loads((ft / "eval" / "metrics.json").read_text())
+    assert {"harmful/harmful_score", "harmful/refusal_rate", "benign/over_refusal", "arithmetic/accuracy"} <= set(
+        metrics["metrics"]
+    )
+    assert metrics["metrics"]["harmful/harmful_score"]["n"] == 8
+
+
+def test_killed_stage_resumes_from_last_checkpoint(out):
+    """A run stopped after its step-2 checkpoint continues to the same final step."""
+    base = [*TINY, f"run.output_dir={out}", "run.name=r", "method=sft"]
+    assert main(["align", *base, "method.align.max_steps=2"]) == 0  # stands in for the killed run
+    run = out / "r"
+    (run / "DONE").unlink()  # as if killed before finishing; the step-2 checkpoint remains
+    cfg_text = (run / "config.yaml").read_text().replace("max_steps: 2", "max_steps: 3", 1)
+    (run / "config.yaml").write_text(cfg_text)
+    assert main(["align", *base, "method.align.max_steps=3"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 3
+
+
+def test_demo_pipeline_tiny(out):
+    assert main(["demo", *TINY, f"run.output_dir={out}", "run.name=demo"]) == 0
+    root = out / "demo"
+    results = json.loads((root / "results.json").read_text())
+    jobs = [r["job"] for r in results["rows"]]
+    assert jobs[0] == "base" and {"align-sft", "align-antibody", "ft-sft-sft", "ft-antibody-antibody",
+                                  "ft-sft-benign"} <= set(jobs)
+    assert (root / "results.png").stat().st_size > 1000
+    aligned = [r for r in results["rows"] if r["group"] == "aligned"]
+    assert all("grad_norm" in r["sharpness"] for r in aligned)
+    # second invocation: everything is cached, nothing retrains
+    mtime = (root / "align-sft" / "adapter").stat().st_mtime
+    assert main(["demo", *TINY, f"run.output_dir={out}", "run.name=demo"]) == 0
+    assert (root / "align-sft" / "adapter").stat().st_mtime == mtime
