@@ -73,3 +73,11 @@ def test_demo_pipeline_tiny(out):
     mtime = (root / "align-sft" / "adapter").stat().st_mtime
     assert main(["demo", *TINY, f"run.output_dir={out}", "run.name=demo"]) == 0
     assert (root / "align-sft" / "adapter").stat().st_mtime == mtime
+
+
+def test_bench_writes_ratios(out):
+    assert main(["bench", *TINY, f"run.output_dir={out}", "steps=2"]) == 0
+    bench = json.loads((out / "bench" / "bench.json").read_text())
+    assert set(bench["variants"]) >= {"align-sft", "align-antibody", "finetune-sft", "finetune-antibody"}
+    assert all(v > 0 for v in bench["ratios"].values())  # speed itself is for `make bench`
+    assert bench["variants"]["finetune-antibody"]["mean_weight_harmful_x_batch"] > 0

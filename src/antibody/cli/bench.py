@@ -1,0 +1,117 @@
+"""`bench`: seconds per optimizer step of each stage variant, side by side in one process.
+
+Every variant trains from the same initial weights on the same batches (same data seed),
+for `bench.steps` steps after one warm-up step, so the ratios compare like with like:
+
+    python -m antibody bench                     # embedded SmolLM2 on CPU
+    python -m antibody bench experiment=tiny steps=2   # seconds, for a smoke check
+
+Writes `runs/bench/bench.json` (override with run.output_dir / run.name).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from antibody.cli.callbacks import StepTimer
+from antibody.cli.rundir import write_json
+from antibody.config import Config, compose
+
+# (name, stage, overrides): the four variants of the closing note of issue 3, plus Booster
+VARIANTS = [
+    ("align-sft", "align", ["method.align.method=sft"]),
+    ("align-booster", "align", ["method.align.method=booster"]),
+    ("align-antibody", "align", ["method.align.method=antibody"]),
+    ("finetune-sft", "finetune", ["method.finetune.weighting=uniform"]),
+    ("finetune-antibody", "finetune", ["method.finetune.weighting=likelihood_ratio"]),
+]
+
+
+def _time_variant(cfg: Config, stage: str, steps: int) -> dict:
+    from antibody.cli.stages import _module_for, build_datamodule
+    from antibody.data.datamodule import Stage
+    from antibody.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    dm = build_datamodule(cfg, tokenizer, Stage(stage))
+    dm.setup("fit")
+    L.seed_everything(cfg.run.seed)
+    model, _ = load_model(cfg.model)
+    module = _module_for(Stage(stage), model, cfg)
+    timer = StepTimer()
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=cfg.trainer.precision,
+        max_steps=steps + 1,  # the first (warm-up) step is excluded by StepTimer
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=dm)
+    out = timer.summary()
+    if stage == "finetune" and hasattr(module, "weight_records"):
+        rows = module.weight_records()
+        harm = [r["w"] for r in rows if r["is_harmful"]]
+        benign = [r["w"] for r in rows if not r["is_harmful"]]
+        # weights are per batch and sum to 1; x batch size = 1.0 means "as plain SFT"
+        b = cfg.data.finetune_batch_size
+        out["mean_weight_harmful_x_batch"] = b * sum(harm) / max(len(harm), 1)
+        out["mean_weight_benign_x_batch"] = b * sum(benign) / max(len(benign), 1)
+    return out
+
+
+def bench_command(args: list[str]) -> int:
+    steps = 5
+    rest = []
+    for arg in args:  # `steps=N` is the bench's own argument, not a config key
+        if arg.startswith("steps="):
+            steps = int(arg.split("=", 1)[1])
+            if steps < 1:
+                raise ValueError(f"steps={steps}: allowed range [1, inf)")
+        else:
+            rest.append(arg)
+    args = rest
+    has_run_name = any(a.startswith("run.name=") for a in args)
+    if not has_run_name:
+        args = [*args, "run.name=bench"]
+    base = compose(args)
+    results: dict = {
+        "model": base.model.name,
+        "batch_size": {"align": base.data.align_batch_size, "harmful": base.data.harmful_batch_size,
+                       "finetune": base.data.finetune_batch_size},
+        "max_length": base.data.max_length,
+        "steps_timed": steps,
+        "torch_threads": torch.get_num_threads(),
+        "device": base.trainer.accelerator,
+        "variants": {},
+    }
+    for name, stage, overrides in VARIANTS:
+        cfg = compose([*args, *overrides])
+        t0 = time.perf_counter()
+        results["variants"][name] = _time_variant(cfg, stage, steps)
+        results["variants"][name]["wall_seconds"] = time.perf_counter() - t0
+        print(f"[bench] {name}: {results['variants'][name]['seconds_per_step']:.2f} s/step", flush=True)
+    v = results["variants"]
+    results["ratios"] = {
+        "align_antibody_over_sft": v["align-antibody"]["seconds_per_step"] / v["align-sft"]["seconds_per_step"],
+        "align_booster_over_sft": v["align-booster"]["seconds_per_step"] / v["align-sft"]["seconds_per_step"],
+        "finetune_antibody_over_sft": v["finetune-antibody"]["seconds_per_step"]
+        / v["finetune-sft"]["seconds_per_step"],
+    }
+    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = Path(base.run.output_dir) / base.run.name / "bench.json"
+    write_json(out, results)
+    for key, value in results["ratios"].items():
+        print(f"[bench] {key}: {value:.2f}x")
+    print(f"[bench] wrote {out}")
+    return 0
