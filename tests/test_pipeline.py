@@ -69,6 +69,13 @@ def test_demo_pipeline_tiny(out):
     assert (root / "results.png").stat().st_size > 1000
     aligned = [r for r in results["rows"] if r["group"] == "aligned"]
     assert all("grad_norm" in r["sharpness"] for r in aligned)
+    attacked = next(r for r in results["rows"] if r["job"] == "ft-sft-antibody")
+    assert attacked["weights"]["mean_weight_harmful_x_batch"] is not None
+    readme = out / "README.md"
+    readme.write_text("intro\n<!-- demo-results:start -->\nold\n<!-- demo-results:end -->\nrest\n")
+    assert main(["report", str(root / "results.json"), str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and "| sft align -> antibody fine-tune |" in text and text.endswith("rest\n")
     # second invocation: everything is cached, nothing retrains
     mtime = (root / "align-sft" / "adapter").stat().st_mtime
     assert main(["demo", *TINY, f"run.output_dir={out}", "run.name=demo"]) == 0

@@ -116,6 +116,18 @@ def _row(job: Job, cfg: Config, root: Path) -> dict:
         row["seconds_per_step"] = tm.get("seconds_per_step")
         row["detector"] = tm.get("detector")
         row["final"] = {k: v for k, v in tm.get("final", {}).items() if "weight" in k}
+    weights = run_dir / "weights.jsonl"
+    if weights.is_file():
+        rows = [json.loads(line) for line in weights.read_text().splitlines() if line]
+        b = cfg.data.finetune_batch_size
+        harm = [r["w"] for r in rows if r["is_harmful"]]
+        benign = [r["w"] for r in rows if not r["is_harmful"]]
+        # per-batch weights sum to 1: x batch size, 1.0 means "as much as under plain SFT"
+        row["weights"] = {
+            "mean_weight_harmful_x_batch": b * sum(harm) / len(harm) if harm else None,
+            "mean_weight_benign_x_batch": b * sum(benign) / len(benign) if benign else None,
+            "rows_seen": len(rows),
+        }
     probe = run_dir / "sharpness.json"
     if probe.is_file():
         row["sharpness"] = json.loads(probe.read_text())

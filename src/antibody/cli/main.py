@@ -17,6 +17,7 @@ commands:
   eval           evaluate a run (run=<path>) or the base model -> metrics.json
   demo           the whole attack-and-defence story on the embedded model
   bench          speed ratios measured side by side
+  report         demo results.json -> Markdown table (into README.md)
 
 examples:
   python -m antibody align method=sft run.name=sft-align
@@ -31,6 +32,7 @@ class Command(StrEnum):
     EVAL = "eval"
     DEMO = "demo"
     BENCH = "bench"
+    REPORT = "report"
 
 
 def _data_summary(args: list[str]) -> int:
@@ -75,6 +77,12 @@ def _bench(args: list[str]) -> int:
     return bench_command(args)
 
 
+def _report(args: list[str]) -> int:
+    from antibody.cli.report import report_command
+
+    return report_command(args)
+
+
 COMMANDS: dict[Command, Callable[[list[str]], int]] = {
     Command.DATA_SUMMARY: _data_summary,
     Command.ALIGN: _align,
@@ -82,6 +90,7 @@ COMMANDS: dict[Command, Callable[[list[str]], int]] = {
     Command.EVAL: _eval,
     Command.DEMO: _demo,
     Command.BENCH: _bench,
+    Command.REPORT: _report,
 }
 
 
