@@ -71,8 +71,16 @@ def job_config(args: list[str], job: Job, root: Path) -> Config:
 def _train(cfg: Config, job: Job) -> RunDir:
     from antibody.cli.stages import Stage, train_stage
 
+    from antibody.config import ConfigError, to_yaml
+
     run = RunDir(Path(cfg.run.output_dir) / cfg.run.name)
     if run.done:
+        # a cached model is reused only if it was trained with exactly this config
+        if run.config_path.read_text() != to_yaml(cfg):
+            raise ConfigError(
+                f"{run.path} was trained with a different config than this demo asks for; "
+                "use another run.name for the demo (nothing was overwritten)"
+            )
         return run
     return train_stage(cfg, Stage(job.stage))
 
