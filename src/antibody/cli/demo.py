@@ -70,7 +70,6 @@ def job_config(args: list[str], job: Job, root: Path) -> Config:
 
 def _train(cfg: Config, job: Job) -> RunDir:
     from antibody.cli.stages import Stage, train_stage
-
     from antibody.config import ConfigError, to_yaml
 
     run = RunDir(Path(cfg.run.output_dir) / cfg.run.name)
