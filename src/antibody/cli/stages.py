@@ -169,6 +169,7 @@ def train_stage(cfg: Config, stage: Stage) -> RunDir:
         model = merge_and_new_adapter(model, cfg.model)
         base_adapters = [*base_adapters, str(adapter.resolve())]
     write_json(run.path / "base_adapters.json", [str(p) for p in base_adapters])
+    model.train()  # from_pretrained returns eval mode; Lightning would keep it per module
     module = _module_for(stage, model, cfg)
     steps = cfg.method.align.max_steps if stage is Stage.ALIGN else cfg.method.finetune.max_steps
     timer = StepTimer()
