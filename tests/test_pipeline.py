@@ -88,3 +88,18 @@ def test_bench_writes_ratios(out):
     assert set(bench["variants"]) >= {"align-sft", "align-antibody", "finetune-sft", "finetune-antibody"}
     assert all(v > 0 for v in bench["ratios"].values())  # speed itself is for `make bench`
     assert bench["variants"]["finetune-antibody"]["mean_weight_harmful_x_batch"] > 0
+
+
+def test_control_suite_jobs_and_bad_suite(capsys):
+    from antibody.cli.demo import control_jobs
+
+    jobs = control_jobs()
+    assert jobs[0].name == "align-sft"
+    overrides = {o for j in jobs for o in j.overrides}
+    for w in ("response_only", "refusal_only", "likelihood_ratio"):
+        assert f"method.finetune.weighting={w}" in overrides
+    for src in ("generated_harmful", "pyrit_harmful"):
+        assert f"data.user.harmful_answer_source={src}" in overrides
+    assert all(j.init_from == "align-sft" for j in jobs[1:])
+    assert main(["demo", "suite=nope"]) == 2
+    assert "suite=nope: choose one of" in capsys.readouterr().err

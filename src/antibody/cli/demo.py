@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from antibody.cli.rundir import RunDir, write_json
-from antibody.config import Config, compose
+from antibody.config import Config, ConfigError, compose
 
 console = Console()
 
@@ -61,6 +62,29 @@ def demo_jobs() -> list[Job]:
     return jobs
 
 
+def control_jobs() -> list[Job]:
+    """Which term of the weights does the work? SFT alignment, then weighting by the
+    response term alone and by the refusal term alone (analysis-only controls), each with
+    harmful answers written by the base model and by humans (PyRIT)."""
+    jobs = [Job("align-sft", "sft alignment", "align", ("method.align.method=sft",), group="aligned")]
+    sources = {"generated": "generated_harmful", "pyrit": "pyrit_harmful"}
+    for src_name, source in sources.items():
+        for w in ("likelihood_ratio", "response_only", "refusal_only"):
+            jobs.append(Job(
+                f"ctl-sft-{w}-{src_name}", f"sft align -> {w} ({src_name} harmful answers)", "finetune",
+                (f"method.finetune.weighting={w}", f"data.user.harmful_answer_source={source}"),
+                init_from="align-sft", group="control-weights"))
+    return jobs
+
+
+class Suite(StrEnum):
+    MAIN = "main"
+    CONTROLS = "controls"
+
+
+SUITES = {Suite.MAIN: demo_jobs, Suite.CONTROLS: control_jobs}
+
+
 def job_config(args: list[str], job: Job, root: Path) -> Config:
     extra = [f"run.output_dir={root}", f"run.name={job.name}", *job.overrides]
     if job.init_from:
@@ -70,7 +94,7 @@ def job_config(args: list[str], job: Job, root: Path) -> Config:
 
 def _train(cfg: Config, job: Job) -> RunDir:
     from antibody.cli.stages import Stage, train_stage
-    from antibody.config import ConfigError, to_yaml
+    from antibody.config import to_yaml
 
     run = RunDir(Path(cfg.run.output_dir) / cfg.run.name)
     if run.done:
@@ -207,13 +231,25 @@ def demo_command(args: list[str]) -> int:
     from antibody.cli.evaluate import evaluate_model
     from antibody.evaluation.tasks import accuracy_task_for
 
+    suite = Suite.MAIN
+    rest = []
+    for arg in args:  # `suite=` is the demo's own argument, not a config key
+        if arg.startswith("suite="):
+            value = arg.split("=", 1)[1]
+            if value not in {s.value for s in Suite}:
+                raise ConfigError(f"suite={value}: choose one of {[s.value for s in Suite]}")
+            suite = Suite(value)
+        else:
+            rest.append(arg)
+    args = rest
     # the tuned demo sizes unless the caller names another experiment (e.g. demo_quick)
     has_experiment = any(a.startswith("experiment=") for a in args)
     experiment_args = list(args) if has_experiment else ["experiment=demo", *args]
     base_cfg = compose(experiment_args)
     root = Path(base_cfg.run.output_dir) / base_cfg.run.name
     root.mkdir(parents=True, exist_ok=True)
-    jobs = demo_jobs()
+    jobs = SUITES[suite]()
+    stem = "results" if suite is Suite.MAIN else f"results_{suite.value}"
     task = accuracy_task_for(base_cfg.task.name).name.value
     t_start = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -247,9 +283,10 @@ def demo_command(args: list[str]) -> int:
             "rows": rows,
             "demo_seconds_this_invocation": time.perf_counter() - t_start,
         }
-        write_json(root / "results.json", results)
-        plot(rows, task, root / "results.png")
+        results["suite"] = suite.value
+        write_json(root / f"{stem}.json", results)
+        plot(rows, task, root / f"{stem}.png")
         progress.advance(overall, 2)
     console.print(render_table(rows, task))
-    console.print(f"[antibody] wrote {root / 'results.json'} and {root / 'results.png'}")
+    console.print(f"[antibody] wrote {root / (stem + '.json')} and {root / (stem + '.png')}")
     return 0
