@@ -96,7 +96,7 @@ def test_control_suite_jobs_and_bad_suite(capsys):
     jobs = control_jobs()
     assert jobs[0].name == "align-sft"
     overrides = {o for j in jobs for o in j.overrides}
-    for w in ("response_only", "refusal_only", "likelihood_ratio"):
+    for w in ("response_only", "refusal_only"):
         assert f"method.finetune.weighting={w}" in overrides
     for src in ("generated_harmful", "pyrit_harmful"):
         assert f"data.user.harmful_answer_source={src}" in overrides

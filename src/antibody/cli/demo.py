@@ -69,7 +69,7 @@ def control_jobs() -> list[Job]:
     jobs = [Job("align-sft", "sft alignment", "align", ("method.align.method=sft",), group="aligned")]
     sources = {"generated": "generated_harmful", "pyrit": "pyrit_harmful"}
     for src_name, source in sources.items():
-        for w in ("likelihood_ratio", "response_only", "refusal_only"):
+        for w in ("response_only", "refusal_only"):  # the full ratio: the main suite
             jobs.append(Job(
                 f"ctl-sft-{w}-{src_name}", f"sft align -> {w} ({src_name} harmful answers)", "finetune",
                 (f"method.finetune.weighting={w}", f"data.user.harmful_answer_source={source}"),
