@@ -63,14 +63,9 @@ def lazy_base_generator(cfg: Config) -> tuple[Callable[[list[str]], list[str]], 
             )
         return out
 
-    settings = {
-        "model": cfg.model.name,
-        "model_path": cfg.model.path,
-        "dtype": cfg.model.dtype,
-        "prompt_format": cfg.data.prompt_format.value,
-        "max_new_tokens": cfg.data.generation_max_new_tokens,
-        "decoding": "greedy",
-    }
+    from antibody.data.datamodule import default_generator_settings
+
+    settings = default_generator_settings(cfg)
     return generate, settings
 
 
