@@ -356,3 +356,26 @@ def test_fp16_mixed_precision_is_refused(tiny_cfg):
         module.on_fit_start()
     module._trainer = SimpleNamespace(precision="bf16-mixed")
     module.on_fit_start()
+
+
+def test_overshooting_perturbation_is_reported(tiny_cfg, tmp_path, monkeypatch):
+    """When the 'descent' step raises the harmful loss past the factor, the module says so
+    once, naming the config key, instead of training on silently."""
+    module = FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg))
+    with pytest.warns(UserWarning, match=rf"method.align.rho={RHO} raised the harmful loss from 0.9 to 24"):
+        module._warn_on_overshoot(0.9, 24.0)
+    module._warn_on_overshoot(0.9, 30.0)  # said once only (no second warning, no error)
+    module._overshoot_warned = False
+    module._warn_on_overshoot(0.9, 1.5)  # below the factor: silent
+    assert not module._overshoot_warned
+    # wired into the training step: with factor 0 any perturbed loss counts as overshoot
+    monkeypatch.setattr(FlatAlignModule, "OVERSHOOT_FACTOR", 0.0)
+    fresh = FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg))
+    with pytest.warns(UserWarning, match="raised the harmful loss"):
+        _fit(fresh, [align_item(0, k) for k in range(1)], 1, tmp_path)
+
+
+def test_small_radius_does_not_warn(tiny_cfg, tmp_path, recwarn):
+    module = FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg))
+    _fit(module, [align_item(0, k) for k in range(2)], 2, tmp_path)
+    assert not getattr(module, "_overshoot_warned", False)

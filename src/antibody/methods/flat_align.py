@@ -170,11 +170,30 @@ class FlatAlignModule(StageModule):
         self._track("perturbed_harmful_loss", loss_hp)
         self._track("refusal_loss", loss_r)
         self._track("harmful_loss_change", loss_hp.detach() - loss_h.detach())
+        self._warn_on_overshoot(float(loss_h.detach()), float(loss_hp.detach()))
         self._track("grad_norm_h", norm_h)
         self._track("grad_norm_h_prime", norm_hp)
         self._track("cos_h_hprime", _cos_t(g_h, g_hp, norm_h, norm_hp))
         if g_r is not None:
             self._track("grad_norm_r", global_norm(g_r))
+
+    # A normalised descent step of radius rho that RAISES the harmful loss by more than this
+    # factor has left the region where the one-step approximation of the inner min holds.
+    OVERSHOOT_FACTOR = 2.0
+
+    def _warn_on_overshoot(self, loss_h: float, loss_hp: float) -> None:
+        """Say once when the perturbation overshoots (measured on the embedded demo with
+        rho = 0.3 on an r16/alpha32 LoRA: after ~45 steps the perturbed harmful loss rose
+        from ~0.9 to 24 while lambda_t * ||g_s|| swamped the alignment gradient)."""
+        if getattr(self, "_overshoot_warned", False) or not loss_hp > self.OVERSHOOT_FACTOR * max(loss_h, 1e-8):
+            return
+        self._overshoot_warned = True
+        rank_zero_warn(
+            f"flat alignment: the perturbation step of radius method.align.rho={self.settings.rho} raised "
+            f"the harmful loss from {loss_h:.3g} to {loss_hp:.3g} (step {self.global_step}); the one-step "
+            "approximation of the inner min no longer holds and the flatness gradient can swamp the "
+            "alignment gradient. Consider a smaller rho (the effective radius grows with lora.alpha/r)."
+        )
 
     def _add_to_window(self, g_h: list[Tensor], g_hp: list[Tensor], g_r: list[Tensor] | None) -> None:
         if not self._sum_s:
