@@ -45,6 +45,7 @@ def test_align_finetune_eval_cli(out, capsys):
         metrics["metrics"]
     )
     assert metrics["metrics"]["harmful/harmful_score"]["n"] == 8
+    assert metrics["eval_seconds"] > 0
 
 
 def test_killed_stage_resumes_from_last_checkpoint(out):

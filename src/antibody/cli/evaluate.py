@@ -58,6 +58,9 @@ def evaluate_model(cfg: Config, adapter: Optional[Path], out_dir: Path, records=
     t0 = time.perf_counter()
     result = evaluate(model, tokenizer, records, cfg, out_dir, judge, progress=progress)
     result["eval_seconds"] = time.perf_counter() - t0
+    from antibody.cli.rundir import write_json
+
+    write_json(Path(out_dir) / "metrics.json", result)  # with the wall time of this call
     return result
 
 
