@@ -12,6 +12,7 @@ All jobs share the data seed, so every fine-tuning run sees identical batches.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -25,7 +26,8 @@ from rich.table import Table
 from antibody.cli.rundir import RunDir, write_json
 from antibody.config import Config, ConfigError, compose
 
-console = Console()
+# wide enough for the results table when stdout is a log file, not a terminal
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 @dataclass(frozen=True)
