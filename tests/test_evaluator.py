@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from antibody.config import compose
 from antibody.config.errors import DataError
@@ -14,6 +12,7 @@ from antibody.data.records import Record
 from antibody.evaluation import evaluator as ev
 from antibody.evaluation.judges import KeywordJudge
 from antibody.models import load_tokenizer
+from antibody.models.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +22,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return LlamaForCausalLM(config).eval()
+    return build_tiny_model(compose(["experiment=tiny"]).model.tiny, tokenizer).eval()
 
 
 @pytest.fixture

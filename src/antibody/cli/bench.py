@@ -19,6 +19,7 @@ import lightning as L
 import torch
 
 from antibody.cli.callbacks import StepTimer
+from antibody.cli.report import weight_summary
 from antibody.cli.rundir import write_json
 from antibody.config import Config, compose
 
@@ -59,14 +60,8 @@ def _time_variant(cfg: Config, stage: str, steps: int) -> dict:
     )
     trainer.fit(module, datamodule=dm)
     out = timer.summary()
-    if stage == "finetune" and hasattr(module, "weight_records"):
-        rows = module.weight_records()
-        harm = [r["w"] for r in rows if r["is_harmful"]]
-        benign = [r["w"] for r in rows if not r["is_harmful"]]
-        # weights are per batch and sum to 1; x batch size = 1.0 means "as plain SFT"
-        b = cfg.data.finetune_batch_size
-        out["mean_weight_harmful_x_batch"] = b * sum(harm) / max(len(harm), 1)
-        out["mean_weight_benign_x_batch"] = b * sum(benign) / max(len(benign), 1)
+    if stage == "finetune":
+        out.update(weight_summary(module.weight_records(), cfg.data.finetune_batch_size))
     return out
 
 

@@ -12,7 +12,6 @@ All jobs share the data seed, so every fine-tuning run sees identical batches.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,13 +20,12 @@ from typing import Optional
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from antibody.cli.report import markdown_table, weight_summary
 from antibody.cli.rundir import RunDir, write_json
 from antibody.config import Config, ConfigError, compose
 
-# wide enough for the results table when stdout is a log file, not a terminal
-console = Console(width=None if sys.stdout.isatty() else 200)
+console = Console()
 
 
 @dataclass(frozen=True)
@@ -152,15 +150,7 @@ def _row(job: Job, cfg: Config, root: Path) -> dict:
     weights = run_dir / "weights.jsonl"
     if weights.is_file():
         rows = [json.loads(line) for line in weights.read_text().splitlines() if line]
-        b = cfg.data.finetune_batch_size
-        harm = [r["w"] for r in rows if r["is_harmful"]]
-        benign = [r["w"] for r in rows if not r["is_harmful"]]
-        # per-batch weights sum to 1: x batch size, 1.0 means "as much as under plain SFT"
-        row["weights"] = {
-            "mean_weight_harmful_x_batch": b * sum(harm) / len(harm) if harm else None,
-            "mean_weight_benign_x_batch": b * sum(benign) / len(benign) if benign else None,
-            "rows_seen": len(rows),
-        }
+        row["weights"] = weight_summary(rows, cfg.data.finetune_batch_size)
     probe = run_dir / "sharpness.json"
     if probe.is_file():
         row["sharpness"] = json.loads(probe.read_text())
@@ -170,36 +160,6 @@ def _row(job: Job, cfg: Config, root: Path) -> dict:
 def _value(row: dict, key: str) -> Optional[float]:
     m = row["metrics"].get(key)
     return None if m is None else m["value"]
-
-
-def _fmt_rate(row: dict, key: str) -> str:
-    m = row["metrics"].get(key)
-    if m is None:
-        return "-"
-    return f"{100 * m['value']:.1f} ± {100 * m['stderr']:.1f}"
-
-
-def render_table(rows: list[dict], task: str) -> Table:
-    table = Table(title="antibody demo (rates in %, ± one standard error)")
-    for col in ("model", "HS", "refusal", "HS+", "over-refusal", f"FA ({task})", "train s",
-                "s/step", "eval s", "grad-norm@harm", "loss drop@rho"):
-        table.add_column(col, justify="right" if col != "model" else "left")
-    for r in rows:
-        sh = r.get("sharpness") or {}
-        table.add_row(
-            r["label"],
-            _fmt_rate(r, "harmful/harmful_score"),
-            _fmt_rate(r, "harmful/refusal_rate"),
-            _fmt_rate(r, "harmful/harmful_score_plus"),
-            _fmt_rate(r, "benign/over_refusal"),
-            _fmt_rate(r, f"{task}/accuracy"),
-            f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-",
-            f"{r['seconds_per_step']:.2f}" if r.get("seconds_per_step") else "-",
-            f"{r['eval_seconds']:.0f}" if r.get("eval_seconds") else "-",
-            f"{sh['grad_norm']:.3f}" if sh else "-",
-            f"{sh['loss_drop']:.4f}" if sh else "-",
-        )
-    return table
 
 
 def plot(rows: list[dict], task: str, path: Path) -> None:
@@ -289,6 +249,6 @@ def demo_command(args: list[str]) -> int:
         write_json(root / f"{stem}.json", results)
         plot(rows, task, root / f"{stem}.png")
         progress.advance(overall, 2)
-    console.print(render_table(rows, task))
+    print(markdown_table(results))
     console.print(f"[antibody] wrote {root / (stem + '.json')} and {root / (stem + '.png')}")
     return 0

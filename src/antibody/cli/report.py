@@ -17,6 +17,18 @@ START = "<!-- demo-results:start -->"
 END = "<!-- demo-results:end -->"
 
 
+def weight_summary(rows: list[dict], batch_size: int) -> dict:
+    """Mean per-row weight of harmful and benign rows x batch size (weights of one batch sum
+    to 1, so 1.0 means "as much as under plain SFT"), from `weight_records()` rows."""
+    harm = [r["w"] for r in rows if r["is_harmful"]]
+    benign = [r["w"] for r in rows if not r["is_harmful"]]
+    return {
+        "mean_weight_harmful_x_batch": batch_size * sum(harm) / len(harm) if harm else None,
+        "mean_weight_benign_x_batch": batch_size * sum(benign) / len(benign) if benign else None,
+        "rows_seen": len(rows),
+    }
+
+
 def _rate(row: dict, key: str) -> str:
     m = row["metrics"].get(key)
     if m is None:

@@ -22,13 +22,7 @@ from antibody.cli.loggers import build_logger
 from antibody.cli.rundir import RunDir, resolve_init_from, run_dir_for, write_json
 from antibody.config import Config, to_container
 from antibody.config.schema import JudgeKind
-from antibody.data.datamodule import Split, Stage
-
-
-def data_cache_dir() -> Path:
-    from antibody.models import cache_root
-
-    return cache_root() / "data"
+from antibody.data.datamodule import Split, Stage, default_cache_dir
 
 
 def lazy_base_generator(cfg: Config) -> tuple[Callable[[list[str]], list[str]], dict]:
@@ -91,7 +85,7 @@ def build_datamodule(cfg: Config, tokenizer, stage: Stage):
         tokenizer,
         stage=stage.value,
         generator=generator,
-        cache_dir=data_cache_dir(),
+        cache_dir=default_cache_dir(),
         exclude_prompts=judge_training_prompts(cfg),
         train_split=train_split,
     )
