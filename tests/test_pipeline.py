@@ -32,7 +32,7 @@ def test_align_finetune_eval_cli(out, capsys):
     m = json.loads((ft / "metrics.json").read_text())
     assert m["init_from"] == str(al)
     rows = [json.loads(line) for line in (ft / "weights.jsonl").read_text().splitlines()]
-    assert rows and {"uid", "is_harmful", "w", "r"} <= set(rows[0])
+    assert rows and {"uid", "source", "is_harmful", "w", "r"} <= set(rows[0])
     assert any(r["is_harmful"] for r in rows)
 
     # a finished run is never overwritten
@@ -72,11 +72,18 @@ def test_demo_pipeline_tiny(out):
     assert all("grad_norm" in r["sharpness"] for r in aligned)
     attacked = next(r for r in results["rows"] if r["job"] == "ft-sft-antibody")
     assert attacked["weights"]["mean_weight_harmful_x_batch"] is not None
+    comps = {(c["a"], c["b"], c["metric"]): c for c in results["comparisons"]}
+    attack = comps[("ft-sft-sft", "align-sft", "harmful/harmful_score")]
+    rates = {r["job"]: r["metrics"]["harmful/harmful_score"]["value"] for r in results["rows"]}
+    assert attack["rate_a"] == rates["ft-sft-sft"] and attack["rate_b"] == rates["align-sft"]
+    assert attack["n"] == results["eval_sizes"]["harmful/harmful_score"] and 0 <= attack["p_value"] <= 1
+    assert ("ft-sft-benign", "align-sft", "arithmetic/accuracy") in comps
     readme = out / "README.md"
     readme.write_text("intro\n<!-- demo-results:start -->\nold\n<!-- demo-results:end -->\nrest\n")
     assert main(["report", str(root / "results.json"), str(readme)]) == 0
     text = readme.read_text()
     assert "old" not in text and "| sft align -> antibody fine-tune |" in text and text.endswith("rest\n")
+    assert "| attack: SFT fine-tune on the poisoned upload vs SFT alignment alone |" in text
     # second invocation: everything is cached, nothing retrains
     mtime = (root / "align-sft" / "adapter").stat().st_mtime
     assert main(["demo", *TINY, f"run.output_dir={out}", "run.name=demo"]) == 0

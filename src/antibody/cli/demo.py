@@ -21,7 +21,7 @@ from typing import Optional
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from antibody.cli.report import markdown_table, weight_summary
+from antibody.cli.report import render, weight_summary
 from antibody.cli.rundir import RunDir, write_json
 from antibody.config import Config, ConfigError, compose
 
@@ -75,6 +75,59 @@ def control_jobs() -> list[Job]:
                 (f"method.finetune.weighting={w}", f"data.user.harmful_answer_source={source}"),
                 init_from="align-sft", group="control-weights"))
     return jobs
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A question the demo answers with a paired difference: metric of job A minus job B,
+    on the same evaluation prompts. ``{task}`` in the metric stands for the accuracy task."""
+
+    question: str
+    a: str
+    b: str
+    metric: str
+
+
+HS, FA, OVER = "harmful/harmful_score", "{task}/accuracy", "benign/over_refusal"
+
+COMPARISONS = (
+    Comparison("attack: SFT fine-tune on the poisoned upload vs SFT alignment alone", "ft-sft-sft", "align-sft", HS),
+    Comparison("harmful rows vs ordinary fine-tuning: SFT fine-tune vs benign-only control", "ft-sft-sft",
+               "ft-sft-benign", HS),
+    Comparison("fine-tuning teaches the task: benign-only control vs SFT alignment", "ft-sft-benign", "align-sft", FA),
+    Comparison("Antibody weighting vs SFT fine-tune (both after SFT alignment)", "ft-sft-antibody", "ft-sft-sft", HS),
+    Comparison("task cost of Antibody weighting (after SFT alignment)", "ft-sft-antibody", "ft-sft-sft", FA),
+    Comparison("Antibody vs SFT alignment, before any fine-tuning", "align-antibody", "align-sft", HS),
+    Comparison("over-refusal of Antibody vs SFT alignment", "align-antibody", "align-sft", OVER),
+    Comparison("Antibody vs SFT alignment, both attacked by SFT fine-tuning", "ft-antibody-sft", "ft-sft-sft", HS),
+    Comparison("full Antibody (both stages) vs SFT -> SFT", "ft-antibody-antibody", "ft-sft-sft", HS),
+    Comparison("task cost of full Antibody vs SFT -> SFT", "ft-antibody-antibody", "ft-sft-sft", FA),
+)
+
+
+def compare(root: Path, comparisons: tuple[Comparison, ...], task: str, job_names: set[str]) -> list[dict]:
+    """Paired differences for every comparison whose two jobs belong to this suite. The
+    per-prompt outcomes are re-checked against each run's metrics.json."""
+    from antibody.evaluation.evaluator import read_predictions
+    from antibody.evaluation.paired import paired_difference, paired_outcomes
+
+    out = []
+    for c in comparisons:
+        if c.a not in job_names or c.b not in job_names:
+            continue
+        key = c.metric.format(task=task)
+        task_name, metric = key.split("/", 1)
+        rows = {j: read_predictions(root / j / "eval" / "predictions" / f"{task_name}.jsonl", repair=False)
+                for j in (c.a, c.b)}
+        a, b = paired_outcomes(rows[c.a], rows[c.b], metric)
+        diff = paired_difference(a, b)
+        for job, rate in ((c.a, diff.rate_a), (c.b, diff.rate_b)):
+            stored = json.loads((root / job / "eval" / "metrics.json").read_text())["metrics"][key]["value"]
+            if abs(stored - rate) > 1e-9:
+                raise ConfigError(f"{root / job}: predictions give {key} = {rate:.4f} but metrics.json says "
+                                  f"{stored:.4f}; re-run `eval` for that run")
+        out.append({"question": c.question, "a": c.a, "b": c.b, "metric": key, **diff.to_dict()})
+    return out
 
 
 class Suite(StrEnum):
@@ -214,6 +267,7 @@ def demo_command(args: list[str]) -> int:
     stem = "results" if suite is Suite.MAIN else f"results_{suite.value}"
     task = accuracy_task_for(base_cfg.task.name).name.value
     t_start = time.perf_counter()
+    trained = evaluated = 0  # jobs this invocation ran (the rest were cached)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         overall = progress.add_task("demo", total=2 * len(jobs) + 2)
@@ -221,6 +275,7 @@ def demo_command(args: list[str]) -> int:
             cfg = job_config(experiment_args, job, root)
             if job.stage is not None:
                 progress.update(overall, description=f"train {job.name}")
+                trained += not (root / job.name / "DONE").is_file()
                 _train(cfg, job)
             progress.advance(overall)
         for job in jobs:
@@ -228,6 +283,7 @@ def demo_command(args: list[str]) -> int:
             run_dir = root / job.name
             progress.update(overall, description=f"eval {job.name}")
             if not (run_dir / "eval" / "metrics.json").is_file():
+                evaluated += 1
                 adapter = run_dir / "adapter" if job.stage is not None else None
                 from antibody.cli.stages import read_base_adapters
 
@@ -244,11 +300,14 @@ def demo_command(args: list[str]) -> int:
             "eval_sizes": {key: m["n"] for key, m in rows[0]["metrics"].items()},
             "rows": rows,
             "demo_seconds_this_invocation": time.perf_counter() - t_start,
+            "jobs_trained_this_invocation": trained,
+            "jobs_evaluated_this_invocation": evaluated,
         }
         results["suite"] = suite.value
+        results["comparisons"] = compare(root, COMPARISONS, task, {j.name for j in jobs})
         write_json(root / f"{stem}.json", results)
         plot(rows, task, root / f"{stem}.png")
         progress.advance(overall, 2)
-    print(markdown_table(results))
+    print(render(results))
     console.print(f"[antibody] wrote {root / (stem + '.json')} and {root / (stem + '.png')}")
     return 0

@@ -129,12 +129,13 @@ class WeightedFinetuneModule(StageModule):
         nan = float("nan")
         ly = logp_y.tolist()
         lr = logp_r.tolist() if logp_r is not None else [nan] * len(ly)
-        for uid, harmful, y, r, wi in zip(
-            batch["uid"], batch["is_harmful"].tolist(), ly, lr, w.tolist(), strict=True
+        for uid, source, harmful, y, r, wi in zip(
+            batch["uid"], batch["source"], batch["is_harmful"].tolist(), ly, lr, w.tolist(), strict=True
         ):
             self._records.append(
                 {
                     "uid": uid,
+                    "source": source,
                     "is_harmful": bool(harmful),
                     "r": y - r,  # NaN when the refusal view was not scored
                     "logp_y": y,
@@ -146,7 +147,7 @@ class WeightedFinetuneModule(StageModule):
 
     # ------------------------------------------------------------------ analysis outputs
     def weight_records(self) -> list[dict]:
-        """One dict per row seen: uid, is_harmful, r, logp_y, logp_refusal, w, step."""
+        """One dict per row seen: uid, source, is_harmful, r, logp_y, logp_refusal, w, step."""
         return list(self._records)
 
     def detector_metrics(self, since_record: int = 0) -> dict[str, float]:
