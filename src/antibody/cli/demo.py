@@ -105,24 +105,31 @@ COMPARISONS = (
 )
 
 
-def compare(root: Path, comparisons: tuple[Comparison, ...], task: str, job_names: set[str]) -> list[dict]:
-    """Paired differences for every comparison whose two jobs belong to this suite. The
-    per-prompt outcomes are re-checked against each run's metrics.json."""
+def compare(root: Path, comparisons: tuple[Comparison, ...], task: str, rows: list[dict]) -> list[dict]:
+    """Paired differences for every comparison whose two jobs are among ``rows`` (this
+    suite's `_row`s). The per-prompt outcomes are re-checked against each row's metrics."""
     from antibody.evaluation.evaluator import read_predictions
     from antibody.evaluation.paired import paired_difference, paired_outcomes
 
+    metrics = {r["job"]: r["metrics"] for r in rows}
+    predictions: dict[tuple[str, str], list[dict]] = {}  # several comparisons share a file
+
+    def preds(job: str, task_name: str) -> list[dict]:
+        if (job, task_name) not in predictions:
+            path = root / job / "eval" / "predictions" / f"{task_name}.jsonl"
+            predictions[job, task_name] = read_predictions(path, repair=False)
+        return predictions[job, task_name]
+
     out = []
     for c in comparisons:
-        if c.a not in job_names or c.b not in job_names:
+        if c.a not in metrics or c.b not in metrics:
             continue
         key = c.metric.format(task=task)
         task_name, metric = key.split("/", 1)
-        rows = {j: read_predictions(root / j / "eval" / "predictions" / f"{task_name}.jsonl", repair=False)
-                for j in (c.a, c.b)}
-        a, b = paired_outcomes(rows[c.a], rows[c.b], metric)
+        a, b = paired_outcomes(preds(c.a, task_name), preds(c.b, task_name), metric)
         diff = paired_difference(a, b)
         for job, rate in ((c.a, diff.rate_a), (c.b, diff.rate_b)):
-            stored = json.loads((root / job / "eval" / "metrics.json").read_text())["metrics"][key]["value"]
+            stored = metrics[job][key]["value"]
             if abs(stored - rate) > 1e-9:
                 raise ConfigError(f"{root / job}: predictions give {key} = {rate:.4f} but metrics.json says "
                                   f"{stored:.4f}; re-run `eval` for that run")
@@ -145,7 +152,9 @@ def job_config(args: list[str], job: Job, root: Path) -> Config:
     return compose([*args, *extra])
 
 
-def _train(cfg: Config, job: Job) -> RunDir:
+def _train(cfg: Config, job: Job) -> bool:
+    """Train the job's model unless a finished run with this exact config exists; True if
+    it trained now."""
     from antibody.cli.stages import Stage, train_stage
     from antibody.config import to_yaml
 
@@ -157,8 +166,9 @@ def _train(cfg: Config, job: Job) -> RunDir:
                 f"{run.path} was trained with a different config than this demo asks for; "
                 "use another run.name for the demo (nothing was overwritten)"
             )
-        return run
-    return train_stage(cfg, Stage(job.stage))
+        return False
+    train_stage(cfg, Stage(job.stage))
+    return True
 
 
 def _probe(cfg: Config, run: RunDir) -> dict:
@@ -275,8 +285,7 @@ def demo_command(args: list[str]) -> int:
             cfg = job_config(experiment_args, job, root)
             if job.stage is not None:
                 progress.update(overall, description=f"train {job.name}")
-                trained += not (root / job.name / "DONE").is_file()
-                _train(cfg, job)
+                trained += _train(cfg, job)
             progress.advance(overall)
         for job in jobs:
             cfg = job_config(experiment_args, job, root)
@@ -302,9 +311,9 @@ def demo_command(args: list[str]) -> int:
             "demo_seconds_this_invocation": time.perf_counter() - t_start,
             "jobs_trained_this_invocation": trained,
             "jobs_evaluated_this_invocation": evaluated,
+            "suite": suite.value,
         }
-        results["suite"] = suite.value
-        results["comparisons"] = compare(root, COMPARISONS, task, {j.name for j in jobs})
+        results["comparisons"] = compare(root, COMPARISONS, task, rows)
         write_json(root / f"{stem}.json", results)
         plot(rows, task, root / f"{stem}.png")
         progress.advance(overall, 2)

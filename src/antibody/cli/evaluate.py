@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -55,13 +54,7 @@ def evaluate_model(cfg: Config, adapter: Optional[Path], out_dir: Path, records=
         cfg.model, with_lora=adapter is not None, adapter_path=adapter, base_adapters=base_adapters
     )
     model.eval()
-    t0 = time.perf_counter()
-    result = evaluate(model, tokenizer, records, cfg, out_dir, judge, progress=progress)
-    result["eval_seconds"] = time.perf_counter() - t0
-    from antibody.cli.rundir import write_json
-
-    write_json(Path(out_dir) / "metrics.json", result)  # with the wall time of this call
-    return result
+    return evaluate(model, tokenizer, records, cfg, out_dir, judge, progress=progress)
 
 
 def eval_command(args: list[str]) -> int:

@@ -24,11 +24,14 @@ def block_name(results: dict) -> str:
 def weight_summary(rows: list[dict], batch_size: int) -> dict:
     """Mean per-row weight of harmful and benign rows x batch size (weights of one batch sum
     to 1, so 1.0 means "as much as under plain SFT"), from `weight_records()` rows."""
-    harm = [r["w"] for r in rows if r["is_harmful"]]
-    benign = [r["w"] for r in rows if not r["is_harmful"]]
+    harm: list[float] = []
+    benign: list[float] = []
     by_source: dict[str, list[float]] = {}
     for r in rows:
-        if not r["is_harmful"]:
+        if r["is_harmful"]:
+            harm.append(r["w"])
+        else:
+            benign.append(r["w"])
             # older weights files lack "source"; uids are "<source>-<digest>" (make_uid)
             by_source.setdefault(r.get("source") or r["uid"].rsplit("-", 1)[0], []).append(r["w"])
     return {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
@@ -204,7 +205,8 @@ def evaluate_task(model, tokenizer, task: EvalTask, records: list[Record], cfg: 
 def evaluate(model, tokenizer, records_by_task: dict[str, list[Record]], cfg: Config, out_dir: Path,
              judge: Judge, progress: Optional[Progress] = None) -> dict:
     """Evaluate every task in `records_by_task` (keys: `EvalTaskName` values) and write
-    `out_dir/metrics.json`; returns the same dict."""
+    `out_dir/metrics.json` (with `eval_seconds`, the wall time of this call); returns the same dict."""
+    t0 = time.perf_counter()
     out_dir = Path(out_dir)
     threshold = cfg.eval.judge_threshold
     result: dict = {"metrics": {}, "tasks": {},
@@ -222,5 +224,6 @@ def evaluate(model, tokenizer, records_by_task: dict[str, list[Record]], cfg: Co
         result["tasks"][task.name.value] = dict(task.describe(cfg), n=len(rows),
                                                generated_this_run=generated,
                                                predictions=str(Path("predictions") / f"{task.name.value}.jsonl"))
+    result["eval_seconds"] = time.perf_counter() - t0
     _atomic_json(result, out_dir / "metrics.json")
     return result

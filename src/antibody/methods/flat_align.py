@@ -134,6 +134,7 @@ class FlatAlignModule(StageModule):
         self._sum_h: list[Tensor] = []
         self._sum_s: list[Tensor] = []
         self._sum_r: list[Tensor] = []
+        self._overshoot_warned = False
 
     # ------------------------------------------------------------------ micro-batch
     def _accumulate_micro_batch(self, item: Mapping[str, Any]) -> None:
@@ -185,7 +186,7 @@ class FlatAlignModule(StageModule):
         """Say once when the perturbation overshoots (measured on the embedded demo with
         rho = 0.3 on an r16/alpha32 LoRA: after ~45 steps the perturbed harmful loss rose
         from ~0.9 to 24 while lambda_t * ||g_s|| swamped the alignment gradient)."""
-        if getattr(self, "_overshoot_warned", False) or not loss_hp > self.OVERSHOOT_FACTOR * max(loss_h, 1e-8):
+        if self._overshoot_warned or not loss_hp > self.OVERSHOOT_FACTOR * max(loss_h, 1e-8):
             return
         self._overshoot_warned = True
         rank_zero_warn(
