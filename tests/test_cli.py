@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from antibody.cli.main import main
-from antibody.cli.rundir import resolve_init_from, run_dir_for
+from antibody.app.rundir import resolve_init_from, run_dir_for
 from antibody.config import ConfigError, compose
 
 

@@ -143,11 +143,11 @@ def test_sweep_files_use_valid_keys():
     """Every parameter a sweep passes must be a key (or group) the CLI accepts."""
     import yaml
 
-    from antibody.config.compose import GROUPS, _resolve_key_type
+    from antibody.config.compose import GROUPS, resolve_key_type
 
     for path in (default_conf_dir() / "sweep").glob("*.yaml"):
         sweep = yaml.safe_load(path.read_text())
         assert "${args_no_hyphens}" in sweep["command"], path
         for key in sweep["parameters"]:
             if key not in GROUPS:
-                _resolve_key_type(key.split("."))
+                resolve_key_type(key.split("."))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from antibody.cli.loggers import build_logger
+from antibody.app.loggers import build_logger
 from antibody.config import compose
 
 

@@ -99,7 +99,7 @@ def test_bench_writes_ratios(out):
 
 
 def test_control_suite_jobs_and_bad_suite(capsys):
-    from antibody.cli.demo import control_jobs
+    from antibody.app.demo import control_jobs
 
     jobs = control_jobs()
     assert jobs[0].name == "align-sft"

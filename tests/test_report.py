@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from antibody.cli.report import render, weight_summary
+from antibody.app.report import render, weight_summary
 
 
 def _w(uid, harmful, w, source=None):

@@ -36,14 +36,14 @@ class Command(StrEnum):
 
 
 def _data_summary(args: list[str]) -> int:
-    from antibody.cli.summary import data_summary
+    from antibody.app.summary import data_summary
 
     print(data_summary(compose(args)))
     return 0
 
 
 def _align(args: list[str]) -> int:
-    from antibody.cli.stages import Stage, train_stage
+    from antibody.app.stages import Stage, train_stage
 
     run = train_stage(compose(args), Stage.ALIGN)
     print(f"[antibody] alignment finished: {run.path}")
@@ -51,7 +51,7 @@ def _align(args: list[str]) -> int:
 
 
 def _finetune(args: list[str]) -> int:
-    from antibody.cli.stages import Stage, train_stage
+    from antibody.app.stages import Stage, train_stage
 
     cfg = compose(args)
     run = train_stage(cfg, Stage.FINETUNE)
@@ -60,25 +60,25 @@ def _finetune(args: list[str]) -> int:
 
 
 def _eval(args: list[str]) -> int:
-    from antibody.cli.evaluate import eval_command
+    from antibody.app.evaluate import eval_command
 
     return eval_command(args)
 
 
 def _demo(args: list[str]) -> int:
-    from antibody.cli.demo import demo_command
+    from antibody.app.demo import demo_command
 
     return demo_command(args)
 
 
 def _bench(args: list[str]) -> int:
-    from antibody.cli.bench import bench_command
+    from antibody.app.bench import bench_command
 
     return bench_command(args)
 
 
 def _report(args: list[str]) -> int:
-    from antibody.cli.report import report_command
+    from antibody.app.report import report_command
 
     return report_command(args)
 

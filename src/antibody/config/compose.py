@@ -128,7 +128,7 @@ def check_keys(
             check_keys(value, sub, full, where, lines, lp)
 
 
-def _resolve_key_type(path: list[str]) -> Any:
+def resolve_key_type(path: list[str]) -> Any:
     """Type of a dotted key in Config, or raise ConfigError with the nearest key."""
     cls: Any = Config
     walked: list[str] = []
@@ -258,7 +258,7 @@ def compose(overrides: Optional[list[str]] = None, conf_dir: Optional[Path] = No
         check_keys(experiment, Config, "", str(exp_path), exp_lines)
         cfg = _merge(cfg, experiment, str(exp_path))
     for item in dotlist:
-        _resolve_key_type(item.split("=", 1)[0].split("."))
+        resolve_key_type(item.split("=", 1)[0].split("."))
     if dotlist:
         try:
             cli = OmegaConf.from_dotlist(dotlist)
@@ -320,7 +320,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             "change a saved run's config; override single keys instead"
         )
     for item in dotlist:
-        _resolve_key_type(item.split("=", 1)[0].split("."))
+        resolve_key_type(item.split("=", 1)[0].split("."))
     merged = _structured()
     merged = _merge(merged, OmegaConf.structured(cfg), "config")
     if dotlist:

@@ -17,9 +17,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
-from antibody.cli.callbacks import StepTimer
-from antibody.cli.loggers import build_logger
-from antibody.cli.rundir import RunDir, resolve_init_from, run_dir_for, write_json
+from antibody.app.callbacks import StepTimer
+from antibody.app.loggers import build_logger
+from antibody.app.rundir import RunDir, resolve_init_from, run_dir_for, write_json
 from antibody.config import Config, to_container
 from antibody.config.schema import JudgeKind
 from antibody.data.datamodule import Split, Stage, default_cache_dir
@@ -129,7 +129,7 @@ def read_base_adapters(run_dir: Path) -> list[str]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
-def _module_for(stage: Stage, model, cfg: Config):
+def module_for(stage: Stage, model, cfg: Config):
     from antibody.methods import build_align_module, build_finetune_module
 
     return {Stage.ALIGN: build_align_module, Stage.FINETUNE: build_finetune_module}[stage](model, cfg)
@@ -159,7 +159,7 @@ def train_stage(cfg: Config, stage: Stage) -> RunDir:
         base_adapters = [*base_adapters, str(adapter.resolve())]
     write_json(run.path / "base_adapters.json", [str(p) for p in base_adapters])
     model.train()  # from_pretrained returns eval mode; Lightning would keep it per module
-    module = _module_for(stage, model, cfg)
+    module = module_for(stage, model, cfg)
     steps = cfg.method.align.max_steps if stage is Stage.ALIGN else cfg.method.finetune.max_steps
     timer = StepTimer()
     trainer = build_trainer(cfg, run, stage, steps, extra_callbacks=[timer])

@@ -26,7 +26,7 @@ def split_run_arg(args: list[str]) -> tuple[Optional[Path], list[str]]:
 
 def eval_records(cfg: Config, tokenizer) -> dict:
     """Evaluation records keyed by evaluation task name, from the config's DataModule."""
-    from antibody.cli.stages import build_datamodule
+    from antibody.app.stages import build_datamodule
     from antibody.data.datamodule import Split, Stage
     from antibody.evaluation.tasks import EvalTaskName, accuracy_task_for
 
@@ -69,7 +69,7 @@ def eval_command(args: list[str]) -> int:
         cfg = apply_overrides(load_saved(run / "config.yaml"), rest)
         out_dir = run / "eval"
         adapter = run / "adapter"
-    from antibody.cli.stages import read_base_adapters
+    from antibody.app.stages import read_base_adapters
 
     base = tuple(read_base_adapters(run)) if run is not None else ()
     result = evaluate_model(cfg, adapter, out_dir, base_adapters=base)

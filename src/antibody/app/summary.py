@@ -6,7 +6,7 @@ from antibody.config import Config
 
 
 def data_summary(cfg: Config) -> str:
-    from antibody.cli.stages import Stage, build_datamodule
+    from antibody.app.stages import Stage, build_datamodule
     from antibody.data.summary import format_summary
     from antibody.models import load_tokenizer
 

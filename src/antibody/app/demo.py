@@ -21,8 +21,8 @@ from typing import Optional
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from antibody.cli.report import render, weight_summary
-from antibody.cli.rundir import RunDir, write_json
+from antibody.app.report import render, weight_summary
+from antibody.app.rundir import RunDir, write_json
 from antibody.config import Config, ConfigError, compose
 
 console = Console()
@@ -155,7 +155,7 @@ def job_config(args: list[str], job: Job, root: Path) -> Config:
 def _train(cfg: Config, job: Job) -> bool:
     """Train the job's model unless a finished run with this exact config exists; True if
     it trained now."""
-    from antibody.cli.stages import Stage, train_stage
+    from antibody.app.stages import Stage, train_stage
     from antibody.config import to_yaml
 
     run = RunDir(Path(cfg.run.output_dir) / cfg.run.name)
@@ -176,7 +176,7 @@ def _probe(cfg: Config, run: RunDir) -> dict:
     rows, which no alignment run saw (the same rows for every aligned model)."""
     import torch
 
-    from antibody.cli.stages import build_datamodule
+    from antibody.app.stages import build_datamodule
     from antibody.data.collate import BatchCollator
     from antibody.data.datamodule import Split, Stage
     from antibody.methods import sharpness_probe
@@ -253,7 +253,7 @@ def plot(rows: list[dict], task: str, path: Path) -> None:
 
 
 def demo_command(args: list[str]) -> int:
-    from antibody.cli.evaluate import evaluate_model
+    from antibody.app.evaluate import evaluate_model
     from antibody.evaluation.tasks import accuracy_task_for
 
     suite = Suite.MAIN
@@ -294,7 +294,7 @@ def demo_command(args: list[str]) -> int:
             if not (run_dir / "eval" / "metrics.json").is_file():
                 evaluated += 1
                 adapter = run_dir / "adapter" if job.stage is not None else None
-                from antibody.cli.stages import read_base_adapters
+                from antibody.app.stages import read_base_adapters
 
                 evaluate_model(cfg, adapter, run_dir / "eval",
                                base_adapters=tuple(read_base_adapters(run_dir)))

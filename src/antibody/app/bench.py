@@ -18,9 +18,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from antibody.cli.callbacks import StepTimer
-from antibody.cli.report import weight_summary
-from antibody.cli.rundir import write_json
+from antibody.app.callbacks import StepTimer
+from antibody.app.report import weight_summary
+from antibody.app.rundir import write_json
 from antibody.config import Config, compose
 
 # (name, stage, overrides): the four variants of the closing note of issue 3, plus Booster
@@ -34,7 +34,7 @@ VARIANTS = [
 
 
 def _time_variant(cfg: Config, stage: str, steps: int) -> dict:
-    from antibody.cli.stages import _module_for, build_datamodule
+    from antibody.app.stages import module_for, build_datamodule
     from antibody.data.datamodule import Stage
     from antibody.models import load_model, load_tokenizer
 
@@ -43,7 +43,7 @@ def _time_variant(cfg: Config, stage: str, steps: int) -> dict:
     dm.setup("fit")
     L.seed_everything(cfg.run.seed)
     model, _ = load_model(cfg.model)
-    module = _module_for(Stage(stage), model, cfg)
+    module = module_for(Stage(stage), model, cfg)
     timer = StepTimer()
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
