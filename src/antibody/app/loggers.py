@@ -21,8 +21,24 @@ def _wandb_has_key() -> bool:
         return False
 
 
+def csv_version(run_dir: Path, stage: str) -> str:
+    """`stage` for a first start, `stage-resumeK` for the K-th restart of the stage.
+
+    Lightning's CSV writer deletes metrics.csv when its version folder already holds
+    files, so a resumed stage writing to the same folder would lose the logged steps of
+    the interrupted part. Each (re)start gets its own folder instead.
+    """
+    logs = Path(run_dir) / "logs"
+    if not (logs / stage).exists():
+        return stage
+    k = 1
+    while (logs / f"{stage}-resume{k}").exists():
+        k += 1
+    return f"{stage}-resume{k}"
+
+
 def _csv(cfg: Config, run_dir: Path, stage: str) -> Logger:
-    return CSVLogger(save_dir=str(run_dir), name="logs", version=stage)
+    return CSVLogger(save_dir=str(run_dir), name="logs", version=csv_version(run_dir, stage))
 
 
 def _wandb(cfg: Config, run_dir: Path, stage: str) -> Logger:

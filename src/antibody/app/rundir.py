@@ -6,14 +6,12 @@ same name, an unfinished one resumes from its last checkpoint.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from antibody.config import Config, ConfigError, to_yaml
+from antibody.infra.files import atomic_write_json, atomic_write_text
 
 DONE = "DONE"
 
@@ -75,17 +73,10 @@ def run_dir_for(cfg: Config, stage: str, *, allow_done: bool = False) -> RunDir:
     return run
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file + rename so a killed process never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    """A run's JSON files, as they were always written: ASCII-escaped, and values JSON cannot
+    encode (a Path, say) written as str rather than failing after the stage's work is done."""
+    atomic_write_json(path, data, ensure_ascii=True, default=str)
 
 
 def resolve_init_from(value: str, output_dir: str, stage: str = "align") -> Path:

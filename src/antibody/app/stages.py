@@ -7,6 +7,7 @@ written sources are generated only after the checks), and only then is the model
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -18,11 +19,15 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
 from antibody.app.callbacks import StepTimer
+from antibody.app.errors import StageInterrupted
 from antibody.app.loggers import build_logger
 from antibody.app.rundir import RunDir, resolve_init_from, run_dir_for, write_json
 from antibody.config import Config, to_container
-from antibody.config.schema import JudgeKind
-from antibody.data.datamodule import Split, Stage, default_cache_dir
+from antibody.config.schema import JudgeKind, Stage
+from antibody.data.datamodule import default_cache_dir
+from antibody.data.plan import Split
+from antibody.infra import progress
+from antibody.infra.files import atomic_write_jsonl
 
 
 def lazy_base_generator(cfg: Config) -> tuple[Callable[[list[str]], list[str]], dict]:
@@ -44,17 +49,17 @@ def lazy_base_generator(cfg: Config) -> tuple[Callable[[list[str]], list[str]], 
                 max_new_tokens=cfg.data.generation_max_new_tokens,
                 batch_size=cfg.data.generation_batch_size,
             )
-        # chunked so that a long first-time generation shows progress (cached afterwards)
+        # chunked so that a long first-time generation shows progress (cached afterwards);
+        # the data layer calls this once per batch, so the bar counts across calls
         chunk = 4 * cfg.data.generation_batch_size
         out: list[str] = []
-        t0 = time.perf_counter()
-        for start in range(0, len(instructions), chunk):
-            out.extend(state["fn"](instructions[start : start + chunk]))
-            print(
-                f"[antibody] base model answering {len(out)}/{len(instructions)} prompts "
-                f"({time.perf_counter() - t0:.0f} s; cached once done)",
-                flush=True,
-            )
+        with progress.task("base model writing answers (cached once done)", keep=False) as bar:
+            bar.update(completed=state.get("answered", 0))
+            for start in range(0, len(instructions), chunk):
+                answers = state["fn"](instructions[start : start + chunk])
+                out.extend(answers)
+                state["answered"] = state.get("answered", 0) + len(answers)
+                bar.update(completed=state["answered"])
         return out
 
     from antibody.data.datamodule import default_generator_settings
@@ -74,6 +79,17 @@ def judge_training_prompts(cfg: Config) -> set[str]:
 
 
 def build_datamodule(cfg: Config, tokenizer, stage: Stage):
+    """The stage's DataModule, its splits built: prepare_data() writes any missing
+    model-written rows (the base model loads only then), setup() reads them. Pool checks
+    fail here, before any model for training is loaded."""
+    dm = new_datamodule(cfg, tokenizer, stage)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def new_datamodule(cfg: Config, tokenizer, stage: Stage):
+    """The stage's DataModule, nothing built yet; its generator is the lazy base model."""
     from antibody.data.datamodule import SafetyDataModule
 
     generator, settings = lazy_base_generator(cfg)
@@ -146,7 +162,6 @@ def train_stage(cfg: Config, stage: Stage) -> RunDir:
 
     tokenizer = load_tokenizer(cfg.model)
     dm = build_datamodule(cfg, tokenizer, stage)
-    dm.setup("fit")  # pool checks and model-written data happen here, before training
     write_json(run.path / "data_summary.json", dm.summary())
 
     adapter = init_dir / "adapter" if init_dir is not None else None
@@ -166,12 +181,19 @@ def train_stage(cfg: Config, stage: Stage) -> RunDir:
     ckpt = str(run.last_checkpoint) if run.last_checkpoint.exists() else None
     if ckpt:
         print(f"[antibody] resuming {run.path} from {ckpt}")
+    # Lightning's training bar is a display of its own: ours (e.g. the demo's) steps aside
+    hide_ours = progress.paused() if cfg.trainer.progress_bar else contextlib.nullcontext()
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    with hide_ours:
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        except SystemExit:  # Lightning ends a Ctrl-C with sys.exit(1) once it has torn down
+            if not trainer.interrupted:
+                raise
     wall = time.perf_counter() - t0
 
     if trainer.global_step < steps:  # interrupted (e.g. KeyboardInterrupt): keep it resumable
-        raise RuntimeError(f"stage stopped at step {trainer.global_step}/{steps}; rerun to resume")
+        raise StageInterrupted(f"stage stopped at step {trainer.global_step}/{steps}; rerun to resume")
     save_adapter(model, run.adapter)
     metrics = {
         "stage": stage.value,
@@ -187,9 +209,7 @@ def train_stage(cfg: Config, stage: Stage) -> RunDir:
     }
     if hasattr(module, "weight_records"):
         rows = module.weight_records()
-        with open(run.path / "weights.jsonl", "w") as fh:
-            for row in rows:
-                fh.write(json.dumps(row) + "\n")
+        atomic_write_jsonl(run.path / "weights.jsonl", rows, ensure_ascii=True)
         if hasattr(module, "detector_metrics"):
             metrics["detector"] = module.detector_metrics()
     write_json(run.metrics_path, metrics)

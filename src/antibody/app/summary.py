@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from antibody.config import Config
+from antibody.config import Config, compose
 
 
 def data_summary(cfg: Config) -> str:
@@ -12,5 +12,9 @@ def data_summary(cfg: Config) -> str:
 
     tokenizer = load_tokenizer(cfg.model)
     dm = build_datamodule(cfg, tokenizer, Stage.FINETUNE)
-    dm.setup("fit")
     return format_summary(dm.summary())
+
+
+def data_summary_command(overrides: list[str]) -> int:
+    print(data_summary(compose(overrides)))
+    return 0

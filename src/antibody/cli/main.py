@@ -1,32 +1,35 @@
-"""`python -m antibody <command> key=value ...` — commands keyed by an enum."""
+"""`python -m antibody <command> [key=value ...]`: argument parsing only.
+
+Each command is a member of `Command`, keyed in `COMMANDS` to its help text and to the
+`antibody.app` function that does the work. `key=value` / `group=option` overrides are
+passed through as positional arguments to the config composition, unchanged.
+"""
 
 from __future__ import annotations
 
+import argparse
+import functools
+import os
 import sys
+import textwrap
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 
-from antibody.config import ConfigError, DataError, compose
+from antibody.app.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, StageInterrupted, user_error_types
+from antibody.app.logs import configure_logging
 
-USAGE = """usage: python -m antibody <command> [group=option] [key=value ...]
+PROG = "python -m antibody"
 
-commands:
-  data-summary   composition of every split for a config
-  align          alignment stage (FlatAlignModule) -> runs/<run.name>/
-  finetune       fine-tuning stage (WeightedFinetuneModule); run.init_from=<run>|latest
-  eval           evaluate a run (run=<path>) or the base model -> metrics.json
-  demo           the whole attack-and-defence story on the embedded model
-  bench          speed ratios measured side by side
-  report         demo results.json -> Markdown table (into README.md)
-
-examples:
-  python -m antibody align method=sft run.name=sft-align
-  python -m antibody finetune run.init_from=latest method.finetune.weighting=uniform
-"""
+OVERRIDES_HELP = (
+    "config overrides: group=option picks conf/<group>/<option>.yaml (groups: model, data, "
+    "task, method, trainer, logger, experiment), key=value sets one key (e.g. method.align.rho=0.3)"
+)
 
 
 class Command(StrEnum):
     DATA_SUMMARY = "data-summary"
+    BUILD_DATA = "build-data"
     ALIGN = "align"
     FINETUNE = "finetune"
     EVAL = "eval"
@@ -35,78 +38,223 @@ class Command(StrEnum):
     REPORT = "report"
 
 
-def _data_summary(args: list[str]) -> int:
-    from antibody.app.summary import data_summary
+@dataclass(frozen=True)
+class Spec:
+    """What `--help` says about a command, its arguments, and the handler that runs it."""
 
-    print(data_summary(compose(args)))
-    return 0
-
-
-def _align(args: list[str]) -> int:
-    from antibody.app.stages import Stage, train_stage
-
-    run = train_stage(compose(args), Stage.ALIGN)
-    print(f"[antibody] alignment finished: {run.path}")
-    return 0
+    summary: str  # its line in `python -m antibody --help`
+    description: str  # the head of its own `--help`
+    examples: tuple[str, ...]
+    handler: Callable[[argparse.Namespace], int]
+    overrides_metavar: str = "key=value"
+    overrides_help: str = OVERRIDES_HELP
+    report_args: bool = False  # `report` takes file paths, not overrides
 
 
-def _finetune(args: list[str]) -> int:
-    from antibody.app.stages import Stage, train_stage
-
-    cfg = compose(args)
-    run = train_stage(cfg, Stage.FINETUNE)
-    print(f"[antibody] fine-tuning finished: {run.path}")
-    return 0
+# Handlers import their app module on call: `--help` and config errors must not wait for
+# torch and Lightning to load.
 
 
-def _eval(args: list[str]) -> int:
+def _data_summary(ns: argparse.Namespace) -> int:
+    from antibody.app.summary import data_summary_command
+
+    return data_summary_command(ns.overrides)
+
+
+def _build_data(ns: argparse.Namespace) -> int:
+    from antibody.app.build_data import build_data_command
+
+    return build_data_command(ns.overrides)
+
+
+def _align(ns: argparse.Namespace) -> int:
+    from antibody.app.train import Stage, stage_command
+
+    return stage_command(Stage.ALIGN, ns.overrides)
+
+
+def _finetune(ns: argparse.Namespace) -> int:
+    from antibody.app.train import Stage, stage_command
+
+    return stage_command(Stage.FINETUNE, ns.overrides)
+
+
+def _eval(ns: argparse.Namespace) -> int:
     from antibody.app.evaluate import eval_command
 
-    return eval_command(args)
+    return eval_command(ns.overrides)
 
 
-def _demo(args: list[str]) -> int:
+def _demo(ns: argparse.Namespace) -> int:
     from antibody.app.demo import demo_command
 
-    return demo_command(args)
+    return demo_command(ns.overrides)
 
 
-def _bench(args: list[str]) -> int:
+def _bench(ns: argparse.Namespace) -> int:
     from antibody.app.bench import bench_command
 
-    return bench_command(args)
+    return bench_command(ns.overrides)
 
 
-def _report(args: list[str]) -> int:
+def _report(ns: argparse.Namespace) -> int:
     from antibody.app.report import report_command
 
-    return report_command(args)
+    return report_command([ns.results, *([ns.readme] if ns.readme else [])])
 
 
-COMMANDS: dict[Command, Callable[[list[str]], int]] = {
-    Command.DATA_SUMMARY: _data_summary,
-    Command.ALIGN: _align,
-    Command.FINETUNE: _finetune,
-    Command.EVAL: _eval,
-    Command.DEMO: _demo,
-    Command.BENCH: _bench,
-    Command.REPORT: _report,
+COMMANDS: dict[Command, Spec] = {
+    Command.DATA_SUMMARY: Spec(
+        "composition of every split for a config",
+        "Build every data split of the composed config and print its composition: rows, "
+        "harmful/benign counts, lengths, truncation and where the rows came from.",
+        ("data-summary", "data-summary experiment=demo data.user.p=0.1"),
+        _data_summary,
+    ),
+    Command.BUILD_DATA: Spec(
+        "fill the model-written data cache (the base model answers prompts once)",
+        "Have the unaligned base model write the answers of every model-written data source "
+        "the composed config uses, cache them (under $ANTIBODY_CACHE/data, default "
+        "~/.cache/antibody/data) for every later command with the same generation settings, "
+        "and print the split summary as data-summary does.",
+        ("build-data", "build-data experiment=demo"),
+        _build_data,
+    ),
+    Command.ALIGN: Spec(
+        "alignment stage (FlatAlignModule) -> runs/<run.name>/",
+        "Train the alignment stage on the composed config and save the adapter, metrics and "
+        "data summary under <run.output_dir>/<run.name>/; an unfinished run of the same "
+        "config resumes from its last checkpoint.",
+        ("align method=sft run.name=sft-align", "align experiment=tiny run.name=smoke"),
+        _align,
+    ),
+    Command.FINETUNE: Spec(
+        "fine-tuning stage (WeightedFinetuneModule); run.init_from=<run>|latest",
+        "Fine-tune on the user's (poisoned) upload, starting from an aligned run's adapter "
+        "(run.init_from=<run name or path>, or latest: the newest finished align run).",
+        ("finetune run.init_from=latest method.finetune.weighting=uniform",
+         "finetune run.init_from=sft-align run.name=sft-ft"),
+        _finetune,
+    ),
+    Command.EVAL: Spec(
+        "evaluate a run (run=<path>) or the base model -> metrics.json",
+        "Evaluate a finished run's adapter (run=<path>: config.yaml and adapter/ are read "
+        "from it, metrics go to <path>/eval/) or, without run=, the base model of the composed "
+        "config (metrics go to <run.output_dir>/base-<model.name>/eval/). Predictions are "
+        "written per prompt, so an interrupted evaluation resumes.",
+        ("eval run=runs/sft-align", "eval run=runs/sft-align eval.max_new_tokens=64",
+         "eval experiment=tiny        # the base model, no adapter"),
+        _eval,
+        overrides_metavar="run=<path>|key=value",
+        overrides_help="run=<path>: the run directory to evaluate (omit it for the base model); "
+                       "the rest are " + OVERRIDES_HELP,
+    ),
+    Command.DEMO: Spec(
+        "the whole attack-and-defence story on the embedded model",
+        "Evaluate the base model, align with SFT and Antibody, fine-tune each on the same "
+        "poisoned upload (plus a benign-only control), evaluate every model, and write "
+        "results.json, a table and a bar chart. Finished jobs are reused, so an interrupted "
+        "demo resumes. suite=controls runs the weighting-term controls instead.",
+        ("demo", "demo experiment=demo_quick", "demo suite=controls"),
+        _demo,
+        overrides_metavar="suite=main|controls|key=value",
+        overrides_help="suite=main (default) or suite=controls; the rest are " + OVERRIDES_HELP
+                       + " (experiment=demo unless another experiment is named)",
+    ),
+    Command.BENCH: Spec(
+        "speed ratios measured side by side",
+        "Seconds per optimizer step of each stage variant (SFT, Booster and Antibody "
+        "alignment; SFT and Antibody fine-tuning), timed in one process from the same weights "
+        "on the same batches; writes <run.output_dir>/bench/bench.json.",
+        ("bench", "bench experiment=tiny steps=2"),
+        _bench,
+        overrides_metavar="steps=N|key=value",
+        overrides_help="steps=N: steps timed per variant after one warm-up step (default 5); "
+                       "the rest are " + OVERRIDES_HELP,
+    ),
+    Command.REPORT: Spec(
+        "demo results.json -> Markdown table (into README.md)",
+        "Render a demo's results.json as a Markdown table; with a README path, replace the "
+        "table between its demo-results markers instead of printing it.",
+        ("report runs/demo/results.json", "report runs/demo/results.json README.md"),
+        _report,
+        report_args=True,
+    ),
 }
+
+
+# Descriptions are wrapped here, epilogs (examples, one per line) are printed as written.
+_Formatter = functools.partial(argparse.RawDescriptionHelpFormatter, max_help_position=32)
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=88)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # the command list is written here rather than by argparse, which wraps long names
+    commands = "commands:\n" + "\n".join(f"  {c.value:<14}{spec.summary}" for c, spec in COMMANDS.items())
+    examples = "examples:\n" + "\n".join(
+        f"  {PROG} {line}" for line in ("align method=sft run.name=sft-align",
+                                        "finetune run.init_from=latest method.finetune.weighting=uniform",
+                                        "eval run=runs/sft-align", "eval --help"))
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        usage=f"{PROG} <command> [key=value ...]",
+        description=_wrap("Defences against harmful fine-tuning of LLMs: build data, align, fine-tune, "
+                          "evaluate. Every command takes config overrides as key=value; "
+                          f"`{PROG} <command> --help` describes one command."),
+        epilog=f"{commands}\n\n{examples}",
+        formatter_class=_Formatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>", help=argparse.SUPPRESS, required=True)
+    for command, spec in COMMANDS.items():
+        p = sub.add_parser(
+            command.value,
+            prog=f"{PROG} {command.value}",
+            description=_wrap(spec.description),
+            epilog="examples:\n" + "\n".join(f"  {PROG} {e}" for e in spec.examples),
+            formatter_class=_Formatter,
+        )
+        if spec.report_args:
+            p.add_argument("results", metavar="results.json", help="a demo's results file")
+            p.add_argument("readme", metavar="README.md", nargs="?", default=None,
+                           help="update the table in this file instead of printing it")
+        else:
+            p.add_argument("overrides", metavar=spec.overrides_metavar, nargs="*", help=spec.overrides_help)
+    return parser
+
+
+def _exit_code(exc: SystemExit) -> int:
+    code = exc.code
+    return code if isinstance(code, int) else (0 if code is None else EXIT_USER_ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+    parser = build_parser()
+    if not argv or argv == ["help"]:
+        parser.print_help()
         return 0
+    if argv[0] == "help":  # `help eval` == `eval --help`
+        argv = [*argv[1:], "--help"]
     try:
-        command = Command(argv[0])
-    except ValueError:
-        print(f"error: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
-        return 2
+        ns = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed it
+        return _exit_code(exc)
+    configure_logging()
     try:
-        return COMMANDS[command](argv[1:])
-    except (ConfigError, DataError) as exc:
-        # bad input: one clear line, no traceback (nothing expensive has run yet)
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return COMMANDS[Command(ns.command)].handler(ns)
+    except user_error_types() as exc:
+        # bad input: one clear line, no traceback (checks run before expensive work); a
+        # library message quoted inside may span lines
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (KeyboardInterrupt, StageInterrupted) as exc:
+        print(f"error: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`... | head`): not an error to report; stdout goes to
+        # /dev/null so that flushing it at exit does not raise again (Python's signal docs)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
