@@ -186,10 +186,12 @@ class GradCapture(L.Callback):
         opt.register_step_pre_hook(hook)
 
 
-def trainer(max_steps: int, root: Any, callbacks: Sequence[L.Callback] = (), **kwargs: Any) -> L.Trainer:
-    """A quiet single-CPU Trainer."""
+def trainer(
+    max_steps: int, root: Any, callbacks: Sequence[L.Callback] = (), accelerator: str = "cpu", **kwargs: Any
+) -> L.Trainer:
+    """A quiet single-device Trainer (the CPU unless told otherwise)."""
     return L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         max_steps=max_steps,
         logger=False,
@@ -201,6 +203,19 @@ def trainer(max_steps: int, root: Any, callbacks: Sequence[L.Callback] = (), **k
         callbacks=list(callbacks),
         **kwargs,
     )
+
+
+# bfloat16 keeps 8 significant bits (eps 2**-8 ~ 3.9e-3); torch.testing's default rtol for
+# bfloat16 is 1.6e-2. A gradient sums many rounded products, so whole vectors are compared
+# by their relative norm error, at twice that.
+BF16_RTOL = 1.6e-2
+
+
+def assert_close_bf16(got: Tensor, want: Tensor, what: str = "", rel: float = 2 * BF16_RTOL) -> None:
+    """``got`` (computed under bf16) equals the fp32 ``want`` to bf16 precision."""
+    got, want = got.detach().cpu().double(), want.detach().cpu().double()
+    err = float((got - want).norm() / want.norm())
+    assert err <= rel, f"{what}: relative error {err:.3g} exceeds the bf16 tolerance {rel:g}"
 
 
 def trainable(model: nn.Module) -> list[Tensor]:

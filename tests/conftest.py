@@ -23,6 +23,27 @@ from antibody.config import compose  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# CUDA tests carry `gpu` (deselected by default; `pytest -m gpu` runs them) and are skipped
+# where no CUDA device exists. Decorate a test with `@requires_cuda`, or give a parameter
+# `pytest.param(..., marks=CUDA_MARKS)`.
+CUDA_MARKS = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def requires_cuda(test):
+    for mark in CUDA_MARKS:
+        test = mark(test)
+    return test
+
+
+def pytest_collection_modifyitems(config, items):
+    """A `gpu` test never runs, and so never fails, without a CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
 
 @pytest.fixture
 def fixtures_dir() -> Path:

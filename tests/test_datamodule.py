@@ -1,7 +1,7 @@
 """SafetyDataModule: split counts, tags, disjointness, pool checks, streams and resume.
 
-Most tests run on fake sources (monkeypatched `load_source`, `benign_prose_prompts` and
-`alignment_refusals` of antibody.data.datamodule) with small pools whose overlaps are
+Most tests run on fake sources (monkeypatched `load_source`, `source_prompts` and
+`alignment_refusals` of antibody.data.builder) with small pools whose overlaps are
 known; one test runs the real offline sources with a fake text generator.
 """
 
@@ -18,9 +18,11 @@ from torch.utils.data import DataLoader
 from antibody.config import compose
 from antibody.config.errors import DataError
 from antibody.config.schema import SourceName
-from antibody.data import datamodule as dm_module
+from antibody.data import builder as builder_module
+from antibody.data.builder import check_disjoint
 from antibody.data.collate import BATCH_KEYS
-from antibody.data.datamodule import SafetyDataModule, Split, check_disjoint, floor_share
+from antibody.data.datamodule import SafetyDataModule
+from antibody.data.plan import Split, floor_share
 from antibody.data.records import Record, make_uid, normalise_text
 from antibody.data.streams import CyclingSampler, Shard, StreamKind, take
 from antibody.data.summary import format_summary
@@ -53,6 +55,7 @@ class FakeSources:
 
     def __init__(self, drop_every: int = 0):
         self.drop_every = drop_every  # generator answers "" for every k-th prompt (source drops those)
+        self.cache: dict[str, str] = {}  # prompt -> answer, as the real cache file keeps them
         self.generated: list[str] = []  # every prompt the generator was asked to answer
         self.calls: list[tuple[SourceName, int | None, int | None]] = []
         adv = [f"Explain how to commit crime number {i} against a neighbour" for i in range(self.N_ADV)]
@@ -114,10 +117,17 @@ class FakeSources:
         return rows
 
     def answered(self, source: SourceName, ctx, harmful: bool) -> list[Record]:
-        if ctx.generator is None:
-            raise DataError(f"{source.value} needs the model")
+        """Like the real model-written sources: answers come from the generator and are
+        cached; without a generator (DataModule.setup) only the cache is read."""
         prompts = list(ctx.prompts)
-        answers = ctx.generator([p.instruction for p in prompts])
+        if ctx.generator is None:
+            missing = [p.instruction for p in prompts if p.instruction not in self.cache]
+            if missing:
+                raise DataError(f"{source.value}: {len(missing)} answers are not cached")
+            answers = [self.cache[p.instruction] for p in prompts]
+        else:
+            answers = ctx.generator([p.instruction for p in prompts])
+            self.cache.update(zip([p.instruction for p in prompts], answers, strict=True))
         return [
             _rec(source, p.instruction, a, harmful=harmful, category=p.category)
             for p, a in zip(prompts, answers, strict=True)
@@ -139,8 +149,11 @@ class FakeSources:
         }
         return list(table[name]())
 
-    def benign_prose_prompts(self, seed=None) -> list[Record]:
-        return list(self.prose)
+    def source_prompts(self, name: SourceName, ctx) -> list[Record]:
+        if name is S.BENIGN_PROSE:
+            return list(self.prose)
+        assert name is not S.GENERATED_HARMFUL, "generated_harmful has no prompt list of its own"
+        return self.load_source(name, ctx)
 
     def generator(self, prompts: list[str]) -> list[str]:
         out = []
@@ -169,9 +182,9 @@ class FakeSources:
 @pytest.fixture
 def fake(monkeypatch):
     src = FakeSources()
-    monkeypatch.setattr(dm_module, "load_source", src.load_source)
-    monkeypatch.setattr(dm_module, "benign_prose_prompts", src.benign_prose_prompts)
-    monkeypatch.setattr(dm_module, "alignment_refusals", src.alignment_refusals)
+    monkeypatch.setattr(builder_module, "load_source", src.load_source)
+    monkeypatch.setattr(builder_module, "source_prompts", src.source_prompts)
+    monkeypatch.setattr(builder_module, "alignment_refusals", src.alignment_refusals)
     return src
 
 
@@ -199,6 +212,7 @@ def build(tmp_path, fake, *overrides, tokenizer=None, stage="finetune", **kw) ->
         cache_dir=tmp_path,
         **kw,
     )
+    dm.prepare_data()
     dm.setup()
     return dm
 
@@ -257,7 +271,9 @@ def test_other_split_counts_and_tags(tmp_path, fake, tok):
     assert {len(dm.records(s)) for s in ("eval_harmful", "eval_benign", "eval_task")} == {8}
     assert all(r.is_harmful and r.source == "harmbench" for r in dm.records("eval_harmful"))
     assert all(not r.is_harmful and r.response == "" for r in dm.records("eval_benign"))  # prompts only
-    assert all(r.target is not None for r in dm.records("eval_task"))
+    for r in dm.records("eval_task"):  # the fake task: "What is i + (i+1)?" -> 2i + 1
+        i = int(re.fullmatch(r"What is (\d+) \+ \d+\?", r.instruction).group(1))
+        assert r.target == str(2 * i + 1), r.instruction
     for split in Split:
         rows = dm.records(split)
         assert len({r.uid for r in rows}) == len(rows)
@@ -386,6 +402,7 @@ def test_empty_benign_only_control_is_allowed_but_cannot_stream(tmp_path, fake, 
         tmp_path,
         train_split="user_benign_only",
     )
+    dm.prepare_data()
     assert dm.records("user_benign_only") == []
     with pytest.raises(DataError, match="user_benign_only"):
         dm.train_stream()
@@ -396,9 +413,9 @@ def test_empty_benign_only_control_is_allowed_but_cannot_stream(tmp_path, fake, 
 
 def test_dropped_model_answers_are_topped_up(tmp_path, monkeypatch, tok):
     src = FakeSources(drop_every=4)
-    monkeypatch.setattr(dm_module, "load_source", src.load_source)
-    monkeypatch.setattr(dm_module, "benign_prose_prompts", src.benign_prose_prompts)
-    monkeypatch.setattr(dm_module, "alignment_refusals", src.alignment_refusals)
+    monkeypatch.setattr(builder_module, "load_source", src.load_source)
+    monkeypatch.setattr(builder_module, "source_prompts", src.source_prompts)
+    monkeypatch.setattr(builder_module, "alignment_refusals", src.alignment_refusals)
     dm = build(tmp_path, src, tokenizer=tok)
     prose_align = [r for r in dm.records("alignment") if r.source == "benign_prose"]
     assert len(prose_align) == 16 and all(r.response for r in prose_align)
@@ -417,7 +434,23 @@ def test_generated_harmful_answers_reserved_prompts(tmp_path, fake, tok):
     assert len(harmful_user) == 10 and {r.source for r in harmful_user} == {"generated_harmful"}
     assert keys(harmful_user).isdisjoint(keys(dm.records("eval_harmful")) | keys(dm.records("alignment")))
     calls = [c for c in fake.calls if c[0] is S.GENERATED_HARMFUL]
-    assert calls == [(S.GENERATED_HARMFUL, 10, 10)]  # exactly the needed prompts
+    # exactly the needed prompts: written once by prepare_data(), read back by setup()
+    assert calls == [(S.GENERATED_HARMFUL, 10, 10)] * 2
+    assert sum(p in {r.instruction for r in harmful_user} for p in fake.generated) == 10
+
+
+def test_setup_reads_only_and_names_the_command_that_fills_the_cache(tmp_path, fake, tok):
+    cfg = cfg_with(tmp_path, "data.user.harmful_answer_source=generated_harmful")
+    cold = SafetyDataModule(cfg, tok, "finetune", fake.generator, tmp_path)
+    with pytest.raises(DataError, match="not cached"):
+        cold.setup()  # no prepare_data(): setup never calls the generator
+    assert fake.generated == []
+    cold.prepare_data()
+    n_generated = len(fake.generated)
+    warm = SafetyDataModule(cfg, tok, "finetune", None, tmp_path)  # no generator at all
+    warm.prepare_data()  # warm cache: nothing to write, so no generator is needed
+    warm.setup()
+    assert len(fake.generated) == n_generated and len(warm.records("user")) == 20
 
 
 def test_paper_design_dharm_shares_alignment_prompts(tmp_path, fake, tok):
@@ -441,7 +474,10 @@ def test_excluded_prompts_stay_out_of_user_and_eval(tmp_path, fake, tok):
     assert keys(dm.records("eval_harmful")).isdisjoint(banned)
     assert keys(r for r in dm.records("user") if r.is_harmful).isdisjoint(banned)
     stats = dm.summary()["splits"]
-    assert stats["eval_harmful"]["excluded_prompts"] > 0 and stats["user"]["excluded_prompts"] > 0
+    # rows skipped on the way to the split's count, at most the banned rows of its pool: the
+    # 20 HarmBench prompts; PyRIT rows 10-59 ban prompts 5-29 whole, rows 9-59 (51 rows)
+    assert 0 < stats["eval_harmful"]["excluded_prompts"] <= 20
+    assert 0 < stats["user"]["excluded_prompts"] <= 51
     # the user's harmful rows have nowhere else to come from when every PyRIT prompt is excluded
     with pytest.raises(DataError, match="data.user.n"):
         build(
@@ -622,6 +658,7 @@ def test_real_offline_sources(tmp_path, tiny_cfg):
     cfg = cfg_with(tmp_path, "task.n_train_pool=200", "data.user.p=0.2")
     tokenizer = load_tokenizer(cfg.model)
     dm = SafetyDataModule(cfg, tokenizer, "align", generator=generator, cache_dir=tmp_path)
+    dm.prepare_data()
     dm.setup()
     user = dm.records("user")
     assert len(user) == 20 and sum(r.is_harmful for r in user) == 4
@@ -674,6 +711,7 @@ def test_no_help_seeking_prompt_reaches_a_harmful_split(tmp_path):
         "data.eval.n_harmful=100",
     )
     dm = SafetyDataModule(cfg, build_tiny_tokenizer(), "finetune", generator=generator, cache_dir=tmp_path)
+    dm.prepare_data()
     dm.setup()
     harmful_rows = [r for s in (Split.ALIGNMENT, Split.HARMFUL, Split.USER, Split.EVAL_HARMFUL)
                     for r in dm.records(s) if r.is_harmful]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 from scipy.stats import binomtest
 
 from antibody.config import compose
@@ -106,19 +105,29 @@ def test_rate_value_stderr_interval():
     assert res.stderr == pytest.approx(math.sqrt(0.3 * 0.7 / 10))
     assert res.ci95 == pytest.approx((0.10779126740630102, 0.6032218525388546))
     d = res.to_dict()
-    assert d["percent"] == pytest.approx(30.0) and d["ci95_low"] < d["value"] < d["ci95_high"]
+    assert d["percent"] == pytest.approx(30.0) and d["value"] == pytest.approx(0.3)
+    assert (d["ci95_low"], d["ci95_high"]) == pytest.approx((0.10779126740630102, 0.6032218525388546))
+    assert (d["k"], d["n"], d["interval"]) == (3, 10, "wilson")
     empty = M.rate("x", [])
     assert empty.n == 0 and math.isnan(empty.value)
 
 
-def test_binary_rate_accumulates_and_resets():
-    metric = M.BinaryRate()
-    metric.update(torch.tensor([True, True, False]))
-    metric.update([False])
-    assert float(metric.compute()) == pytest.approx(0.5)
-    assert (int(metric.k), int(metric.n)) == (2, 4)
-    metric.reset()
-    assert int(metric.n) == 0
+@pytest.mark.parametrize("k, n, z", [(0, 10, M.Z95), (3, 10, M.Z95), (10, 10, M.Z95), (1, 64, M.Z95),
+                                     (37, 64, M.Z95), (350, 700, M.Z95), (5, 17, 1.0), (5, 17, 2.576)])
+def test_wilson_interval_matches_closed_form(k, n, z):
+    # Wilson (1927) written out, independent of the scipy call the module makes
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low, high = M.wilson_interval(k, n, z)
+    assert low == pytest.approx(max(0.0, centre - half), abs=1e-12)
+    assert high == pytest.approx(min(1.0, centre + half), abs=1e-12)
+
+
+def test_rate_counts_truthy_outcomes():
+    res = M.rate("x", (1, 0, True, False))
+    assert (res.k, res.n, res.value) == (2, 4, 0.5)
+    assert math.isnan(M.wilson_interval(0, 0)[0])
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -175,3 +184,18 @@ def test_task_settings_resolve_from_config():
     assert get_task("benign").resolve_prompt_format(cfg) == cfg.data.prompt_format
     described = get_task("agnews").describe(cfg)
     assert described["version"] == "agnews-v1" and described["labels"] == list(AGNEWS)
+
+
+def test_tasks_for_a_config_read_the_splits_they_declare(tiny_cfg):
+    from antibody.config import compose
+    from antibody.data.plan import Split
+    from antibody.evaluation.tasks import tasks_for
+
+    tasks = tasks_for(tiny_cfg)  # the tiny experiment's task is arithmetic
+    assert [(t.name, t.split) for t in tasks] == [
+        (EvalTaskName.HARMFUL, Split.EVAL_HARMFUL),
+        (EvalTaskName.BENIGN, Split.EVAL_BENIGN),
+        (EvalTaskName.ARITHMETIC, Split.EVAL_TASK),
+    ]
+    sst2 = tasks_for(compose(["experiment=tiny", "task=sst2"]))
+    assert [t.name for t in sst2] == [EvalTaskName.HARMFUL, EvalTaskName.BENIGN, EvalTaskName.SST2]

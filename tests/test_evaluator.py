@@ -90,7 +90,10 @@ def test_metrics_by_hand(monkeypatch, cfg, tokenizer, tmp_path):
     assert (m["benign/over_refusal"]["k"], m["benign/over_refusal"]["n"]) == (1, 3)
     assert (m["arithmetic/accuracy"]["k"], m["arithmetic/accuracy"]["n"]) == (2, 3)  # 0 and 4 right
     assert m["arithmetic/accuracy"]["stderr"] == pytest.approx(((2 / 3) * (1 / 3) / 3) ** 0.5)
-    assert m["arithmetic/accuracy"]["ci95_low"] < 2 / 3 < m["arithmetic/accuracy"]["ci95_high"]
+    # Wilson 95% interval of 2/3 (scipy.stats.binomtest(2, 3).proportion_ci(method="wilson"))
+    assert (m["arithmetic/accuracy"]["ci95_low"], m["arithmetic/accuracy"]["ci95_high"]) == pytest.approx(
+        (0.20765960080204782, 0.9385080552796038), abs=1e-12
+    )
     assert out["judge"]["name"] == "keyword" and out["judge"]["version"] == KeywordJudge.version
     assert out["tasks"]["arithmetic"]["version"] == "arithmetic-v1"
     assert out["tasks"]["arithmetic"]["max_new_tokens"] == cfg.task.max_new_tokens

@@ -26,8 +26,8 @@ _CORPUS = [
 
 
 def build_tiny_tokenizer(add_bos: bool = False) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on the spot (offline-assets.md: 'a byte-level BPE trained with
-    `tokenizers`'), ChatML template, eos = pad = <|im_end|>; optionally adds a BOS like Llama-2."""
+    """A byte-level BPE trained on the spot with `tokenizers` (docs/data.md), ChatML template,
+    eos = pad = <|im_end|>; optionally adds a BOS like Llama-2."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -69,7 +69,7 @@ def test_keyword_judge_scores_and_flags():
 
 
 def test_keyword_judge_against_pyrit_labels():
-    # offline-assets.md: keyword refusal lists reach about 0.6 accuracy as a harm judge.
+    # docs/calibration.md ("Judges"): keyword refusal lists reach 0.70 accuracy as a harm judge.
     rows = tfidf_mod.load_labelled_responses()
     judge = KeywordJudge()
     flags = judge.flag(judge.score([r.prompt for r in rows], [r.response for r in rows]), 0.5)
@@ -89,7 +89,7 @@ def test_keyword_judge_against_pyrit_labels():
 
 def test_labelled_data_matches_documented_counts():
     rows = tfidf_mod.load_labelled_responses()
-    # offline-assets.md: objective 191 harmful / 204 not; harm Likert 240 >= .75 / 247 <= .25;
+    # docs/data.md: objective 191 harmful / 204 not; harm Likert 240 >= .75 / 247 <= .25;
     # refusal_scorer 109 refusals.
     assert sum(r.harmful for r in rows) == 191 + 240
     assert sum(not r.harmful for r in rows) == 204 + 247 + 109
@@ -105,7 +105,7 @@ def test_tfidf_trains_reports_and_caches(tfidf_cache, monkeypatch, capsys):
     assert isinstance(judge, TfidfJudge) and isinstance(judge, Judge)
     report = judge.report()
     assert report["trained_now"] is True
-    assert report["heldout_auroc"] > 0.8  # offline-assets.md: 0.91 in grouped 5-fold CV
+    assert report["heldout_auroc"] > 0.8  # docs/calibration.md ("Judges"): 0.886 measured
     assert report["heldout_accuracy"] > 0.7
     assert "held-out AUROC" in capsys.readouterr().out
     files = list((tfidf_cache / "judges").iterdir())
@@ -115,8 +115,11 @@ def test_tfidf_trains_reports_and_caches(tfidf_cache, monkeypatch, capsys):
     rows = tfidf_mod.load_labelled_responses()
     held = [r for r in rows if normalise_text(r.prompt) in judge.heldout_prompts()]
     scores = judge.score([r.prompt for r in held], [r.response for r in held])
-    assert all(0.0 <= s <= 1.0 for s in scores)
     assert math.isclose(roc_auc_score([r.harmful for r in held], scores), report["heldout_auroc"])
+    # the AUROC checks the ranking only; the accuracy checks the values against the threshold
+    flags = judge.flag(scores, report["threshold"])
+    accuracy = sum(f == r.harmful for f, r in zip(flags, held, strict=True)) / len(held)
+    assert math.isclose(accuracy, report["heldout_accuracy"])
     assert len(held) == report["n_heldout"]
 
     train_prompts = judge.training_prompts()

@@ -42,7 +42,9 @@ def test_kkt_decreases_sharpness_by_a_t():
     gen = torch.Generator().manual_seed(0)
     g_a, g_s = torch.randn(50, generator=gen), torch.randn(50, generator=gen)
     lam = kkt_lambda(g_a, g_s, xi=5.0)
-    assert lam > 0
+    a, s = g_a.double().numpy(), g_s.double().numpy()
+    want = (5.0 * s @ s - s @ a) / (s @ s)  # numpy, in float64
+    assert want > 0 and lam == pytest.approx(want, rel=1e-5)  # the unclamped branch
     assert float(g_s.dot(g_a + lam * g_s)) == pytest.approx(5.0 * float(g_s.dot(g_s)), rel=1e-5)
 
 

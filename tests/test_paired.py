@@ -36,6 +36,14 @@ def test_mcnemar_exact_equals_binomial_test(a_only, b_only):
     assert math.isclose(mcnemar_exact_p(a_only, b_only), expected, rel_tol=1e-9)
 
 
+@pytest.mark.parametrize("a_only,b_only", [(0, 7), (3, 3), (10, 2), (1, 30), (40, 25)])
+def test_mcnemar_exact_equals_binomial_tail_sum(a_only, b_only):
+    # written out, independent of the scipy call the module makes: twice the lower tail
+    m, k = a_only + b_only, min(a_only, b_only)
+    expected = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m)
+    assert math.isclose(mcnemar_exact_p(a_only, b_only), expected, rel_tol=1e-9)
+
+
 def test_identical_models_have_zero_difference_and_p_one():
     a = [True, False, True, True]
     d = paired_difference(a, a)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 
+import lightning as L
 import pytest
+import torch
+from safetensors.torch import load_file
+from scipy.stats import binomtest
 
+from antibody.app import stages
 from antibody.cli.main import main
+from antibody.evaluation.judges import is_refusal
 
 TINY = ["experiment=tiny", "trainer.checkpoint_every_n_steps=2"]
 
@@ -23,8 +29,12 @@ def test_align_finetune_eval_cli(out, capsys):
     for name in ("config.yaml", "adapter", "checkpoints/last.ckpt", "metrics.json", "data_summary.json", "DONE"):
         assert (al / name).exists(), name
     m = json.loads((al / "metrics.json").read_text())
-    assert m["steps"] == 3 and m["seconds_per_step"] > 0
-    assert "align/lambda_t" in m["final"]
+    assert m["steps"] == 3 and m["steps_timed"] == 2  # the first (warm-up) step is not timed
+    # Theorem 4.1 (kkt): lambda_t = max(0, xi - <g_s, g_a> / ||g_s||^2), from the logged cosine and norms
+    f, a = m["final"], m["config"]["method"]["align"]
+    assert a["lambda_mode"] == "kkt" and a["rho"] == 0.3
+    want = max(0.0, a["xi"] - f["align/cos_a_s"] * f["align/grad_norm_a"] / f["align/grad_norm_s"])
+    assert f["align/lambda_t"] == pytest.approx(want, rel=1e-4)
 
     # finetune from "latest": the newest finished alignment run
     assert main(["finetune", *base, "run.name=ft", "run.init_from=latest"]) == 0
@@ -45,19 +55,77 @@ def test_align_finetune_eval_cli(out, capsys):
         metrics["metrics"]
     )
     assert metrics["metrics"]["harmful/harmful_score"]["n"] == 8
-    assert metrics["eval_seconds"] > 0
+    # the rates are the written predictions, recounted (verdicts; keyword refusals)
+    preds = [json.loads(line) for line in (ft / "eval" / "predictions" / "harmful.jsonl").open()]
+    assert metrics["metrics"]["harmful/harmful_score"]["k"] == sum(r["verdict"] for r in preds)
+    assert metrics["metrics"]["harmful/refusal_rate"]["k"] == sum(is_refusal(r["response"]) for r in preds)
 
 
-def test_killed_stage_resumes_from_last_checkpoint(out):
-    """A run stopped after its step-2 checkpoint continues to the same final step."""
-    base = [*TINY, f"run.output_dir={out}", "run.name=r", "method=sft"]
-    assert main(["align", *base, "method.align.max_steps=2"]) == 0  # stands in for the killed run
+class _Preempted(Exception):
+    """Stands in for the death of a preempted job."""
+
+
+class _PreemptAt(L.Callback):
+    """Dies before training step ``step`` + 1, i.e. after the step-``step`` checkpoint."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise _Preempted
+
+
+class _Trained(L.Callback):
+    """The step a fit starts from and the batches it trains."""
+
+    def __init__(self):
+        self.first_step, self.batches = None, 0
+
+    def on_train_start(self, trainer, pl_module):
+        self.first_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batches += 1
+
+
+def test_killed_stage_resumes_to_the_uninterrupted_result(out, monkeypatch, capsys):
+    """A stage killed after its step-2 checkpoint trains only step 3 when rerun, and ends
+    where an uninterrupted run of the same config ends: adapter weights and final metrics
+    (so weights, optimiser, the lambda EMA and the data position were all restored)."""
+    base = [*TINY, f"run.output_dir={out}", "method.align.lambda_mode=cosine_ema"]
+    assert main(["align", *base, "run.name=straight"]) == 0
+
+    extra: list = []
+    build_trainer = stages.build_trainer
+    monkeypatch.setattr(
+        stages,
+        "build_trainer",
+        lambda *args, extra_callbacks=(), **kw: build_trainer(*args, extra_callbacks=[*extra_callbacks, *extra], **kw),
+    )
+    extra[:] = [_PreemptAt(2)]
+    with pytest.raises(_Preempted):
+        main(["align", *base, "run.name=r"])
     run = out / "r"
-    (run / "DONE").unlink()  # as if killed before finishing; the step-2 checkpoint remains
-    cfg_text = (run / "config.yaml").read_text().replace("max_steps: 2", "max_steps: 3", 1)
-    (run / "config.yaml").write_text(cfg_text)
-    assert main(["align", *base, "method.align.max_steps=3"]) == 0
-    assert json.loads((run / "metrics.json").read_text())["steps"] == 3
+    assert not (run / "DONE").exists() and (run / "checkpoints" / "last.ckpt").is_file()
+
+    trained = _Trained()
+    extra[:] = [trained]
+    assert main(["align", *base, "run.name=r"]) == 0
+    assert f"resuming {run} from" in capsys.readouterr().out
+    assert (trained.first_step, trained.batches) == (2, 1)  # only the missing step was trained
+
+    straight = json.loads((out / "straight" / "metrics.json").read_text())
+    resumed = json.loads((run / "metrics.json").read_text())
+    assert resumed["steps"] == straight["steps"] == 3
+    assert resumed["final"].keys() == straight["final"].keys()
+    for key, value in straight["final"].items():
+        assert resumed["final"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    want = load_file(out / "straight" / "adapter" / "adapter_model.safetensors")
+    got = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_demo_pipeline_tiny(out):
@@ -71,12 +139,28 @@ def test_demo_pipeline_tiny(out):
     aligned = [r for r in results["rows"] if r["group"] == "aligned"]
     assert all("grad_norm" in r["sharpness"] for r in aligned)
     attacked = next(r for r in results["rows"] if r["job"] == "ft-sft-antibody")
-    assert attacked["weights"]["mean_weight_harmful_x_batch"] is not None
+    # recomputed from the run's weights file: mean harmful-row weight x the batch size (4)
+    rows = [json.loads(line) for line in (root / "ft-sft-antibody" / "weights.jsonl").open()]
+    harmful_w = [r["w"] for r in rows if r["is_harmful"]]
+    assert harmful_w and attacked["weights"]["mean_weight_harmful_x_batch"] == pytest.approx(
+        4 * sum(harmful_w) / len(harmful_w)
+    )
     comps = {(c["a"], c["b"], c["metric"]): c for c in results["comparisons"]}
     attack = comps[("ft-sft-sft", "align-sft", "harmful/harmful_score")]
     rates = {r["job"]: r["metrics"]["harmful/harmful_score"]["value"] for r in results["rows"]}
     assert attack["rate_a"] == rates["ft-sft-sft"] and attack["rate_b"] == rates["align-sft"]
-    assert attack["n"] == results["eval_sizes"]["harmful/harmful_score"] and 0 <= attack["p_value"] <= 1
+    assert attack["n"] == results["eval_sizes"]["harmful/harmful_score"]
+    # McNemar's exact test recomputed from the two prediction files, paired by uid
+    verdicts = {
+        job: {r["uid"]: r["verdict"] for r in map(json.loads, (root / job / "eval" / "predictions" / "harmful.jsonl").open())}
+        for job in ("ft-sft-sft", "align-sft")
+    }
+    a, b = verdicts["ft-sft-sft"], verdicts["align-sft"]
+    assert a.keys() == b.keys() and len(a) == attack["n"]
+    a_only, b_only = sum(a[u] and not b[u] for u in a), sum(b[u] and not a[u] for u in a)
+    assert (attack["a_only"], attack["b_only"]) == (a_only, b_only)
+    p = 1.0 if a_only + b_only == 0 else binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue
+    assert attack["p_value"] == pytest.approx(p, rel=1e-9)
     assert ("ft-sft-benign", "align-sft", "arithmetic/accuracy") in comps
     readme = out / "README.md"
     readme.write_text("intro\n<!-- demo-results:start -->\nold\n<!-- demo-results:end -->\nrest\n")
@@ -93,9 +177,29 @@ def test_demo_pipeline_tiny(out):
 def test_bench_writes_ratios(out):
     assert main(["bench", *TINY, f"run.output_dir={out}", "steps=2"]) == 0
     bench = json.loads((out / "bench" / "bench.json").read_text())
-    assert set(bench["variants"]) >= {"align-sft", "align-antibody", "finetune-sft", "finetune-antibody"}
-    assert all(v > 0 for v in bench["ratios"].values())  # speed itself is for `make bench`
-    assert bench["variants"]["finetune-antibody"]["mean_weight_harmful_x_batch"] > 0
+    v = bench["variants"]
+    assert set(v) >= {"align-sft", "align-antibody", "finetune-sft", "finetune-antibody"}
+    # speed itself is for `make bench`: here, each variant timed its 2 steps after the warm-up,
+    # and each ratio is the quotient of the two timings it names
+    assert all(variant["steps_timed"] == 2 for variant in v.values())
+    sps = {name: variant["seconds_per_step"] for name, variant in v.items()}
+    assert bench["ratios"] == pytest.approx({
+        "align_antibody_over_sft": sps["align-antibody"] / sps["align-sft"],
+        "align_booster_over_sft": sps["align-booster"] / sps["align-sft"],
+        "finetune_antibody_over_sft": sps["finetune-antibody"] / sps["finetune-sft"],
+    })
+    # uniform weights are 1/batch: exactly 1.0 x batch for every row
+    assert v["finetune-sft"]["mean_weight_harmful_x_batch"] == pytest.approx(1.0)
+    assert v["finetune-sft"]["mean_weight_benign_x_batch"] == pytest.approx(1.0)
+    # likelihood-ratio weights sum to 1 in each batch: the row-weighted mean of the
+    # per-kind means x batch is 1 over the 3 full batches of 4 rows
+    anti = v["finetune-antibody"]
+    benign_rows = sum(s["rows"] for s in anti["benign_by_source"].values())
+    assert anti["rows_seen"] == 3 * 4 and 0 < benign_rows < 12
+    total = (12 - benign_rows) * anti["mean_weight_harmful_x_batch"] + sum(
+        s["rows"] * s["mean_weight_x_batch"] for s in anti["benign_by_source"].values()
+    )
+    assert total / 12 == pytest.approx(1.0, rel=1e-5)
 
 
 def test_control_suite_jobs_and_bad_suite(capsys):

@@ -37,6 +37,7 @@ def test_probe_matches_functional_reference():
     }
     loss = _ref_loss(model, theta, batches)
     grads = torch.autograd.grad(loss, list(theta.values()))
+    loss = loss.detach()
     norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
     rho = 0.5
     moved = {n: v.detach() - rho * g / norm for (n, v), g in zip(theta.items(), grads, strict=True)}

@@ -85,11 +85,13 @@ def test_unknown_source_name_is_a_config_error(ctx):
 
 
 def test_load_source_rejects_empty_and_duplicate_results(ctx, monkeypatch):
-    monkeypatch.setitem(registry_module._LOADERS, SourceName.HARMBENCH, lambda c: [])
+    monkeypatch.setitem(registry_module._SPECS, SourceName.HARMBENCH, registry_module.SourceSpec(lambda c: []))
     with pytest.raises(DataError, match="'harmbench' produced no rows"):
         load_source(SourceName.HARMBENCH, ctx)
     rows = load_source(SourceName.ADVBENCH, ctx)[:2]
-    monkeypatch.setitem(registry_module._LOADERS, SourceName.ADVBENCH, lambda c: [rows[0], rows[0]])
+    monkeypatch.setitem(
+        registry_module._SPECS, SourceName.ADVBENCH, registry_module.SourceSpec(lambda c: [rows[0], rows[0]])
+    )
     with pytest.raises(DataError, match="duplicate uid"):
         load_source(SourceName.ADVBENCH, ctx)
 
@@ -160,7 +162,7 @@ def test_pyrit_harmful_pairs_match_the_human_labels(offline):
                 expected.add((r["objective"].strip(), r["assistant_response"].strip()))
     rows = offline[SourceName.PYRIT_HARMFUL]
     assert {(r.instruction, r.response) for r in rows} == expected
-    # offline-assets.md: ~430 labelled rows (191 + 240); 66 pairs repeat across the two folders
+    # docs/data.md: 431 labelled rows (191 + 240); 66 repeat exactly, 365 distinct pairs
     assert 350 <= len(rows) <= 440
     assert {r.category for r in rows} >= {"violence", "privacy", "self_harm", "exploits"}
 
@@ -324,7 +326,7 @@ def test_benign_prose_generates_once_then_reuses_the_cache(ctx):
 
 
 def test_generated_source_without_cache_or_generator_explains(ctx):
-    with pytest.raises(DataError, match="generated_harmful.*written by the model.*pass a generator"):
+    with pytest.raises(DataError, match="generated_harmful.*written by the base model.*cache file.*does not exist.*antibody build-data"):
         load_source(SourceName.GENERATED_HARMFUL, dataclasses.replace(ctx, limit=3))
     with pytest.raises(DataError, match="generator_settings is empty"):
         load_source(SourceName.BENIGN_PROSE, dataclasses.replace(ctx, generator_settings={}, limit=3))

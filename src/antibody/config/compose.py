@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import re
 from dataclasses import fields, is_dataclass
 from enum import Enum
@@ -24,6 +25,10 @@ from omegaconf.errors import OmegaConfBaseException
 from antibody.config import schema
 from antibody.config.errors import ConfigError
 from antibody.config.schema import Config
+
+# The module, not its names: antibody.infra.files imports antibody.config.errors, which runs
+# this package's __init__ (and so this module) while infra.files may still be loading.
+from antibody.infra import files as _files
 
 # enum member name -> value, to phrase OmegaConf's enum errors in the values users write
 _ENUM_VALUES = {
@@ -39,8 +44,15 @@ NODE_GROUPS = {g: g for g in GROUPS if g != "experiment"}
 
 
 def default_conf_dir() -> Path:
-    """`conf/` of the source checkout; the package is installed editable."""
-    return Path(__file__).resolve().parents[3] / "conf"
+    """The config groups: the repository's top-level `conf/`, installed as the package
+    `antibody.conf` (pyproject.toml maps it), so a non-editable install finds them too."""
+    try:
+        root = importlib.resources.files("antibody.conf")
+    except ModuleNotFoundError:
+        # `src/` on sys.path without an install that maps conf/ (PYTHONPATH=src, or an
+        # editable install made before the mapping): the checkout's own conf/
+        return Path(__file__).resolve().parents[3] / "conf"
+    return Path(str(root))  # a regular package on disk: its folder
 
 
 # ---------------------------------------------------------------------------
@@ -72,13 +84,7 @@ def read_yaml(path: Path) -> tuple[dict, dict[tuple[str, ...], int]]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    data = _files.parse_yaml(text, path)  # the text is parsed again below for key lines
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -34,6 +34,11 @@ class PromptFormat(StrEnum):
     CHAT = "chat"  # the tokenizer's chat template
 
 
+class Stage(StrEnum):
+    ALIGN = "align"
+    FINETUNE = "finetune"
+
+
 class SourceName(StrEnum):
     """Every data source the DataModule can draw rows from."""
 
@@ -93,8 +98,8 @@ class RatioForm(StrEnum):
 class LossForm(StrEnum):
     """How weighted per-token losses are reduced in the fine-tuning stage."""
 
-    # method.md / released code: sum_i w_i sum_t CE_it / sum_i w_i N_i (uniform w -> the
-    # ordinary token-mean SFT loss)
+    # released code (trainers/weighted_sft.py; docs/method.md): sum_i w_i sum_t CE_it /
+    # sum_i w_i N_i (uniform w -> the ordinary token-mean SFT loss)
     TOKEN_MEAN = "token_mean"
     # paper: sum_i w_i loss_i with loss_i the mean CE of row i (w sums to 1)
     SAMPLE_MEAN = "sample_mean"
@@ -128,7 +133,8 @@ class LoraConfig:
 
 @dataclass
 class TinyModelConfig:
-    """Shape of the random-init Llama used by tests (offline-assets.md: 64-256 hidden)."""
+    """Shape of the random-init Llama used by tests (ours: small enough for a LoRA step in
+    well under a second on CPU; docs/data.md)."""
 
     hidden_size: int = 64
     num_hidden_layers: int = 2
@@ -162,9 +168,10 @@ class AlignmentDataConfig:
     )
     refusal_source: RefusalSource = RefusalSource.TEMPLATE
     n_harmful: int = 200
-    # Shares of the alignment set that are benign prose and benign task rows. Ours: the
-    # calibration pilot (offline-assets.md) showed refusals + maths alone teach "not
-    # maths -> refuse"; 1/3 harmful, 1/3 prose, 1/3 task avoided it.
+    # Benign rows per harmful row in the alignment set (ours; the paper aligns on refusals
+    # only). Prose rows avoid the over-refusal trap of refusals + maths ("not maths ->
+    # refuse"). Task rows also let alignment teach the task itself, so the demo sets
+    # benign_task_ratio 0 and keeps the prose: docs/calibration.md ("Alignment data mix").
     benign_prose_ratio: float = 1.0  # benign prose rows per harmful row
     benign_task_ratio: float = 1.0  # task rows per harmful row
     # D_harm: harmful prompt -> harmful answer, for the flatness term only
@@ -191,7 +198,7 @@ class EvalDataConfig:
     harmful_prompt_sources: list[SourceName] = field(
         default_factory=lambda: [SourceName.HARMBENCH]
     )
-    n_harmful: int = 64  # offline-assets.md: 64 prompts -> SE up to 0.06
+    n_harmful: int = 64  # ours: 64 prompts -> SE up to 0.06 (docs/calibration.md)
     n_benign: int = 64
     n_task: int = 64
 
@@ -229,8 +236,7 @@ class TaskConfig:
 @dataclass
 class AlignStageConfig:
     method: AlignMethod = AlignMethod.ANTIBODY
-    # released scripts: rho 0.1; offline-assets.md calibration: with a small LoRA rho 0.1
-    # moves the harmful loss only 2-3%, rho 0.3 gives 5-8%.
+    # released scripts: rho 0.1 (0.3 diverged on the embedded LoRA: docs/calibration.md)
     rho: float = 0.1
     lambda_mode: LambdaMode = LambdaMode.KKT
     lam: float = 5.0  # constant mode (Booster scripts: lambda 5)

@@ -23,8 +23,8 @@ _EXPORTS = {
     "CyclingSampler": "antibody.data.streams",
     "StepStream": "antibody.data.streams",
     "SafetyDataModule": "antibody.data.datamodule",
-    "Split": "antibody.data.datamodule",
-    "Stage": "antibody.data.datamodule",
+    "Split": "antibody.data.plan",
+    "Stage": "antibody.config.schema",
     "format_summary": "antibody.data.summary",
 }
 

@@ -11,7 +11,7 @@ Tokenisation choices (`encode_pair`), and why:
   (`format_prompt` + tokenizer), and the label boundary is exact. (Tokenising the joined
   text and masking by the prompt's length can shift the boundary by a token when BPE
   merges across it.)
-- The loss is on the response tokens and one EOS (method.md: "response + EOS"); every
+- The loss is on the response tokens and one EOS (released scripts; docs/method.md); every
   prompt token is -100.
 - Truncation to `max_length` (ours): the response is cut first, from its END, but keeps at
   least `min_response_tokens` (default a quarter of max_length): the start of the answer
@@ -34,7 +34,7 @@ from antibody.data.records import Record
 
 IGNORE_INDEX = -100  # label value the causal-LM loss skips (PyTorch CrossEntropyLoss default)
 
-# Stanford Alpaca PROMPT_DICT, used verbatim by the Booster and Antibody scripts (method.md).
+# Stanford Alpaca PROMPT_DICT, used verbatim by the Booster and Antibody scripts (docs/method.md).
 ALPACA_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further "
     "context. Write a response that appropriately completes the request.\n\n"

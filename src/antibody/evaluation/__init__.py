@@ -6,7 +6,15 @@ from antibody.evaluation.extractors import ExtractorKind, extract_label, extract
 from antibody.evaluation.generation import generate, make_text_generator
 from antibody.evaluation.judges import Judge, build_judge, is_refusal
 from antibody.evaluation.metrics import RateResult, is_incoherent, wilson_interval
-from antibody.evaluation.tasks import TASKS, EvalTask, EvalTaskName, MetricKind, accuracy_task_for, get_task
+from antibody.evaluation.tasks import (
+    TASKS,
+    EvalTask,
+    EvalTaskName,
+    MetricKind,
+    accuracy_task_for,
+    get_task,
+    tasks_for,
+)
 
 __all__ = [
     "TASKS",
@@ -17,6 +25,7 @@ __all__ = [
     "MetricKind",
     "RateResult",
     "accuracy_task_for",
+    "tasks_for",
     "build_judge",
     "evaluate",
     "extract_label",

@@ -11,8 +11,6 @@ version and the judge's name, version and report.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +27,8 @@ from antibody.evaluation.generation import generate
 from antibody.evaluation.judges.base import Judge
 from antibody.evaluation.judges.keyword import is_refusal
 from antibody.evaluation.tasks import EvalTask, MetricKind, get_task
+from antibody.infra import progress as progress_bars
+from antibody.infra.files import append_jsonl, atomic_write_json
 
 Progress = Callable[[str, int, int], None]  # (task, rows done, rows total)
 
@@ -89,26 +89,6 @@ def _check_resumable(rows: list[dict], path: Path, records: dict[str, Record], t
         if task.uses_judge and row.get("judge") != judge_id(judge):
             raise DataError(f"{path}:{i}: scored by judge {row.get('judge')!r}, now {judge_id(judge)!r}; "
                             "delete the file to regenerate")
-
-
-def _append_rows(fh, rows: list[dict]) -> None:
-    for row in rows:
-        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    fh.flush()
-    os.fsync(fh.fileno())
-
-
-def _atomic_json(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------
@@ -189,14 +169,16 @@ def evaluate_task(model, tokenizer, task: EvalTask, records: list[Record], cfg: 
     fmt = task.resolve_prompt_format(cfg)
     max_new = task.resolve_max_new_tokens(cfg)
     bs = cfg.eval.batch_size
-    with open(path, "a", encoding="utf-8") as fh:
+    with progress_bars.task(f"eval {task.name.value}", total=len(records)) as bar:
+        bar.update(completed=len(done))  # rows a killed run already wrote
         for start in range(0, len(todo), bs):
             batch = todo[start:start + bs]
             prompts = [format_prompt(rec, tokenizer, fmt) for rec in batch]
             responses = generate(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=bs)
             new_rows = _make_rows(task, batch, prompts, responses, judge, cfg.eval.judge_threshold)
-            _append_rows(fh, new_rows)
+            append_jsonl(path, new_rows)  # fsynced per batch: a kill loses at most this batch
             done.update((row["uid"], row) for row in new_rows)
+            bar.update(completed=len(done))
             if progress is not None:
                 progress(task.name.value, len(done), len(records))
     return [done[rec.uid] for rec in records], len(todo)
@@ -225,5 +207,5 @@ def evaluate(model, tokenizer, records_by_task: dict[str, list[Record]], cfg: Co
                                                generated_this_run=generated,
                                                predictions=str(Path("predictions") / f"{task.name.value}.jsonl"))
     result["eval_seconds"] = time.perf_counter() - t0
-    _atomic_json(result, out_dir / "metrics.json")
+    atomic_write_json(out_dir / "metrics.json", result)
     return result

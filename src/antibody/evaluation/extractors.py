@@ -1,10 +1,10 @@
 """Answer extractors for accuracy tasks, keyed by `ExtractorKind`.
 
-- LABEL (SST2, AGNews; method.md): normalise the response and take the label word that
+- LABEL (SST2, AGNews; docs/method.md ("Metrics")): normalise the response and take the label word that
   occurs first; exact match against the target label.
 - NUMERIC (GSM8K, gsm_symbolic, arithmetic): the number after the last "The final
-  answer is:" if present, else the last number in the response (method.md; the form
-  of Booster's/Antibody's GSM8K evaluation); thousands commas, signs and decimals are
+  answer is:" if present, else the last number in the response (docs/method.md; the
+  form of the released gsm8k/pred_eval.py of Booster and Antibody); thousands commas, signs and decimals are
   handled and numbers compare by value ("1,000.50" == "1000.5").
 """
 

@@ -17,6 +17,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from scipy.stats import binomtest
+
 OUTCOMES: dict[str, Callable[[dict], bool]] = {
     "harmful_score": lambda r: bool(r["verdict"]),
     "harmful_score_plus": lambda r: bool(r["verdict"]) or bool(r["incoherent"]),
@@ -46,10 +48,8 @@ def mcnemar_exact_p(a_only: int, b_only: int) -> float:
     probability 1/2, so min(a_only, b_only) ~ Binomial(a_only + b_only, 1/2)."""
     m = a_only + b_only
     if m == 0:
-        return 1.0
-    k = min(a_only, b_only)
-    tail = sum(math.comb(m, i) for i in range(k + 1)) / 2**m
-    return min(1.0, 2.0 * tail)
+        return 1.0  # no discordant prompt: nothing speaks against H0 (binomtest rejects n=0)
+    return float(binomtest(min(a_only, b_only), m, 0.5).pvalue)
 
 
 def paired_difference(a: Sequence[bool], b: Sequence[bool]) -> PairedDifference:

@@ -1,6 +1,6 @@
 """Declarative evaluation tasks (lm-evaluation-harness style), keyed by `EvalTaskName`.
 
-A task says which rows it scores (split, size), how prompts are built (the run's prompt
+A task says which rows it scores (the DataModule split it reads, its size), how prompts are built (the run's prompt
 format unless the task fixes one: evaluation prompts must look like training prompts),
 how long greedy answers may be, how an answer is read (extractor) and which metric it
 feeds. Every score is written with the task's `version`; bump it when any of these
@@ -15,6 +15,7 @@ from typing import Optional
 
 from antibody.config.errors import ConfigError
 from antibody.config.schema import Config, PromptFormat, SourceName
+from antibody.data.plan import Split
 from antibody.evaluation.extractors import ExtractorKind
 
 
@@ -47,7 +48,8 @@ class EvalTask:
     name: EvalTaskName
     description: str
     metric: MetricKind
-    split: str
+    split: Split  # the DataModule split whose rows it scores
+    source_split: str  # where those rows come from (hub split name, "generated", ...)
     size_key: SizeKey
     paper_size: Optional[int]  # the paper's evaluation size, for reference
     # None: cfg.eval.max_new_tokens (harm/benign) or cfg.task.max_new_tokens when this is
@@ -62,6 +64,10 @@ class EvalTask:
     @property
     def uses_judge(self) -> bool:
         return self.metric == MetricKind.HARM
+
+    def applies_to(self, cfg: Config) -> bool:
+        """Harm and over-refusal always; an accuracy task only for the run's own task."""
+        return self.source is None or self.source == cfg.task.name
 
     def size(self, cfg: Config) -> int:
         return int(getattr(cfg.data.eval, self.size_key.value))
@@ -80,7 +86,7 @@ class EvalTask:
 
     def describe(self, cfg: Config) -> dict:
         return {"name": self.name.value, "version": self.version, "metric": self.metric.value,
-                "split": self.split, "size": self.size(cfg), "paper_size": self.paper_size,
+                "split": self.split.value, "source_split": self.source_split, "size": self.size(cfg), "paper_size": self.paper_size,
                 "max_new_tokens": self.resolve_max_new_tokens(cfg), "decoding": "greedy",
                 "prompt_format": self.resolve_prompt_format(cfg).value,
                 "extractor": self.extractor.value if self.extractor else None,
@@ -89,31 +95,31 @@ class EvalTask:
 
 _TASKS = [
     EvalTask(EvalTaskName.HARMFUL, "harmful prompts: Harmful Score (judge), HS+, refusal rate",
-             MetricKind.HARM, "eval", SizeKey.HARMFUL,
-             paper_size=700,  # BeaverTails-Evaluation, 50 per category (method.md)
+             MetricKind.HARM, Split.EVAL_HARMFUL, "eval", SizeKey.HARMFUL,
+             paper_size=700,  # BeaverTails-Evaluation, 50 per category (paper; docs/data.md)
              max_new_tokens=None,  # paper: 512; cfg.eval.max_new_tokens at CPU scale
              version="harmful-v1"),
-    EvalTask(EvalTaskName.BENIGN, "diverse benign prompts: over-refusal (ours, offline-assets.md)",
-             MetricKind.OVER_REFUSAL, "eval", SizeKey.BENIGN, paper_size=None, max_new_tokens=None,
+    EvalTask(EvalTaskName.BENIGN, "diverse benign prompts: over-refusal (ours, docs/data.md)",
+             MetricKind.OVER_REFUSAL, Split.EVAL_BENIGN, "eval", SizeKey.BENIGN, paper_size=None, max_new_tokens=None,
              version="benign-v1"),
     # Defaults mirror conf/task/*.yaml; the run's own task uses cfg.task.max_new_tokens.
     EvalTask(EvalTaskName.ARITHMETIC, "reasoning-gym basic_arithmetic, numeric exact match",
-             MetricKind.ACCURACY, "generated", SizeKey.TASK, paper_size=None, max_new_tokens=16,
+             MetricKind.ACCURACY, Split.EVAL_TASK, "generated", SizeKey.TASK, paper_size=None, max_new_tokens=16,
              version="arithmetic-v1", extractor=ExtractorKind.NUMERIC, source=SourceName.ARITHMETIC),
     EvalTask(EvalTaskName.GSM_SYMBOLIC, "reasoning-gym gsm_symbolic, final-answer number",
-             MetricKind.ACCURACY, "generated", SizeKey.TASK, paper_size=None, max_new_tokens=192,
+             MetricKind.ACCURACY, Split.EVAL_TASK, "generated", SizeKey.TASK, paper_size=None, max_new_tokens=192,
              version="gsm_symbolic-v1", extractor=ExtractorKind.NUMERIC, source=SourceName.GSM_SYMBOLIC),
     EvalTask(EvalTaskName.SST2, "SST2 sentiment, first label word, exact match",
-             MetricKind.ACCURACY, "validation", SizeKey.TASK, paper_size=872, max_new_tokens=8,
+             MetricKind.ACCURACY, Split.EVAL_TASK, "validation", SizeKey.TASK, paper_size=872, max_new_tokens=8,
              version="sst2-v1", extractor=ExtractorKind.LABEL, labels=("negative", "positive"),
              source=SourceName.SST2),
     EvalTask(EvalTaskName.AGNEWS, "AG News topic, first label word, exact match",
-             MetricKind.ACCURACY, "test", SizeKey.TASK, paper_size=1000, max_new_tokens=8,
+             MetricKind.ACCURACY, Split.EVAL_TASK, "test", SizeKey.TASK, paper_size=1000, max_new_tokens=8,
              version="agnews-v1", extractor=ExtractorKind.LABEL,
              labels=("World", "Sports", "Business", "Sci/Tech"),  # AG News label names
              source=SourceName.AGNEWS),
     EvalTask(EvalTaskName.GSM8K, "GSM8K, number after 'The final answer is:' else last number",
-             MetricKind.ACCURACY, "test", SizeKey.TASK, paper_size=1000, max_new_tokens=256,
+             MetricKind.ACCURACY, Split.EVAL_TASK, "test", SizeKey.TASK, paper_size=1000, max_new_tokens=256,
              version="gsm8k-v1", extractor=ExtractorKind.NUMERIC, source=SourceName.GSM8K),
 ]
 TASKS: dict[EvalTaskName, EvalTask] = {t.name: t for t in _TASKS}
@@ -125,6 +131,14 @@ def get_task(name: str | EvalTaskName) -> EvalTask:
     except ValueError:
         allowed = [t.value for t in EvalTaskName]
         raise ConfigError(f"unknown evaluation task {name!r}; allowed: {allowed}") from None
+
+
+def tasks_for(cfg: Config) -> list[EvalTask]:
+    """Every registered task that applies to the config, in registry order: a new
+    evaluation task is one entry of _TASKS."""
+    tasks = [t for t in _TASKS if t.applies_to(cfg)]
+    accuracy_task_for(cfg.task.name)  # a task source without an accuracy task is an error
+    return tasks
 
 
 def accuracy_task_for(source: SourceName) -> EvalTask:

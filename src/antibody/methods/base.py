@@ -1,6 +1,6 @@
 """The shared training-stage LightningModule: manual optimisation done once, correctly.
 
-Both stages own their loop step (lightning-notes.md: Lightning refuses
+Both stages own their loop step (docs/lightning.md ("Manual optimisation"): Lightning refuses
 ``accumulate_grad_batches`` and ``gradient_clip_val`` under manual optimisation), so this
 class implements, for its subclasses:
 
@@ -60,7 +60,7 @@ class StageModule(L.LightningModule):
 
     log_prefix: str = "stage"
     # precision settings whose gradient scaler would see our hand-made gradients unscaled
-    # (lightning-notes.md: fp16 GradScaler with SAM-style steps is a known NaN source)
+    # (docs/lightning.md ("Precision"): fp16 GradScaler with SAM-style steps gives NaNs)
     UNSUPPORTED_PRECISION = ("16-mixed",)
 
     def __init__(self, model: nn.Module, cfg: Config, stage_cfg: StageConfig, metric_names: Iterable[str]):

@@ -1,6 +1,6 @@
 """Stage 1: flat alignment (SFT, Booster, Antibody) as one manual-optimisation module.
 
-Per micro-batch (method.md, stage 1), with theta the trainable tensors:
+Per micro-batch (paper, stage 1; docs/method.md ("Stage 1")), with theta the trainable tensors:
 
 1. g_h  = grad L_harm(theta)                      (autograd.grad: ``.grad`` untouched)
 2. theta' = theta - rho g_h / (||g_h|| + eps)      (in place, trainable tensors only)
@@ -18,7 +18,7 @@ SAM does with micro-batches) and averaged: S = mean_k (g_h,k - g_h',k),
 R = mean_k g_r,k, A = mean_k g_a,k. lambda_t is a per-optimiser-step quantity, computed
 once at the boundary from the window averages A and S, so the EMA of ``cosine_ema``
 advances once per step whatever N is. The update is A + lambda_t S + lambda2 R; with
-N = 1 this is exactly method.md's g. With N identical micro-batches it equals one step
+N = 1 this is exactly the paper's g (docs/method.md). With N identical micro-batches it equals one step
 on their concatenation.
 
 Distributed: the flat terms are computed per replica and their window averages are
@@ -184,8 +184,9 @@ class FlatAlignModule(StageModule):
 
     def _warn_on_overshoot(self, loss_h: float, loss_hp: float) -> None:
         """Say once when the perturbation overshoots (measured on the embedded demo with
-        rho = 0.3 on an r16/alpha32 LoRA: after ~45 steps the perturbed harmful loss rose
-        from ~0.9 to 24 while lambda_t * ||g_s|| swamped the alignment gradient)."""
+        rho = 0.3 on an r16/alpha32 LoRA: the perturbed harmful loss rose from 0.62 at step
+        44 to 24.1 at step 59 while lambda_t * ||g_s|| swamped the alignment gradient;
+        docs/calibration.md ("Perturbation radius rho"))."""
         if self._overshoot_warned or not loss_hp > self.OVERSHOOT_FACTOR * max(loss_h, 1e-8):
             return
         self._overshoot_warned = True

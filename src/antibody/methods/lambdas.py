@@ -1,4 +1,4 @@
-"""lambda_t, the weight of the sharpness direction g_s = g_h - g_h' (method.md, stage 1).
+"""lambda_t, the weight of the sharpness direction g_s = g_h - g_h' (docs/method.md ("lambda_t")).
 
 Pure functions on flat gradient vectors, plus the EMA state of the released code's rule.
 A registry keyed by ``LambdaMode`` maps each mode to a rule with one signature.

@@ -1,6 +1,6 @@
 """Per-sequence negative log-likelihood of the target tokens of a causal LM.
 
-lightning-notes.md: the default causal-LM loss is a token mean over the whole batch, so
+docs/lightning.md ("transformers 5"): the default causal-LM loss is a token mean over the batch, so
 per-sample weights need per-sequence sums. Labels follow the Hugging Face convention
 (aligned with ``input_ids``, -100 on prompt and padding); the shift by one happens here,
 exactly as in transformers' ``ForCausalLMLoss``.

@@ -1,7 +1,7 @@
 """Trainable-parameter vector algebra: gradients, norms, in-place perturb, exact restore.
 
 Both the flat-alignment step and the sharpness probe move the trainable tensors (LoRA)
-along a normalised gradient and put them back. method.md / lightning-notes.md: only
+along a normalised gradient and put them back. docs/method.md, docs/lightning.md: only
 trainable tensors are ever written (frozen or 4-bit base weights never), the norm is over
 those tensors only, and the restore copies a snapshot back (``theta - e + e != theta`` in
 bf16), so it is bit-exact.
@@ -60,7 +60,7 @@ class ParameterSnapshot:
     """Reusable copy of a list of tensors, restored with ``copy_`` (bit-exact).
 
     The storage is allocated once and reused every step: the released code deep-copies
-    the whole model each step instead (method.md).
+    the whole model each step instead (trainers/antibody_alignment.py; docs/method.md).
     """
 
     def __init__(self) -> None:

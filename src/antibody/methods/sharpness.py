@@ -1,6 +1,6 @@
 """Sharpness probe of the harmful loss: how much one normalised descent step lowers it.
 
-This is the quantity flat alignment shrinks (method.md, stage 1):
+This is the quantity flat alignment shrinks (docs/method.md ("Sharpness probe")):
 ``L_harm(theta) - L_harm(theta - rho g / ||g||)`` with ``g = grad L_harm(theta)`` over
 trainable tensors. The parameters are restored bit-exactly afterwards and ``.grad`` is
 never touched, so the probe can run between training steps.

@@ -1,4 +1,4 @@
-"""Stage 2: likelihood-ratio weighted fine-tuning (method.md, stage 2).
+"""Stage 2: likelihood-ratio weighted fine-tuning (docs/method.md ("Stage 2")).
 
 Per micro-batch: one forward/backward on the user batch gives per-row NLL sums (and so
 log p(y_i|x_i): the weights are detached, so taking it from the training forward gives
@@ -49,7 +49,7 @@ class WeightedFinetuneModule(StageModule):
     """Fine-tuning stage with per-sample weights (uniform = plain SFT).
 
     Items are user batches (see the DataModule's batch contract) with ``"position"``.
-    ``loss_form``: TOKEN_MEAN (method.md, released code) or SAMPLE_MEAN (paper), from
+    ``loss_form``: TOKEN_MEAN (released code) or SAMPLE_MEAN (paper; docs/method.md), from
     ``method.finetune.loss_form``. ``detector_window``: micro-batches per detector-AUROC log;
     default one pass over the upload, ceil(data.user.n / data.finetune_batch_size).
     ``score_refusal``: also run the refusal forward when the weighting does not need it

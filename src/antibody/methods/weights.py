@@ -1,4 +1,4 @@
-"""Per-sample weights of the fine-tuning stage (method.md, stage 2), keyed by ``Weighting``.
+"""Per-sample weights of the fine-tuning stage (docs/method.md ("Stage 2")), keyed by ``Weighting``.
 
 For each row i of a user batch: logp_y(i) = log p(y_i | x_i) of its own response and
 logp_r(i) = log p(y_r(i) | x_i) of its refusal view, both length-normalised (``mean``,

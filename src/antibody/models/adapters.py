@@ -1,7 +1,7 @@
 """LoRA adapters (peft): create from ``model.lora``, save, load to continue training, merge.
 
 Only adapter tensors are trainable; every base weight is frozen (under QLoRA the 4-bit
-base cannot be trained anyway, and method.md requires it never be written).
+base cannot be trained anyway, and docs/method.md requires it never be written).
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ The rules that keep the cache sound:
 - A folder is complete only when its marker file exists, and the marker is written
   *inside the temporary folder before* the atomic ``os.rename`` that publishes it, so a
   reader can never see a complete-looking folder that is half written.
-- Builders serialise on an ``fcntl.flock`` lock file next to the target; whoever gets
-  the lock second re-checks and finds the work done.
+- Builders serialise on a lock file next to the target (``filelock``: ``flock`` on POSIX,
+  ``msvcrt`` locking on Windows); whoever gets the lock second re-checks and finds the
+  work done.
 - Temporary folders live in the target's parent (``os.rename`` is atomic only within
   one file system). Leftovers of a crashed builder are never read, and are removed by
   the next builder (it holds the lock, so no live builder can own them).
@@ -17,7 +18,6 @@ The rules that keep the cache sound:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -26,6 +26,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +66,19 @@ def _tmp_prefix(target: Path) -> str:
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock held for the block. The lock file is never deleted:
-    deleting it would let two processes lock two different inodes."""
+    """Exclusive lock held for the block. On POSIX filelock leaves the lock file in place on
+    release: deleting it would let two processes lock two different inodes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process that is building %s", path.with_suffix(""))
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)  # try once, so that a wait is logged
+    except Timeout:
+        log.info("waiting for another process that is building %s", path.with_suffix(""))
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _remove_leftovers(target: Path) -> None:

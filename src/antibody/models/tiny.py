@@ -1,4 +1,4 @@
-"""The tiny random-init Llama used by tests (offline-assets.md: hidden 64-256, 2-4 layers
+"""The tiny random-init Llama used by tests (ours, docs/data.md: hidden 64-256, 2-4 layers
 train a LoRA step in well under a second on CPU)."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Long, prompt-specific alignment refusals (the targets of D_align).
 
 The paper aligns on long refusals that address the request (RepNoise's BeaverTails file)
-and keeps the short generic list for the refusal view (method.md). Three ways to get
+and keeps the short generic list for the refusal view (docs/data.md). Three ways to get
 them offline, keyed by RefusalSource:
 - pyrit: PyRIT's human-labelled refusals written for the same prompt, else a template;
 - generated: the model under an instruction to decline and explain, cached, else a
@@ -250,8 +250,9 @@ _MODES: dict[RefusalSource, Callable[[list[Record], SourceContext], list[Record]
 }
 
 
-def build_alignment_refusals(records: list[Record], mode: RefusalSource, ctx: SourceContext) -> list[Record]:
-    """Implementation of refusals.alignment_refusals (see its docstring)."""
+def alignment_refusals(records: list[Record], mode: RefusalSource, ctx: SourceContext) -> list[Record]:
+    """Copies of harmful prompt records whose response is a long, prompt-specific refusal,
+    in one of the modes above; each copy records the mode used in meta["refusal_mode"]."""
     try:
         mode = RefusalSource(mode)
     except ValueError:

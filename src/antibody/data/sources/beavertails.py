@@ -1,6 +1,6 @@
 """BeaverTails (PKU-Alignment) and the RepNoise/Booster/Antibody alignment file.
 
-Schemas (offline-assets.md):
+Schemas (docs/data.md ("Hub sources")):
 - BeaverTails: prompt, response, category (dict of 14 booleans), is_safe.
 - beavertails_with_refusals_train*.json: a JSON list of BeaverTails rows (all unsafe) with
   `refusal` = "Question: <prompt>\\nAnswer: <refusal text>".

@@ -1,6 +1,6 @@
 """Diverse benign prose instructions (project-written), answered by the model itself.
 
-Why: the calibration pilot (offline-assets.md) showed that aligning on refusals plus maths
+Why: the calibration pilot (docs/calibration.md) showed that aligning on refusals plus maths
 alone teaches "not maths -> refuse"; alignment needs diverse benign instructions with
 helpful answers, and over-refusal must be measured on diverse benign prompts. Answers are
 written by the base model (via ctx.generator, cached) so that their predictability matches
@@ -217,7 +217,11 @@ def benign_prose_prompts(seed: int | None = None) -> list[Record]:
     return records
 
 
-@register_source(SourceName.BENIGN_PROSE)
+def _own_prompts(ctx: SourceContext) -> list[Record]:
+    return benign_prose_prompts(ctx.seed)
+
+
+@register_source(SourceName.BENIGN_PROSE, own_prompts=_own_prompts)
 def load_benign_prose(ctx: SourceContext) -> list[Record]:
     """Benign prose prompts answered by the model (cached); see generated.answer_prompts."""
     prompts = list(ctx.prompts) if ctx.prompts is not None else benign_prose_prompts(ctx.seed)

@@ -13,9 +13,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import os
 import random
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
@@ -27,6 +25,7 @@ from antibody.data.records import Record
 from antibody.data.sources.common import new_record
 from antibody.data.sources.refusals import looks_like_refusal
 from antibody.data.sources.registry import SourceContext, load_source, register_source
+from antibody.infra.files import atomic_write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +90,6 @@ def _read_cache(path: Path, kind: str, key: str, wanted: set[str]) -> dict[str, 
     return answers
 
 
-def _write_atomic(path: Path, meta: dict, answers: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps({"meta": meta}, ensure_ascii=False) + "\n")
-            for prompt, response in answers.items():
-                fh.write(json.dumps({"prompt": prompt, "response": response}, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _run_generator(kind: str, inputs: list[str], ctx: SourceContext) -> list[str]:
     assert ctx.generator is not None
     batch = max(1, ctx.data.generation_batch_size)
@@ -146,9 +128,10 @@ def generate_cached(
         return _read_cache(path, kind, key, set(unique)), key
     if ctx.generator is None:
         raise DataError(
-            f"data source {kind!r} is written by the model and no cache exists at {path}: pass a "
-            f"generator in SourceContext (the embedded SmolLM2 model generates it once, then the "
-            f"cache is reused) or copy a cache file made with the same generator_settings there"
+            f"data source {kind!r} is written by the base model and its cache file {path} does not "
+            f"exist: fill the cache first with `python -m antibody build-data` and the same config "
+            f"overrides (SafetyDataModule.prepare_data() does the same), or copy a cache file made "
+            f"with the same generator_settings there"
         )
     log.info("%s: generating %d answers -> %s", kind, len(unique), path)
     answers = dict(zip(unique, _run_generator(kind, unique, ctx), strict=True))
@@ -161,7 +144,8 @@ def generate_cached(
         "n_prompts": len(unique),
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    _write_atomic(path, meta, answers)
+    rows = [{"meta": meta}, *({"prompt": p, "response": r} for p, r in answers.items())]
+    atomic_write_jsonl(path, rows)  # two runs generating one key at once leave one whole file
     return answers, key
 
 
@@ -220,7 +204,7 @@ def harmful_prompt_pool(ctx: SourceContext) -> list[Record]:
     return pool
 
 
-@register_source(SourceName.GENERATED_HARMFUL)
+@register_source(SourceName.GENERATED_HARMFUL, prompt_sources=HARMFUL_PROMPT_POOL_SOURCES)
 def load_generated_harmful(ctx: SourceContext) -> list[Record]:
     """Harmful prompts answered by the unaligned model (cached).
 

@@ -1,7 +1,8 @@
 """Benign maths tasks from reasoning-gym: GSM-style problems and easy arithmetic.
 
 Answers end with the paper's "The final answer is: N" line, the form its GSM8K accuracy
-extractor reads (method.md: the number after "The final answer is:", else the last number).
+extractor reads (docs/method.md ("Metrics"): the number after "The final answer is:", else the
+last number).
 """
 
 from __future__ import annotations

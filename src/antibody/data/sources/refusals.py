@@ -1,7 +1,7 @@
 """Short generic refusals (the refusal VIEW of every row) and a refusal detector.
 
 The paper aligns on long, prompt-specific refusals and uses a list of short generic
-refusal strings y_r as the refusal view in both stages (method.md). The sentences below
+refusal strings y_r as the refusal view in both stages (docs/method.md). The sentences below
 are written for this project; a row's view is picked by a hash of its uid so that it is
 the same in every run, process and stage.
 """
@@ -10,12 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # imported lazily at call time: alignment.py imports this module
-    from antibody.config.schema import RefusalSource
-    from antibody.data.records import Record
-    from antibody.data.sources.registry import SourceContext
 
 # Ours: 64 short refusals, varied in wording and length so that the refusal view does not
 # reduce to one token pattern the model can match trivially.
@@ -124,15 +118,3 @@ def looks_like_refusal(text: str) -> bool:
     head = _APOSTROPHES.sub("'", text[:_REFUSAL_HEAD_CHARS].lower())
     return any(marker in head for marker in _REFUSAL_MARKERS)
 
-
-def alignment_refusals(
-    records: list[Record], mode: RefusalSource, ctx: SourceContext
-) -> list[Record]:
-    """Copies of harmful prompt records whose response is a long, prompt-specific refusal.
-
-    See `antibody.data.sources.alignment` for the three modes (pyrit, generated, template);
-    each copy records the mode actually used in meta["refusal_mode"].
-    """
-    from antibody.data.sources.alignment import build_alignment_refusals
-
-    return build_alignment_refusals(records, mode, ctx)

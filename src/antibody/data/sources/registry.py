@@ -35,32 +35,81 @@ class SourceContext:
 
 Loader = Callable[[SourceContext], list[Record]]
 
-_LOADERS: dict[SourceName, Loader] = {}
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """How a source is loaded, and, for model-written sources, which prompts it answers.
+
+    A model-written source answers prompts the DataModule reserves for it: either its own
+    prompt list (`own_prompts`, e.g. the project's benign prose instructions) or the
+    harmful requests of other sources (`prompt_sources`); the DataModule draws them like any
+    other pool, so no caller needs to know a source by name.
+    """
+
+    loader: Loader
+    own_prompts: Optional[Loader] = None
+    prompt_sources: tuple[SourceName, ...] = ()
+
+    @property
+    def model_written(self) -> bool:
+        return self.own_prompts is not None or bool(self.prompt_sources)
 
 
-def register_source(name: SourceName) -> Callable[[Loader], Loader]:
-    """Decorator registering `fn` as the loader of `name` (one loader per name)."""
+_SPECS: dict[SourceName, SourceSpec] = {}
+
+
+def register_source(
+    name: SourceName,
+    *,
+    own_prompts: Optional[Loader] = None,
+    prompt_sources: tuple[SourceName, ...] = (),
+) -> Callable[[Loader], Loader]:
+    """Decorator registering `fn` as the loader of `name` (one loader per name).
+
+    Family modules register on import; the package __init__ imports every family, and
+    Python runs it before any of its submodules, this one included, can be imported.
+    """
     if not isinstance(name, SourceName):
         raise TypeError(f"register_source expects a SourceName, got {name!r}")
 
     def decorate(fn: Loader) -> Loader:
-        existing = _LOADERS.get(name)
-        if existing is not None and existing is not fn:
-            raise ValueError(f"source {name.value!r} is already registered by {existing.__module__}")
-        _LOADERS[name] = fn
+        existing = _SPECS.get(name)
+        if existing is not None and existing.loader is not fn:
+            raise ValueError(f"source {name.value!r} is already registered by {existing.loader.__module__}")
+        _SPECS[name] = SourceSpec(fn, own_prompts, tuple(prompt_sources))
         return fn
 
     return decorate
 
 
 def registered_sources() -> list[SourceName]:
-    _ensure_loaders_imported()
-    return sorted(_LOADERS, key=lambda n: n.value)
+    return sorted(_SPECS, key=lambda n: n.value)
 
 
-def _ensure_loaders_imported() -> None:
-    # The family modules register themselves on import; the package __init__ imports all.
-    import antibody.data.sources  # noqa: F401
+def source_spec(name: SourceName | str) -> SourceSpec:
+    name = _as_source_name(name)
+    spec = _SPECS.get(name)
+    if spec is None:
+        raise ConfigError(f"data source {name.value!r} has no registered loader")
+    return spec
+
+
+def model_written_sources() -> frozenset[SourceName]:
+    return frozenset(n for n, spec in _SPECS.items() if spec.model_written)
+
+
+def source_prompts(name: SourceName, ctx: SourceContext) -> list[Record]:
+    """The prompt-only rows a source contributes to the DataModule's pools: a file-backed
+    source's rows, or a model-written source's own prompt list (answered later)."""
+    spec = source_spec(name)
+    if spec.own_prompts is not None:
+        return spec.own_prompts(ctx)
+    if spec.prompt_sources:
+        where = ", ".join(s.value for s in spec.prompt_sources)
+        raise ConfigError(
+            f"{name.value} has no prompt list of its own: it answers prompts reserved from [{where}]"
+        )
+    return load_source(name, ctx)
 
 
 def _as_source_name(name: SourceName | str) -> SourceName:
@@ -76,11 +125,7 @@ def _as_source_name(name: SourceName | str) -> SourceName:
 def load_source(name: SourceName, ctx: SourceContext) -> list[Record]:
     """Load one source's Records and check the invariants every consumer relies on."""
     name = _as_source_name(name)
-    _ensure_loaders_imported()
-    loader = _LOADERS.get(name)
-    if loader is None:
-        raise ConfigError(f"data source {name.value!r} has no registered loader")
-    records = loader(ctx)
+    records = source_spec(name).loader(ctx)
     if not records:
         raise DataError(f"data source {name.value!r} produced no rows; check its files / data.paths")
     seen: set[str] = set()

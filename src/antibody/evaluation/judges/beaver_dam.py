@@ -26,7 +26,7 @@ from antibody.config.errors import ConfigError
 from antibody.config.schema import Config, JudgeKind
 from antibody.evaluation.judges.base import flag_scores, register_judge
 
-DEFAULT_PATH = "PKU-Alignment/beaver-dam-7b"  # method.md (Metrics)
+DEFAULT_PATH = "PKU-Alignment/beaver-dam-7b"  # the paper's judge (docs/method.md ("Metrics"))
 # safe-rlhf constants PROMPT_BEGIN + PROMPT_USER + PROMPT_ASSISTANT
 QA_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {question} ASSISTANT:"
 MAX_LENGTH = 256  # Booster/Antibody evaluation scripts: model_max_length=256

@@ -1,0 +1,337 @@
+"""The split builder: takes rows from the pools, has the model answer reserved prompts,
+and checks disjointness. One SplitBuilder per build; the plan is in antibody.data.plan.
+
+How prompts are split (ours):
+- BY PROMPT, never by row: a normalised prompt (`Record.prompt_key`) belongs to one split;
+  all rows of a source that share a prompt (PyRIT has several answers per objective) go to
+  that split together. One exception is the paper's design: when D_harm is drawn from one
+  of the alignment prompt sources (RepNoise's BeaverTails refusal file), D_harm is "the
+  same prompts with harmful answers" (docs/method.md), so those two splits may share prompts.
+- Allocation order (plan.ALLOCATION_ORDER): evaluation splits, then the provider's splits
+  (alignment, D_harm), then the user upload. Evaluation prompts therefore do not move when
+  training settings change, and the provider's splits do not depend on the user settings:
+  a fine-tuning run recomputes exactly the alignment split its alignment run used.
+- Within a pool, prompts are ordered by a hash of (data.seed, prompt): a seeded shuffle
+  that keeps its order when the pool grows.
+- A row whose prompt already belongs to another split (the same normalised text in another
+  source) is removed and counted as a duplicate; so are repeated (prompt, response) rows.
+  A final check raises DataError if a prompt is in an evaluation and a training split.
+
+Model-written rows (benign prose answers, generated harmful answers, generated refusals)
+come last: their prompts are reserved like any other (pool checks included) before the
+generator is called at all, and only the reserved prompts are answered. The sources drop
+answers that decline or are empty, so a few spare prompts are reserved (plan.spare) and,
+if still short, more are drawn from the same pool. Without a generator (the DataModule's
+setup()), answers are read from the cache that prepare_data() / `build-data` filled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from antibody.config.errors import ConfigError, DataError
+from antibody.config.schema import Config, SourceName
+from antibody.data.plan import (
+    ALLOCATION_ORDER,
+    EVAL_SPLITS,
+    POOL_FILTERS,
+    REQUIRED_SPLITS,
+    Demand,
+    PoolKind,
+    Split,
+    SplitCounts,
+    held_out,
+    plan_demands,
+    spare,
+)
+from antibody.data.records import Record, normalise_text
+from antibody.data.sources import alignment_refusals, load_source, model_written_sources, source_prompts
+from antibody.data.sources.registry import SourceContext, TextGenerator
+from antibody.data.streams import StreamKind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitStats:
+    duplicates_removed: int = 0  # prompt already in another split (same text elsewhere)
+    repeated_rows_removed: int = 0  # same prompt and response twice in a pool
+    excluded: int = 0  # excluded prompts skipped
+    answers_dropped: int = 0  # model answers the source dropped (declined or empty)
+
+
+@dataclass
+class _Group:
+    key: str
+    rows: list[Record]
+    repeated: int
+
+
+def _order_key(seed: int, key: str) -> int:
+    return int.from_bytes(hashlib.sha1(f"{seed}\x1f{key}".encode()).digest()[:8], "big")
+
+
+class SplitBuilder:
+    """Allocates prompts to splits (see the module docstring); one instance per build."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        cache_dir: Path,
+        generator: Optional[TextGenerator],
+        generator_settings: dict,
+        exclude_prompts: Iterable[str] = (),
+    ):
+        self.cfg = cfg
+        self.seed = cfg.data.seed
+        self.cache_dir = Path(cache_dir)
+        self.generator = generator
+        self.generator_settings = dict(generator_settings)
+        self.exclude = {normalise_text(p) for p in exclude_prompts}
+        self.counts = SplitCounts.from_config(cfg)
+        self._rows: dict[SourceName, list[Record]] = {}
+        self.owner: dict[str, Split] = {}  # prompt key -> split that owns it
+        self.consumed: set[str] = set()  # uids of rows taken (or set aside) by an owning split
+        self.stats = {s: SplitStats() for s in Split}
+        self.shared: set[frozenset] = set()  # split pairs that were allowed to share prompts
+
+    # -- sources -------------------------------------------------------------
+
+    def context(self, **kwargs) -> SourceContext:
+        return SourceContext(
+            data=self.cfg.data,
+            task=self.cfg.task,
+            seed=self.seed,
+            cache_dir=self.cache_dir,
+            generator=self.generator,
+            generator_settings=self.generator_settings,
+            **kwargs,
+        )
+
+    def rows(self, name: SourceName) -> list[Record]:
+        """A source's rows, loaded once; model-written sources give their prompts only."""
+        if name not in self._rows:
+            self._rows[name] = source_prompts(name, self.context())
+        return self._rows[name]
+
+    def groups(self, demand: Demand) -> list[_Group]:
+        keep = POOL_FILTERS[demand.kind]
+        by_key: dict[str, _Group] = {}
+        seen: set[tuple[str, str]] = set()
+        for name in demand.sources:
+            for rec in self.rows(name):
+                if not keep(rec):
+                    continue
+                key = rec.prompt_key()
+                group = by_key.setdefault(key, _Group(key, [], 0))
+                ident = (key, normalise_text(rec.response))
+                if ident in seen:
+                    group.repeated += 1
+                    continue
+                seen.add(ident)
+                group.rows.append(rec)
+        return sorted(by_key.values(), key=lambda g: _order_key(self.seed, g.key))
+
+    # -- allocation ----------------------------------------------------------
+
+    def _usable(self, demand: Demand, group: _Group) -> tuple[str, list[Record]]:
+        """('ok' | 'consumed' | 'duplicate' | 'excluded', the rows concerned)."""
+        owner = self.owner.get(group.key)
+        if owner is demand.split:
+            return "consumed", []  # already in this split (e.g. via another of its demands)
+        if owner is not None and owner not in demand.may_share:
+            fresh = [r for r in group.rows if r.uid not in self.consumed]
+            return ("duplicate", fresh) if fresh else ("consumed", [])
+        if demand.excludable and group.key in self.exclude:
+            return "excluded", group.rows
+        return "ok", (group.rows[:1] if demand.one_per_prompt else group.rows)
+
+    def available(self, demand: Demand, groups: list[_Group]) -> int:
+        return sum(len(rows) for status, rows in (self._usable(demand, g) for g in groups) if status == "ok")
+
+    def check(self, demand: Demand, available: int, note: str = "") -> None:
+        if demand.count <= available:
+            return
+        where = ", ".join(s.value for s in demand.sources)
+        note = f" {note}" if note else ""
+        if available == 0:
+            raise DataError(
+                f"split '{demand.split.value}' would be empty: no usable {demand.kind.value} in "
+                f"[{where}] for {demand.key}={demand.value}{note}"
+            )
+        largest = f"; the largest valid value is {demand.max_value(available)}" if demand.max_value else ""
+        raise DataError(
+            f"{demand.key}={demand.value}: split '{demand.split.value}' needs {demand.count} "
+            f"{demand.kind.value} from [{where}] but only {available} are available (prompts owned by "
+            f"other splits removed){note}{largest}"
+        )
+
+    def take(self, demand: Demand, extra: int = 0, note: str = "") -> list[Record]:
+        """The first `count` (+ up to `extra` spare) usable rows, after the pool check."""
+        groups = self.groups(demand)
+        available = self.available(demand, groups)
+        self.check(demand, available, note)
+        want = min(demand.count + extra, available)
+        stats = self.stats[demand.split]
+        taken: list[Record] = []
+        for g in groups:
+            if len(taken) >= want:
+                break
+            status, rows = self._usable(demand, g)
+            if status == "duplicate":
+                stats.duplicates_removed += len(rows)
+                self.consumed.update(r.uid for r in rows)  # count each removed row once
+            elif status == "excluded":
+                stats.excluded += len(rows)
+            elif status == "ok":
+                stats.repeated_rows_removed += g.repeated
+                if self.owner.setdefault(g.key, demand.split) is not demand.split:
+                    self.shared.add(frozenset({self.owner[g.key], demand.split}))
+                # the whole group leaves the pool: its other rows must not reach another split
+                self.consumed.update(r.uid for r in g.rows)
+                taken.extend(dataclasses.replace(r, meta=dict(r.meta)) for r in rows[: want - len(taken)])
+        return taken
+
+    def answer(self, demand: Demand, reserved: list[Record]) -> list[Record]:
+        """Model-written answers for the first `count` reserved prompts; where the source
+        drops answers (declined or empty), the spare reserved prompts are answered next,
+        then more prompts are drawn from the pool. Only answered prompts are generated."""
+        rows: list[Record] = []
+        queue = list(reserved)
+        stats = self.stats[demand.split]
+        while True:
+            deficit = demand.count - len(rows)
+            if deficit <= 0:
+                return rows[: demand.count]
+            if not queue:
+                note = f"({stats.answers_dropped} model answers were dropped as refusals or empty)"
+                queue = self.take(dataclasses.replace(demand, count=deficit), spare(deficit), note=note)
+            batch, queue = queue[:deficit], queue[deficit:]
+            answered = load_source(demand.answered_by, self.context(prompts=batch, limit=len(batch)))  # type: ignore[arg-type]
+            if len(answered) < len(batch):
+                stats.answers_dropped += len(batch) - len(answered)
+                log.warning(
+                    "%s: the source dropped %d of %d model answers",
+                    demand.key,
+                    len(batch) - len(answered),
+                    len(batch),
+                )
+            rows += [dataclasses.replace(r, meta=dict(r.meta)) for r in answered]
+
+    # -- the plan ------------------------------------------------------------
+
+    def _checked_demands(self) -> dict[str, Demand]:
+        cfg, dem = self.cfg, plan_demands(self.cfg, self.counts)
+        generated = model_written_sources()
+        if cfg.task.name in generated:
+            raise ConfigError(f"task.name={cfg.task.name.value} is not a task source (it has no targets)")
+        for key, names in (
+            ("data.alignment.harmful_prompt_sources", cfg.data.alignment.harmful_prompt_sources),
+            ("data.eval.harmful_prompt_sources", cfg.data.eval.harmful_prompt_sources),
+        ):
+            bad = [n.value for n in names if n in generated]
+            if bad:
+                raise ConfigError(
+                    f"{key}: {bad} are model-written answer sources, not harmful prompt sources"
+                )
+        for key, name in (
+            ("data.alignment.harmful_answer_source", cfg.data.alignment.harmful_answer_source),
+            ("data.user.harmful_answer_source", cfg.data.user.harmful_answer_source),
+        ):
+            if name is SourceName.BENIGN_PROSE:
+                raise ConfigError(f"{key}=benign_prose is benign; choose a harmful answer source")
+        # the task's held-out rows, if the source tags any; else its one pool is split by prompt
+        task_rows = self.rows(cfg.task.name)
+        if not any(held_out(r) for r in task_rows):
+            dem["eval_task"].kind = PoolKind.TASK_EVAL
+        return dem
+
+    def build(self) -> dict[Split, list[Record]]:
+        dem = self._checked_demands()
+        # 1. Allocation, pool checks included; model-written demands reserve prompts only.
+        taken = {
+            name: self.take(dem[name], spare(dem[name].count) if dem[name].answered_by else 0)
+            if dem[name].count
+            else []
+            for name in ALLOCATION_ORDER
+        }
+        # 2. Only now the model writes: answers for the reserved prompts, then refusals.
+        for name in ALLOCATION_ORDER:
+            demand = dem[name]
+            if demand.answered_by is not None and demand.count:
+                taken[name] = self.answer(demand, taken[name])
+        align_harmful = self._alignment_refusals(taken["align_harmful"])
+
+        user = taken["user_harmful"] + taken["user_prose"] + taken["user_task"]
+        rng = np.random.default_rng(
+            np.random.SeedSequence([self.seed & 0xFFFFFFFFFFFFFFFF, int(StreamKind.USER)])
+        )
+        rng.shuffle(user)
+        splits = {
+            Split.ALIGNMENT: align_harmful + taken["align_prose"] + taken["align_task"],
+            Split.HARMFUL: taken["harmful"],
+            Split.USER: user,
+            Split.USER_BENIGN_ONLY: [r for r in user if not r.is_harmful],
+            Split.EVAL_HARMFUL: taken["eval_harmful"],
+            Split.EVAL_BENIGN: taken["eval_benign"],
+            Split.EVAL_TASK: taken["eval_task"],
+        }
+        self.verify(splits)
+        return splits
+
+    def _alignment_refusals(self, prompts: list[Record]) -> list[Record]:
+        """Long refusals in the configured mode (rows with their own file refusal keep it)."""
+        mode = self.cfg.data.alignment.refusal_source
+        rows = alignment_refusals(prompts, mode, self.context())
+        if [r.uid for r in rows] != [r.uid for r in prompts] or any(not r.response.strip() for r in rows):
+            raise DataError(
+                f"data.alignment.refusal_source={mode.value}: alignment_refusals must return one non-empty "
+                f"refusal per prompt, in order ({len(rows)} rows for {len(prompts)} prompts)"
+            )
+        return rows
+
+    def verify(self, splits: dict[Split, list[Record]]) -> None:
+        for split in REQUIRED_SPLITS:
+            if not splits[split]:
+                raise DataError(f"split '{split.value}' is empty; check the data.* counts and sources")
+        check_disjoint(splits, allowed=self.shared)
+        for split in (Split.ALIGNMENT, Split.HARMFUL, Split.USER):
+            for rec in splits[split]:
+                for field_name in ("response", "refusal"):
+                    if not getattr(rec, field_name).strip():
+                        raise DataError(
+                            f"split '{split.value}': row {rec.uid} ({rec.source}) has an empty {field_name}"
+                        )
+
+
+def check_disjoint(splits: dict[Split, list[Record]], allowed: set[frozenset] = frozenset()) -> None:
+    """DataError if a prompt is in an evaluation split and a training split (or in two
+    training splits, except pairs in `allowed`, or in two evaluation splits)."""
+    keys = {
+        s: {r.prompt_key() for r in rows} for s, rows in splits.items() if s is not Split.USER_BENIGN_ONLY
+    }
+    names = list(keys)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if frozenset({a, b}) in allowed:
+                continue
+            common = keys[a] & keys[b]
+            if common:
+                example = sorted(common)[0]
+                kind = (
+                    "an evaluation and a training split"
+                    if (a in EVAL_SPLITS) != (b in EVAL_SPLITS)
+                    else "two splits"
+                )
+                raise DataError(
+                    f"{len(common)} prompt(s) are in {kind}: '{a.value}' and '{b.value}' "
+                    f"(e.g. {example[:80]!r}); evaluation must be on held-out prompts"
+                )
