@@ -34,7 +34,7 @@ test-slow: install ## end-to-end tests on the embedded model
 	$(PY) -m pytest -q -m slow
 
 lint: install ## ruff
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests docs/scripts
 
 format: install ## ruff format + autofix
 	$(VENV)/bin/ruff check --fix src tests && $(VENV)/bin/ruff format src tests
