@@ -66,6 +66,18 @@ def test_logging_is_configured_once_and_known_noise_is_dropped():
     assert bnb.filter(other)
 
 
+def test_known_library_warnings_are_silenced_and_others_are_not():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        configure_logging()  # adds its filters in front of "always"
+        warnings.warn("Using ModelCheckpoint with manual optimization and every_n_train_steps ...", UserWarning, stacklevel=1)
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed", FutureWarning, stacklevel=1)
+        warnings.warn("a warning nobody silenced", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a warning nobody silenced"]
+
+
 def test_bad_key_is_one_clear_line_before_any_work(capsys):
     assert main(["align", "method.align.rho=-1"]) == 2
     err = capsys.readouterr().err

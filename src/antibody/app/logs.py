@@ -32,13 +32,17 @@ QUIET_LOGGERS = (
 BNB_LOGGER = "bitsandbytes.backends.cpu.ops"
 BNB_KERNELS_MESSAGE = "Failed to load CPU gemm_4bit_forward from kernels-community"
 
-# FutureWarnings raised inside libraries by calls we do not make (fixing them means
-# upgrading the library; pinned in pyproject.toml):
+# Warnings raised inside libraries by calls we do not make (fixing them means upgrading
+# the library; pinned in pyproject.toml) or about a choice we made on purpose:
 IGNORED_WARNINGS = (
     # peft's get_peft_model reads the alias transformers 5 deprecated
     (r"`is_gradient_checkpointing` is deprecated", FutureWarning),
     # Lightning's _pytree builds a LeafSpec, deprecated by torch 2.13
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # Lightning explains at length (with a code example) that a ModelCheckpoint under
+    # manual optimisation saves the state after the optimiser step: that is what our
+    # stage modules want (a resumed run continues after the saved step)
+    (r"Using ModelCheckpoint with manual optimization", UserWarning),
 )
 
 _HANDLER_NAME = "antibody-rich"
