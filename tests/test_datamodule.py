@@ -434,8 +434,8 @@ def test_generated_harmful_answers_reserved_prompts(tmp_path, fake, tok):
     assert len(harmful_user) == 10 and {r.source for r in harmful_user} == {"generated_harmful"}
     assert keys(harmful_user).isdisjoint(keys(dm.records("eval_harmful")) | keys(dm.records("alignment")))
     calls = [c for c in fake.calls if c[0] is S.GENERATED_HARMFUL]
-    # exactly the needed prompts: written once by prepare_data(), read back by setup()
-    assert calls == [(S.GENERATED_HARMFUL, 10, 10)] * 2
+    # exactly the needed prompts, once: prepare_data() wrote them and setup() kept its splits
+    assert calls == [(S.GENERATED_HARMFUL, 10, 10)]
     assert sum(p in {r.instruction for r in harmful_user} for p in fake.generated) == 10
 
 
@@ -446,7 +446,10 @@ def test_setup_reads_only_and_names_the_command_that_fills_the_cache(tmp_path, f
         cold.setup()  # no prepare_data(): setup never calls the generator
     assert fake.generated == []
     cold.prepare_data()
-    n_generated = len(fake.generated)
+    n_generated, n_loads = len(fake.generated), len(fake.calls)
+    cold.prepare_data()  # as Trainer.fit calls it again: the splits are built already
+    cold.setup()
+    assert (len(fake.generated), len(fake.calls)) == (n_generated, n_loads)
     warm = SafetyDataModule(cfg, tok, "finetune", None, tmp_path)  # no generator at all
     warm.prepare_data()  # warm cache: nothing to write, so no generator is needed
     warm.setup()

@@ -15,8 +15,10 @@ antibody.data.builder (taking, answering, checking).
 
 Model-written rows are written in ONE place, `prepare_data()` (Lightning runs it once, on
 rank 0; `python -m antibody build-data` calls it too): it runs the builder with the
-generator, which fills the cache. `setup()` runs the same builder WITHOUT a generator, so it
-only reads that cache, and says which command fills it when a file is missing.
+generator, which fills the cache, and keeps the splits for this process. `setup()`, where
+prepare_data() did not run (other DDP ranks, or a DataModule built on a warm cache), runs
+the same builder WITHOUT a generator, so it only reads that cache, and says which command
+fills it when a file is missing.
 """
 
 from __future__ import annotations
@@ -123,20 +125,27 @@ class SafetyDataModule(L.LightningDataModule):
         """Write the model-written rows into the cache (every pool check runs first).
 
         Lightning calls this once per node, on rank 0, before setup(); the CLI calls it
-        before setup() too. It keeps no state (other ranks never run it): with a warm cache
-        the generator is never called, so the model it would load is never loaded.
+        before setup() too. With a warm cache the generator is never called, so the model it
+        would load is never loaded. The splits it built are kept for this process's setup():
+        they are what setup() would read back from the cache, and building them again (and
+        again when Trainer.fit calls this hook) would repeat the work and its warnings.
+        Other ranks never run this hook and build theirs in setup(), from the cache.
         """
-        self._builder(self.generator).build()
+        if self._splits is None:
+            self._build(self.generator)
 
     def setup(self, stage: Optional[str] = None) -> None:
-        """Build every split once from the sources and the cache (later calls are no-ops).
+        """Build every split once from the sources and the cache (later calls, and calls
+        after prepare_data() in this process, are no-ops).
 
         Reads only: a missing model-written cache file is a DataError naming the command
         that fills it (prepare_data() / `python -m antibody build-data`).
         """
-        if self._splits is not None:
-            return
-        builder = self._builder(None)
+        if self._splits is None:
+            self._build(None)
+
+    def _build(self, generator: Optional[TextGenerator]) -> None:
+        builder = self._builder(generator)
         self._splits = builder.build()
         self._stats = builder.stats
 
