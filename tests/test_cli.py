@@ -120,3 +120,11 @@ def test_init_from_latest_and_by_name(tmp_path):
     assert resolve_init_from("old", str(tmp_path)).name == "old"
     with pytest.raises(ConfigError, match="no run with an adapter"):
         resolve_init_from("missing", str(tmp_path))
+
+
+def test_a_commands_own_argument_is_taken_out_of_the_overrides():
+    from antibody.app.arguments import pop_arg
+
+    args = ["experiment=tiny", "steps=2", "run.name=x", "steps=3", "steps_per=1"]
+    assert pop_arg(args, "steps") == ("3", ["experiment=tiny", "run.name=x", "steps_per=1"])
+    assert pop_arg(args, "suite") == (None, args)

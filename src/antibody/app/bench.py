@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from antibody.app.arguments import pop_arg
 from antibody.app.callbacks import StepTimer
 from antibody.app.report import weight_summary
 from antibody.app.rundir import write_json
@@ -66,17 +67,10 @@ def _time_variant(cfg: Config, stage: str, steps: int) -> dict:
 
 
 def bench_command(args: list[str]) -> int:
-    steps = 5
-    rest = []
-    for arg in args:  # `steps=N` is the bench's own argument, not a config key
-        if arg.startswith("steps="):
-            value = arg.split("=", 1)[1]
-            if not value.isdigit() or int(value) < 1:  # a user error: one line, not a traceback
-                raise ConfigError(f"steps={value}: expected an integer in [1, inf)")
-            steps = int(value)
-        else:
-            rest.append(arg)
-    args = rest
+    value, args = pop_arg(args, "steps")  # the bench's own argument, not a config key
+    if value is not None and (not value.isdigit() or int(value) < 1):  # one line, not a traceback
+        raise ConfigError(f"steps={value}: expected an integer in [1, inf)")
+    steps = int(value) if value is not None else 5
     has_run_name = any(a.startswith("run.name=") for a in args)
     if not has_run_name:
         args = [*args, "run.name=bench"]

@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Optional
 
+from antibody.app.arguments import pop_arg
 from antibody.app.report import render, weight_summary
 from antibody.app.rundir import RunDir, write_json
 from antibody.config import Config, ConfigError, compose
@@ -252,17 +253,10 @@ def demo_command(args: list[str]) -> int:
     from antibody.app.evaluate import evaluate_model
     from antibody.evaluation.tasks import accuracy_task_for
 
-    suite = Suite.MAIN
-    rest = []
-    for arg in args:  # `suite=` is the demo's own argument, not a config key
-        if arg.startswith("suite="):
-            value = arg.split("=", 1)[1]
-            if value not in {s.value for s in Suite}:
-                raise ConfigError(f"suite={value}: choose one of {[s.value for s in Suite]}")
-            suite = Suite(value)
-        else:
-            rest.append(arg)
-    args = rest
+    value, args = pop_arg(args, "suite")  # the demo's own argument, not a config key
+    if value is not None and value not in {s.value for s in Suite}:
+        raise ConfigError(f"suite={value}: choose one of {[s.value for s in Suite]}")
+    suite = Suite(value) if value is not None else Suite.MAIN
     # the tuned demo sizes unless the caller names another experiment (e.g. demo_quick)
     has_experiment = any(a.startswith("experiment=") for a in args)
     experiment_args = list(args) if has_experiment else ["experiment=demo", *args]

@@ -9,19 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from antibody.app.arguments import pop_arg
 from antibody.config import Config, ConfigError, compose
 from antibody.config.compose import apply_overrides, load_saved
-
-
-def split_run_arg(args: list[str]) -> tuple[Optional[Path], list[str]]:
-    run: Optional[Path] = None
-    rest = []
-    for arg in args:
-        if arg.startswith("run="):
-            run = Path(arg.split("=", 1)[1])
-        else:
-            rest.append(arg)
-    return run, rest
 
 
 def eval_records(cfg: Config, tokenizer) -> dict:
@@ -54,7 +44,8 @@ def evaluate_model(cfg: Config, adapter: Optional[Path], out_dir: Path, records=
 
 
 def eval_command(args: list[str]) -> int:
-    run, rest = split_run_arg(args)
+    value, rest = pop_arg(args, "run")
+    run = Path(value) if value is not None else None
     if run is None:
         cfg = compose(rest)
         out_dir = Path(cfg.run.output_dir) / f"base-{cfg.model.name}" / "eval"
