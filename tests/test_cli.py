@@ -128,3 +128,14 @@ def test_a_commands_own_argument_is_taken_out_of_the_overrides():
     args = ["experiment=tiny", "steps=2", "run.name=x", "steps=3", "steps_per=1"]
     assert pop_arg(args, "steps") == ("3", ["experiment=tiny", "run.name=x", "steps_per=1"])
     assert pop_arg(args, "suite") == (None, args)
+
+
+def test_every_command_runs_a_function_of_the_application_layer():
+    import importlib
+
+    from antibody.cli.main import COMMANDS
+
+    for command, spec in COMMANDS.items():
+        module, function = spec.target.split(":")
+        assert module.startswith("antibody.app."), command
+        assert callable(getattr(importlib.import_module(module), function)), command

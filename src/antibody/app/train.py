@@ -19,3 +19,11 @@ def stage_command(stage: Stage, overrides: list[str]) -> int:
     run = train_stage(cfg, stage)
     print(f"[antibody] {FINISHED[stage]} finished: {run.path}")
     return 0
+
+
+def align_command(overrides: list[str]) -> int:
+    return stage_command(Stage.ALIGN, overrides)
+
+
+def finetune_command(overrides: list[str]) -> int:
+    return stage_command(Stage.FINETUNE, overrides)

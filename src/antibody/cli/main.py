@@ -1,7 +1,7 @@
 """`python -m antibody <command> [key=value ...]`: argument parsing only.
 
 Each command is a member of `Command`, keyed in `COMMANDS` to its help text and to the
-`antibody.app` function that does the work. `key=value` / `group=option` overrides are
+`antibody.app` function that does the work (imported when the command runs). `key=value` / `group=option` overrides are
 passed through as positional arguments to the config composition, unchanged.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import os
 import sys
 import textwrap
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -45,62 +45,12 @@ class Spec:
     summary: str  # its line in `python -m antibody --help`
     description: str  # the head of its own `--help`
     examples: tuple[str, ...]
-    handler: Callable[[argparse.Namespace], int]
+    # "module:function" of antibody.app, called with the command's arguments. Imported on
+    # call: `--help` and config errors must not wait for torch and Lightning to load.
+    target: str
     overrides_metavar: str = "key=value"
     overrides_help: str = OVERRIDES_HELP
     report_args: bool = False  # `report` takes file paths, not overrides
-
-
-# Handlers import their app module on call: `--help` and config errors must not wait for
-# torch and Lightning to load.
-
-
-def _data_summary(ns: argparse.Namespace) -> int:
-    from antibody.app.summary import data_summary_command
-
-    return data_summary_command(ns.overrides)
-
-
-def _build_data(ns: argparse.Namespace) -> int:
-    from antibody.app.build_data import build_data_command
-
-    return build_data_command(ns.overrides)
-
-
-def _align(ns: argparse.Namespace) -> int:
-    from antibody.app.train import Stage, stage_command
-
-    return stage_command(Stage.ALIGN, ns.overrides)
-
-
-def _finetune(ns: argparse.Namespace) -> int:
-    from antibody.app.train import Stage, stage_command
-
-    return stage_command(Stage.FINETUNE, ns.overrides)
-
-
-def _eval(ns: argparse.Namespace) -> int:
-    from antibody.app.evaluate import eval_command
-
-    return eval_command(ns.overrides)
-
-
-def _demo(ns: argparse.Namespace) -> int:
-    from antibody.app.demo import demo_command
-
-    return demo_command(ns.overrides)
-
-
-def _bench(ns: argparse.Namespace) -> int:
-    from antibody.app.bench import bench_command
-
-    return bench_command(ns.overrides)
-
-
-def _report(ns: argparse.Namespace) -> int:
-    from antibody.app.report import report_command
-
-    return report_command([ns.results, *([ns.readme] if ns.readme else [])])
 
 
 COMMANDS: dict[Command, Spec] = {
@@ -109,7 +59,7 @@ COMMANDS: dict[Command, Spec] = {
         "Build every data split of the composed config and print its composition: rows, "
         "harmful/benign counts, lengths, truncation and where the rows came from.",
         ("data-summary", "data-summary experiment=demo data.user.p=0.1"),
-        _data_summary,
+        "antibody.app.summary:data_summary_command",
     ),
     Command.BUILD_DATA: Spec(
         "fill the model-written data cache (the base model answers prompts once)",
@@ -118,7 +68,7 @@ COMMANDS: dict[Command, Spec] = {
         "~/.cache/antibody/data) for every later command with the same generation settings, "
         "and print the split summary as data-summary does.",
         ("build-data", "build-data experiment=demo"),
-        _build_data,
+        "antibody.app.build_data:build_data_command",
     ),
     Command.ALIGN: Spec(
         "alignment stage (FlatAlignModule) -> runs/<run.name>/",
@@ -126,7 +76,7 @@ COMMANDS: dict[Command, Spec] = {
         "data summary under <run.output_dir>/<run.name>/; an unfinished run of the same "
         "config resumes from its last checkpoint.",
         ("align method=sft run.name=sft-align", "align experiment=tiny run.name=smoke"),
-        _align,
+        "antibody.app.train:align_command",
     ),
     Command.FINETUNE: Spec(
         "fine-tuning stage (WeightedFinetuneModule); run.init_from=<run>|latest",
@@ -134,7 +84,7 @@ COMMANDS: dict[Command, Spec] = {
         "(run.init_from=<run name or path>, or latest: the newest finished align run).",
         ("finetune run.init_from=latest method.finetune.weighting=uniform",
          "finetune run.init_from=sft-align run.name=sft-ft"),
-        _finetune,
+        "antibody.app.train:finetune_command",
     ),
     Command.EVAL: Spec(
         "evaluate a run (run=<path>) or the base model -> metrics.json",
@@ -144,7 +94,7 @@ COMMANDS: dict[Command, Spec] = {
         "written per prompt, so an interrupted evaluation resumes.",
         ("eval run=runs/sft-align", "eval run=runs/sft-align eval.max_new_tokens=64",
          "eval experiment=tiny        # the base model, no adapter"),
-        _eval,
+        "antibody.app.evaluate:eval_command",
         overrides_metavar="run=<path>|key=value",
         overrides_help="run=<path>: the run directory to evaluate (omit it for the base model); "
                        "the rest are " + OVERRIDES_HELP,
@@ -156,7 +106,7 @@ COMMANDS: dict[Command, Spec] = {
         "results.json, a table and a bar chart. Finished jobs are reused, so an interrupted "
         "demo resumes. suite=controls runs the weighting-term controls instead.",
         ("demo", "demo experiment=demo_quick", "demo suite=controls"),
-        _demo,
+        "antibody.app.demo:demo_command",
         overrides_metavar="suite=main|controls|key=value",
         overrides_help="suite=main (default) or suite=controls; the rest are " + OVERRIDES_HELP
                        + " (experiment=demo unless another experiment is named)",
@@ -167,7 +117,7 @@ COMMANDS: dict[Command, Spec] = {
         "alignment; SFT and Antibody fine-tuning), timed in one process from the same weights "
         "on the same batches; writes <run.output_dir>/bench/bench.json.",
         ("bench", "bench experiment=tiny steps=2"),
-        _bench,
+        "antibody.app.bench:bench_command",
         overrides_metavar="steps=N|key=value",
         overrides_help="steps=N: steps timed per variant after one warm-up step (default 5); "
                        "the rest are " + OVERRIDES_HELP,
@@ -177,7 +127,7 @@ COMMANDS: dict[Command, Spec] = {
         "Render a demo's results.json as a Markdown table; with a README path, replace the "
         "table between its demo-results markers instead of printing it.",
         ("report runs/demo/results.json", "report runs/demo/results.json README.md"),
-        _report,
+        "antibody.app.report:report_command",
         report_args=True,
     ),
 }
@@ -225,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(spec: Spec, ns: argparse.Namespace) -> int:
+    module, function = spec.target.split(":")
+    args = [ns.results, *([ns.readme] if ns.readme else [])] if spec.report_args else ns.overrides
+    return getattr(importlib.import_module(module), function)(args)
+
+
 def _exit_code(exc: SystemExit) -> int:
     code = exc.code
     return code if isinstance(code, int) else (0 if code is None else EXIT_USER_ERROR)
@@ -244,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         return _exit_code(exc)
     configure_logging()
     try:
-        return COMMANDS[Command(ns.command)].handler(ns)
+        return _run(COMMANDS[Command(ns.command)], ns)
     except user_error_types() as exc:
         # bad input: one clear line, no traceback (checks run before expensive work); a
         # library message quoted inside may span lines
