@@ -104,6 +104,29 @@ def test_unfinished_run_with_other_config_is_refused(tmp_path):
     run_dir_for(cfg, "align")  # same config: re-opened for resume
 
 
+def test_a_run_saved_before_a_key_existed_still_matches_its_config(tmp_path):
+    """Runs written before a schema key was added resume (and are reused by the demo) when
+    the key's default is what they did; a changed value or an unknown key is another config."""
+    import yaml
+
+    from antibody.app.rundir import config_matches
+
+    cfg = compose(["experiment=tiny", f"run.output_dir={tmp_path}", "run.name=a"])
+    run = run_dir_for(cfg, "align")
+    saved = yaml.safe_load(run.config_path.read_text())
+    del saved["method"]["align"]["vaccine"], saved["method"]["finetune"]["lisa"]
+    run.config_path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert config_matches(run.config_path, cfg)
+    run_dir_for(cfg, "align")  # re-opened for resume
+    saved["method"]["align"]["rho"] = 0.5
+    run.config_path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert not config_matches(run.config_path, cfg)
+    saved["method"]["align"]["rho"] = cfg.method.align.rho
+    saved["method"]["align"]["retired_key"] = 1
+    run.config_path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert not config_matches(run.config_path, cfg)
+
+
 def test_init_from_latest_and_by_name(tmp_path):
     with pytest.raises(ConfigError, match="no finished align run"):
         resolve_init_from("latest", str(tmp_path))

@@ -14,7 +14,7 @@ from torch.func import functional_call
 
 from antibody.config.errors import ConfigError
 from antibody.config.schema import AlignMethod, LambdaMode
-from antibody.methods.flat_align import ALIGN_METHODS, FlatAlignModule
+from antibody.methods.flat_align import FlatAlignModule
 from antibody.methods.perturb import ParameterSnapshot, descend_, global_norm
 from tests._synthetic import (
     BF16_RTOL,
@@ -123,8 +123,16 @@ class ForwardRecorder:
 
 
 # ---------------------------------------------------------------------------- tests
-def test_registry_covers_every_method():
-    assert set(ALIGN_METHODS) == set(AlignMethod)
+@pytest.mark.parametrize(("log_refusal", "passes"), [(False, 3), (True, 4)])
+def test_booster_costs_three_passes_unless_refusal_logging_is_asked_for(tiny_cfg, tmp_path, log_refusal, passes):
+    cfg = _cfg(tiny_cfg, method=AlignMethod.BOOSTER, mode=LambdaMode.CONSTANT, lambda2=0.0)
+    cfg.method.align.log_refusal_loss = log_refusal
+    model = tiny_lora_model()
+    rec = ForwardRecorder(model)
+    t = _fit(FlatAlignModule(model, cfg), [align_item(0, 0)], 1, tmp_path)
+    # g_h at theta, g_h' at theta', g_a at theta (+ the logged refusal forward at theta')
+    assert len(rec.snaps) == passes
+    assert ("align/refusal_loss" in t.callback_metrics) is log_refusal
 
 
 def test_perturbation_norm_direction_and_bit_exact_restore(tiny_cfg, tmp_path):
@@ -236,8 +244,9 @@ def test_zero_lambdas_equal_a_plain_sft_step(tiny_cfg, tmp_path):
         results[method] = len(rec.snaps)
         for p, q in zip(trainable(model), trainable(ref), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
-    # SFT skips the flat passes entirely; Antibody with lambda = lambda2 = 0 still runs them
-    assert results == {AlignMethod.SFT: 1, AlignMethod.ANTIBODY: 4}
+    # SFT skips the flat passes entirely; Antibody with lambda = lambda2 = 0 still runs the
+    # harmful ones (g_h, g_h') but, like Booster, no refusal pass when lambda2 = 0
+    assert results == {AlignMethod.SFT: 1, AlignMethod.ANTIBODY: 3}
 
 
 def test_sft_accumulation_equals_one_large_batch(tiny_cfg, tmp_path):

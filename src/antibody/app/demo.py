@@ -74,6 +74,35 @@ def control_jobs() -> list[Job]:
     return jobs
 
 
+def baseline_jobs() -> list[Job]:
+    """The paper's baselines at demo size, one seed (a smoke test of each method's effect,
+    not a claim). Alignment baselines are attacked by the SFT fine-tune of the main suite;
+    fine-tuning baselines start from its SFT alignment. Every job fine-tunes the same
+    poisoned upload with the same batches, and all keep training the alignment adapter
+    (merge_then_new_adapter=false, as the main suite's runs), so that only the method
+    differs from `ft-sft-sft`; the main suite's jobs are reused, not retrained."""
+    sft_ft = ("method.finetune.weighting=uniform",)
+    jobs = [Job("align-sft", "sft alignment", "align", ("method.align.method=sft",), group="aligned"),
+            Job("ft-sft-sft", "sft align -> sft fine-tune", "finetune", sft_ft, init_from="align-sft",
+                group="attacked"),
+            Job("ft-sft-benign", "sft align -> benign-only control", "finetune",
+                (*sft_ft, "data.user.benign_only=true"), init_from="align-sft", group="control")]
+    align = {
+        # Booster: its constant lambda and no refusal term (conf/method/booster.yaml)
+        "booster": ("method.align.method=booster", "method.align.lambda_mode=constant", "method.align.lambda2=0.0"),
+        "vaccine": ("method.align.method=vaccine",),
+        "repnoise": ("method.align.method=repnoise",),
+    }
+    for a, ov in align.items():
+        jobs.append(Job(f"align-{a}", f"{a} alignment", "align", ov, group="aligned"))
+        jobs.append(Job(f"ft-{a}-sft", f"{a} align -> sft fine-tune", "finetune", sft_ft,
+                        init_from=f"align-{a}", group="attacked"))
+    for f in ("lisa", "safeinstr"):
+        jobs.append(Job(f"ft-sft-{f}", f"sft align -> {f} fine-tune", "finetune",
+                        (f"method.finetune.method={f}", *sft_ft), init_from="align-sft", group="attacked"))
+    return jobs
+
+
 @dataclass(frozen=True)
 class Comparison:
     """A question the demo answers with a paired difference: metric of job A minus job B,
@@ -99,6 +128,13 @@ COMPARISONS = (
     Comparison("Antibody vs SFT alignment, both attacked by SFT fine-tuning", "ft-antibody-sft", "ft-sft-sft", HS),
     Comparison("full Antibody (both stages) vs SFT -> SFT", "ft-antibody-antibody", "ft-sft-sft", HS),
     Comparison("task cost of full Antibody vs SFT -> SFT", "ft-antibody-antibody", "ft-sft-sft", FA),
+    *(c for name in ("booster", "vaccine", "repnoise") for c in (
+        Comparison(f"{name} vs SFT alignment, both attacked by SFT fine-tuning", f"ft-{name}-sft", "ft-sft-sft", HS),
+        Comparison(f"task cost of {name} alignment (then SFT fine-tune)", f"ft-{name}-sft", "ft-sft-sft", FA),
+        Comparison(f"over-refusal of {name} vs SFT alignment", f"align-{name}", "align-sft", OVER))),
+    *(c for name in ("lisa", "safeinstr") for c in (
+        Comparison(f"{name} vs SFT fine-tune (both after SFT alignment)", f"ft-sft-{name}", "ft-sft-sft", HS),
+        Comparison(f"task cost of {name} (after SFT alignment)", f"ft-sft-{name}", "ft-sft-sft", FA))),
 )
 
 
@@ -137,9 +173,10 @@ def compare(root: Path, comparisons: tuple[Comparison, ...], task: str, rows: li
 class Suite(StrEnum):
     MAIN = "main"
     CONTROLS = "controls"
+    BASELINES = "baselines"
 
 
-SUITES = {Suite.MAIN: demo_jobs, Suite.CONTROLS: control_jobs}
+SUITES = {Suite.MAIN: demo_jobs, Suite.CONTROLS: control_jobs, Suite.BASELINES: baseline_jobs}
 
 
 def job_config(args: list[str], job: Job, root: Path) -> Config:
@@ -152,13 +189,13 @@ def job_config(args: list[str], job: Job, root: Path) -> Config:
 def _train(cfg: Config, job: Job) -> bool:
     """Train the job's model unless a finished run with this exact config exists; True if
     it trained now."""
+    from antibody.app.rundir import config_matches
     from antibody.app.stages import Stage, train_stage
-    from antibody.config import to_yaml
 
     run = RunDir(Path(cfg.run.output_dir) / cfg.run.name)
     if run.done:
-        # a cached model is reused only if it was trained with exactly this config
-        if run.config_path.read_text() != to_yaml(cfg):
+        # a cached model is reused only if it was trained with this config
+        if not config_matches(run.config_path, cfg):
             raise ConfigError(
                 f"{run.path} was trained with a different config than this demo asks for; "
                 "use another run.name for the demo (nothing was overwritten)"

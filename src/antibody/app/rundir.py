@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from antibody.config import Config, ConfigError, to_yaml
+from antibody.config import Config, ConfigError, load_saved, to_yaml
 from antibody.infra.files import atomic_write_json, atomic_write_text
 
 DONE = "DONE"
@@ -52,6 +52,21 @@ class RunDir:
         return marker.read_text().strip() if marker.exists() else None
 
 
+def config_matches(path: Path, cfg: Config) -> bool:
+    """True when the config saved at ``path`` is ``cfg``.
+
+    The saved file is read back through the schema, so a key added to the schema after the
+    run was written takes its default: a run is not orphaned by a new option that does not
+    change what it did (every new key's default keeps the old behaviour: docs/method.md
+    ("Composing methods")). A key the schema no longer has makes it a different config.
+    """
+    try:
+        saved = load_saved(path)
+    except ConfigError:
+        return False
+    return to_yaml(saved) == to_yaml(cfg)
+
+
 def run_dir_for(cfg: Config, stage: str, *, allow_done: bool = False) -> RunDir:
     """Create (or re-open an unfinished) run dir and save the resolved config."""
     run = RunDir(Path(cfg.run.output_dir) / cfg.run.name)
@@ -61,8 +76,7 @@ def run_dir_for(cfg: Config, stage: str, *, allow_done: bool = False) -> RunDir:
             "choose another run.name (nothing was overwritten)"
         )
     if run.config_path.exists() and not run.done:
-        saved = run.config_path.read_text()
-        if saved != to_yaml(cfg):
+        if not config_matches(run.config_path, cfg):
             raise ConfigError(
                 f"run.name={cfg.run.name!r}: {run.path} holds an unfinished run with a different config; "
                 "resume it with the same overrides or choose another run.name"

@@ -25,7 +25,7 @@ from antibody.app.rundir import RunDir, resolve_init_from, run_dir_for, write_js
 from antibody.config import Config, to_container
 from antibody.config.schema import JudgeKind, Stage
 from antibody.data.datamodule import default_cache_dir
-from antibody.data.plan import Split
+from antibody.data.plan import train_split_for
 from antibody.infra import progress
 from antibody.infra.files import atomic_write_jsonl
 
@@ -93,9 +93,9 @@ def new_datamodule(cfg: Config, tokenizer, stage: Stage):
     from antibody.data.datamodule import SafetyDataModule
 
     generator, settings = lazy_base_generator(cfg)
-    train_split = None
-    if stage is Stage.FINETUNE and cfg.data.user.benign_only:
-        train_split = Split.USER_BENIGN_ONLY
+    # the upload, its benign-only control or SafeInstr's mix (data.user.benign_only,
+    # method.finetune.method); the DataModule's own default, spelled out here
+    train_split = train_split_for(cfg, stage)
     dm = SafetyDataModule(
         cfg,
         tokenizer,

@@ -104,11 +104,12 @@ COMMANDS: dict[Command, Spec] = {
         "Evaluate the base model, align with SFT and Antibody, fine-tune each on the same "
         "poisoned upload (plus a benign-only control), evaluate every model, and write "
         "results.json, a table and a bar chart. Finished jobs are reused, so an interrupted "
-        "demo resumes. suite=controls runs the weighting-term controls instead.",
-        ("demo", "demo experiment=demo_quick", "demo suite=controls"),
+        "demo resumes. suite=controls runs the weighting-term controls instead, suite=baselines "
+        "the paper's baselines (Booster, Vaccine, RepNoise, Lisa, SafeInstr).",
+        ("demo", "demo experiment=demo_quick", "demo suite=controls", "demo suite=baselines"),
         "antibody.app.demo:demo_command",
-        overrides_metavar="suite=main|controls|key=value",
-        overrides_help="suite=main (default) or suite=controls; the rest are " + OVERRIDES_HELP
+        overrides_metavar="suite=main|controls|baselines|key=value",
+        overrides_help="suite=main (default), controls or baselines; the rest are " + OVERRIDES_HELP
                        + " (experiment=demo unless another experiment is named)",
     ),
     Command.BENCH: Spec(

@@ -74,6 +74,24 @@ class AlignMethod(StrEnum):
     SFT = "sft"
     BOOSTER = "booster"
     ANTIBODY = "antibody"
+    VACCINE = "vaccine"  # perturbation-aware alignment on hidden states
+    REPNOISE = "repnoise"  # representation noising
+
+
+class FinetuneMethod(StrEnum):
+    """The provider's fine-tuning algorithm (the per-sample weighting is ``weighting``)."""
+
+    SFT = "sft"  # uniform weights
+    ANTIBODY = "antibody"  # likelihood-ratio weights (or an analysis-only weighting control)
+    LISA = "lisa"  # bi-state optimisation: alignment steps between user steps
+    SAFEINSTR = "safeinstr"  # safety demonstrations mixed into the upload
+
+
+class HookPoint(StrEnum):
+    """Where Vaccine perturbs the hidden states of each decoder layer."""
+
+    ATTENTION = "attention"  # each self-attention module's output (released Vaccine code)
+    DECODER_LAYER = "decoder_layer"  # each decoder layer's output (the paper's wording)
 
 
 class LambdaMode(StrEnum):
@@ -234,6 +252,28 @@ class TaskConfig:
 
 
 @dataclass
+class VaccineConfig:
+    """Vaccine (Huang et al. 2024, "Vaccine: Perturbation-aware Alignment for LLMs")."""
+
+    rho: float = 5.0  # released scripts: rho 5
+    hook_point: HookPoint = HookPoint.ATTENTION  # released code: self-attention outputs
+
+
+@dataclass
+class RepNoiseConfig:
+    """RepNoise (Rosati et al. 2024, "Representation Noising"), as run by the Booster and
+    Antibody baselines; the kernel settings are those of the released RepNoise loss."""
+
+    alpha: float = 0.1  # released scripts: weight of the harmful term
+    beta: float = 0.001  # released scripts: weight of the MMD-to-noise term
+    kernel_num: int = 5  # released RepNoise loss.py: MMD_loss(kernel_num=5)
+    kernel_mul: float = 2.0  # released RepNoise loss.py: MMD_loss(kernel_mul=2.0)
+    # released RepNoise loss: the harmful NLL is averaged over every hidden state read through
+    # the final norm and the LM head; false: final layer only (cheaper)
+    logit_lens: bool = True
+
+
+@dataclass
 class AlignStageConfig:
     method: AlignMethod = AlignMethod.ANTIBODY
     # released scripts: rho 0.1 (0.3 diverged on the embedded LoRA: docs/calibration.md)
@@ -250,10 +290,40 @@ class AlignStageConfig:
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = None
     max_consecutive_nonfinite: int = 5
+    # Booster (lambda2 = 0) needs no refusal pass; set true to also evaluate the refusal loss
+    # at the perturbed point without gradient, for logging only (one extra forward per step)
+    log_refusal_loss: bool = False
+    vaccine: VaccineConfig = field(default_factory=VaccineConfig)
+    repnoise: RepNoiseConfig = field(default_factory=RepNoiseConfig)
+
+
+@dataclass
+class LisaConfig:
+    """Lisa (Huang et al. 2024, "Lazy Safety Alignment"): bi-state optimisation."""
+
+    rho: float = 0.01  # released scripts: proximal strength
+    align_steps: int = 100  # released scripts: alignment-state steps per cycle
+    user_steps: int = 900  # released scripts: user-state steps per cycle
+    # ours: a run shorter than min_cycles released cycles gets shorter cycles with the same
+    # align:user split, so that each state occurs at least min_cycles times (docs/method.md)
+    min_cycles: int = 3
+    proximal_after: float = 0.1  # released scripts: proximal term after 10% of the steps
+
+
+@dataclass
+class SafeInstrConfig:
+    """SafeInstr (Bianchi et al. 2024, "Safety-Tuned LLaMAs")."""
+
+    # safety demonstrations added per user row: the paper found a few hundred demonstrations,
+    # about 3% of the training set, enough to improve safety markedly
+    share: float = 0.03
 
 
 @dataclass
 class FinetuneStageConfig:
+    # null: named by the weighting (uniform -> sft, any other -> antibody), so that a run
+    # asking only for a weighting stays what it was before Lisa and SafeInstr existed
+    method: Optional[FinetuneMethod] = None
     weighting: Weighting = Weighting.LIKELIHOOD_RATIO
     ratio_form: RatioForm = RatioForm.MEAN  # released code: mean; paper: sum
     tau: float = 1.0  # released code
@@ -269,8 +339,13 @@ class FinetuneStageConfig:
     max_steps: int = 40
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = None
-    merge_then_new_adapter: bool = False  # default: keep training the alignment adapter
+    # fold the alignment LoRA into the base and train a new one (Booster / Vaccine / Lisa
+    # released scripts; conf/method sets it per method); false: keep training the alignment
+    # adapter (Antibody's released code)
+    merge_then_new_adapter: bool = False
     max_consecutive_nonfinite: int = 5
+    lisa: LisaConfig = field(default_factory=LisaConfig)
+    safeinstr: SafeInstrConfig = field(default_factory=SafeInstrConfig)
 
 
 @dataclass
@@ -331,3 +406,10 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def finetune_method(stage: FinetuneStageConfig) -> FinetuneMethod:
+    """The fine-tuning method a stage config runs (``method``, or the one its weighting names)."""
+    if stage.method is not None:
+        return stage.method
+    return FinetuneMethod.SFT if stage.weighting is Weighting.UNIFORM else FinetuneMethod.ANTIBODY

@@ -6,7 +6,7 @@ import math
 from typing import Optional
 
 from antibody.config.errors import ConfigError
-from antibody.config.schema import Config, Quantization
+from antibody.config.schema import Config, FinetuneMethod, Quantization, Weighting
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -25,6 +25,21 @@ def _check(key: str, value, lo: Optional[float], hi: Optional[float], *, lo_open
         lo_s = "-inf" if lo is None else f"{lo:g}"
         hi_s = "inf" if hi is None else f"{hi:g}"
         raise ConfigError(f"{key}={value} is out of range; allowed: {left}{lo_s}, {hi_s}{right}")
+
+
+def _check_finetune_method(method: Optional[FinetuneMethod], weighting: Weighting) -> None:
+    """SFT means uniform weights and Antibody means non-uniform ones, so a run's method name
+    never hides what it trained with; Lisa and SafeInstr compose with any weighting."""
+    if method is FinetuneMethod.SFT and weighting is not Weighting.UNIFORM:
+        raise ConfigError(
+            f"method.finetune.method=sft trains with uniform weights, but method.finetune.weighting="
+            f"{weighting.value}; use method.finetune.method=antibody for a weighting"
+        )
+    if method is FinetuneMethod.ANTIBODY and weighting is Weighting.UNIFORM:
+        raise ConfigError(
+            "method.finetune.method=antibody with method.finetune.weighting=uniform is plain SFT; "
+            "use method.finetune.method=sft (or choose a weighting)"
+        )
 
 
 def validate(cfg: Config) -> None:
@@ -86,6 +101,18 @@ def validate(cfg: Config) -> None:
     _check("method.finetune.accumulate_grad_batches", f.accumulate_grad_batches, 1, None)
     _check("method.finetune.gradient_clip_val", f.gradient_clip_val, 0, None, lo_open=True)
     _check("method.finetune.max_consecutive_nonfinite", f.max_consecutive_nonfinite, 1, None)
+    _check("method.align.vaccine.rho", a.vaccine.rho, 0, None)
+    _check("method.align.repnoise.alpha", a.repnoise.alpha, 0, None)
+    _check("method.align.repnoise.beta", a.repnoise.beta, 0, None)
+    _check("method.align.repnoise.kernel_num", a.repnoise.kernel_num, 1, None)
+    _check("method.align.repnoise.kernel_mul", a.repnoise.kernel_mul, 1, None, lo_open=True)
+    _check("method.finetune.lisa.rho", f.lisa.rho, 0, None)
+    _check("method.finetune.lisa.align_steps", f.lisa.align_steps, 1, None)
+    _check("method.finetune.lisa.user_steps", f.lisa.user_steps, 1, None)
+    _check("method.finetune.lisa.min_cycles", f.lisa.min_cycles, 1, None)
+    _check("method.finetune.lisa.proximal_after", f.lisa.proximal_after, 0, 1)
+    _check("method.finetune.safeinstr.share", f.safeinstr.share, 0, 1, lo_open=True)
+    _check_finetune_method(f.method, f.weighting)
 
     _check("trainer.devices", cfg.trainer.devices, 1, None)
     _check("trainer.log_every_n_steps", cfg.trainer.log_every_n_steps, 1, None)

@@ -16,6 +16,9 @@ How prompts are split (ours):
 - A row whose prompt already belongs to another split (the same normalised text in another
   source) is removed and counted as a duplicate; so are repeated (prompt, response) rows.
   A final check raises DataError if a prompt is in an evaluation and a training split.
+- SafeInstr's upload (method.finetune.method=safeinstr) adds floor(share * n) of the
+  alignment split's harmful-prompt -> refusal rows to the user's rows: no new prompts are
+  drawn, so its demonstrations are disjoint from evaluation like the alignment split.
 
 Model-written rows (benign prose answers, generated harmful answers, generated refusals)
 come last: their prompts are reserved like any other (pool checks included) before the
@@ -30,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +42,10 @@ from typing import Optional
 import numpy as np
 
 from antibody.config.errors import ConfigError, DataError
-from antibody.config.schema import Config, SourceName
+from antibody.config.schema import Config, FinetuneMethod, SourceName, finetune_method
 from antibody.data.plan import (
     ALLOCATION_ORDER,
+    DERIVED_SPLITS,
     EVAL_SPLITS,
     POOL_FILTERS,
     REQUIRED_SPLITS,
@@ -52,7 +57,7 @@ from antibody.data.plan import (
     plan_demands,
     spare,
 )
-from antibody.data.records import Record, normalise_text
+from antibody.data.records import Record, make_uid, normalise_text
 from antibody.data.sources import alignment_refusals, load_source, model_written_sources, source_prompts
 from antibody.data.sources.registry import SourceContext, TextGenerator
 from antibody.data.streams import StreamKind
@@ -248,11 +253,31 @@ class SplitBuilder:
         ):
             if name is SourceName.BENIGN_PROSE:
                 raise ConfigError(f"{key}=benign_prose is benign; choose a harmful answer source")
+        self._check_safeinstr()
         # the task's held-out rows, if the source tags any; else its one pool is split by prompt
         task_rows = self.rows(cfg.task.name)
         if not any(held_out(r) for r in task_rows):
             dem["eval_task"].kind = PoolKind.TASK_EVAL
         return dem
+
+    def _check_safeinstr(self) -> None:
+        """SafeInstr's demonstration count against its source, before anything is built."""
+        f, c, n = self.cfg.method.finetune, self.counts, self.cfg.data.user.n
+        key = f"method.finetune.safeinstr.share={f.safeinstr.share}"
+        if finetune_method(f) is FinetuneMethod.SAFEINSTR and c.safeinstr == 0:
+            # small pipeline checks (tiny, demo_quick) must still run, but the run is then
+            # plain SFT on a reshuffled upload, and the log must say so
+            least = math.ceil(10_000 / n) / 10_000
+            msg = "%s: floor(share * data.user.n=%d) = 0 demonstrations, so this SafeInstr run is SFT"
+            log.warning(msg + " (share >= %s gives one)", key, n, least)
+        if c.safeinstr > c.align_harmful:
+            largest = math.floor(10_000 * c.align_harmful / n) / 10_000
+            raise DataError(
+                f"{key}: SafeInstr mixes floor(share * data.user.n={n}) = {c.safeinstr} safety "
+                "demonstrations into the upload, taken from the alignment split's harmful-prompt -> "
+                f"refusal rows, but it has only {c.align_harmful} (data.alignment.n_harmful); lower "
+                f"the share to at most {largest} or raise data.alignment.n_harmful"
+            )
 
     def build(self) -> dict[Split, list[Record]]:
         dem = self._checked_demands()
@@ -275,11 +300,16 @@ class SplitBuilder:
             np.random.SeedSequence([self.seed & 0xFFFFFFFFFFFFFFFF, int(StreamKind.USER)])
         )
         rng.shuffle(user)
+        mixed: list[Record] = []
+        if finetune_method(self.cfg.method.finetune) is FinetuneMethod.SAFEINSTR:
+            mixed = safeinstr_upload(user, align_harmful, self.counts.safeinstr, self.seed)
         splits = {
             Split.ALIGNMENT: align_harmful + taken["align_prose"] + taken["align_task"],
             Split.HARMFUL: taken["harmful"],
             Split.USER: user,
             Split.USER_BENIGN_ONLY: [r for r in user if not r.is_harmful],
+            Split.USER_SAFEINSTR: mixed,
+            Split.USER_SAFEINSTR_BENIGN_ONLY: [r for r in mixed if not r.is_harmful],
             Split.EVAL_HARMFUL: taken["eval_harmful"],
             Split.EVAL_BENIGN: taken["eval_benign"],
             Split.EVAL_TASK: taken["eval_task"],
@@ -312,16 +342,44 @@ class SplitBuilder:
                         )
 
 
+# SafeInstr's own seed stream (ours): any constant distinct from the StreamKind values
+_SAFEINSTR_SEED_KEY = 0x5AFE
+
+
+def safeinstr_upload(user: list[Record], refusals: list[Record], count: int, seed: int) -> list[Record]:
+    """SafeInstr's mixed upload: the user's rows plus `count` of the provider's safety
+    demonstrations, shuffled together (seeded by data.seed).
+
+    The demonstrations are alignment-split rows: a harmful prompt the provider aligned on,
+    answered with its refusal. They are tagged ``is_harmful=False`` and source
+    ``safeinstr`` (they teach safe behaviour), so the harmful-row statistics stay about the
+    user's harmful rows; ``meta`` keeps the original uid and prompt source. The builder
+    checks ``count`` against the refusal rows before anything is built.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, _SAFEINSTR_SEED_KEY]))
+    picked = [refusals[i] for i in rng.permutation(len(refusals))[:count].tolist()]
+    meta = [{**r.meta, "from_uid": r.uid, "prompt_source": r.source} for r in picked]
+    demos = [
+        dataclasses.replace(r, uid=make_uid("safeinstr", r.uid), source="safeinstr", is_harmful=False, meta=m)
+        for r, m in zip(picked, meta, strict=True)
+    ]
+    mixed = list(user) + demos
+    rng.shuffle(mixed)  # type: ignore[arg-type]
+    return mixed
+
+
 def check_disjoint(splits: dict[Split, list[Record]], allowed: set[frozenset] = frozenset()) -> None:
-    """DataError if a prompt is in an evaluation split and a training split (or in two
-    training splits, except pairs in `allowed`, or in two evaluation splits)."""
-    keys = {
-        s: {r.prompt_key() for r in rows} for s, rows in splits.items() if s is not Split.USER_BENIGN_ONLY
-    }
+    """DataError if a prompt is in an evaluation and a training split (or in two
+    training splits, except pairs in `allowed`, or in two evaluation splits). Derived
+    splits (plan.DERIVED_SPLITS) reuse their parents' rows and are checked against the
+    evaluation splits only."""
+    keys = {s: {r.prompt_key() for r in rows} for s, rows in splits.items()}
     names = list(keys)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             if frozenset({a, b}) in allowed:
+                continue
+            if (a in DERIVED_SPLITS or b in DERIVED_SPLITS) and not (a in EVAL_SPLITS or b in EVAL_SPLITS):
                 continue
             common = keys[a] & keys[b]
             if common:

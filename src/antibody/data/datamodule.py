@@ -8,10 +8,18 @@ Splits (`antibody.data.plan.Split`):
 - ``harmful`` (D_harm): harmful prompt -> harmful answer; used only for the flatness term.
 - ``user``: floor(p*n) harmful rows + the rest benign (prose share, then the task),
   shuffled; ``user_benign_only`` is the same upload without its harmful rows (a control).
+- ``user_safeinstr`` (SafeInstr runs only): the upload with the provider's safety
+  demonstrations mixed in; ``user_safeinstr_benign_only``: the same without the user's
+  harmful rows (its control).
 - ``eval_harmful``, ``eval_benign``, ``eval_task``: held-out evaluation prompts.
 
 How the rows are allocated: antibody.data.plan (what each split demands) and
 antibody.data.builder (taking, answering, checking).
+
+Training streams (antibody.data.streams): the attached module may declare a
+`stream_plan` (which streams each item holds, e.g. Lisa's alternating guide and user
+batches); without one, the stage default holds (alignment: an alignment and a D_harm
+batch per item; fine-tuning: the flat user batch).
 
 Model-written rows are written in ONE place, `prepare_data()` (Lightning runs it once, on
 rank 0; `python -m antibody build-data` calls it too): it runs the builder with the
@@ -24,7 +32,7 @@ fills it when a file is missing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
 
@@ -35,10 +43,20 @@ from antibody.config.errors import ConfigError, DataError
 from antibody.config.schema import Config, Stage
 from antibody.data.builder import SplitBuilder, SplitStats
 from antibody.data.collate import BatchCollator, EncodedRow, encode_records, pad_token_id_of
-from antibody.data.plan import STAGE_TRAIN_SPLIT, Split
+from antibody.data.plan import STAGE_TRAIN_SPLIT, Split, train_split_for
 from antibody.data.records import Record
 from antibody.data.sources import TextGenerator
-from antibody.data.streams import AlignItems, CyclingSampler, FinetuneItems, Shard, StepStream, StreamKind
+from antibody.data.streams import (
+    BatchSource,
+    CyclingSampler,
+    LockstepPlan,
+    PlanItems,
+    Shard,
+    StepStream,
+    StreamKind,
+    StreamPlan,
+    TrainStream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +93,9 @@ class SafetyDataModule(L.LightningDataModule):
     base model's own text); it is called only after every pool check has passed.
     `exclude_prompts` (normalised or raw prompt texts, e.g. a judge's training prompts) are
     kept out of the user's harmful rows and the harmful evaluation prompts.
-    `train_split` overrides the stage's training split (e.g. ``user_benign_only``, the control).
+    `train_split` overrides the stage's training split; by default the config decides
+    (`antibody.data.plan.train_split_for`: the upload, its benign-only control, or the
+    SafeInstr mix).
     """
 
     def __init__(
@@ -103,7 +123,7 @@ class SafetyDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.exclude_prompts = tuple(exclude_prompts)
         self.train_split = (
-            _as_split(train_split) if train_split is not None else STAGE_TRAIN_SPLIT[self.stage]
+            _as_split(train_split) if train_split is not None else train_split_for(cfg, self.stage)
         )
         self.pad_token_id = pad_token_id_of(tokenizer)
         self._splits: Optional[dict[Split, list[Record]]] = None
@@ -193,40 +213,64 @@ class SafetyDataModule(L.LightningDataModule):
             len(rows), batch_size, self.cfg.data.seed, kind, full_batches_only=shard.world_size > 1
         )
 
-    def _align_items(self, shard: Shard) -> AlignItems:
+    def _stream_split(self, stream: TrainStream) -> Split:
+        # the stage's own stream reads the stage's training split (which may be a control)
+        own = {Stage.ALIGN: TrainStream.ALIGN, Stage.FINETUNE: TrainStream.USER}[self.stage]
+        if stream is own:
+            return self.train_split
+        return {
+            TrainStream.ALIGN: Split.ALIGNMENT,
+            TrainStream.HARMFUL: Split.HARMFUL,
+            TrainStream.USER: STAGE_TRAIN_SPLIT[Stage.FINETUNE],
+            TrainStream.GUIDE: Split.ALIGNMENT,
+        }[stream]
+
+    def _source(self, stream: TrainStream, shard: Shard) -> BatchSource:
         d = self.cfg.data
-        return AlignItems(
-            self.encoded(self.train_split),
-            self.encoded(Split.HARMFUL),
-            self._sampler(
-                self.train_split, d.align_batch_size, "data.align_batch_size", StreamKind.ALIGN, shard
-            ),
-            self._sampler(
-                Split.HARMFUL, d.harmful_batch_size, "data.harmful_batch_size", StreamKind.HARMFUL, shard
-            ),
-            self.pad_token_id,
-            shard,
+        size, key, kind = {
+            TrainStream.ALIGN: (d.align_batch_size, "data.align_batch_size", StreamKind.ALIGN),
+            TrainStream.HARMFUL: (d.harmful_batch_size, "data.harmful_batch_size", StreamKind.HARMFUL),
+            TrainStream.USER: (d.finetune_batch_size, "data.finetune_batch_size", StreamKind.USER),
+            # ours: guide steps are fine-tuning steps, so they take the user's batch size
+            TrainStream.GUIDE: (d.finetune_batch_size, "data.finetune_batch_size", StreamKind.GUIDE),
+        }[stream]
+        split = self._stream_split(stream)
+        return BatchSource(
+            self.encoded(split), self._sampler(split, size, key, kind, shard), self.pad_token_id, shard
         )
 
-    def _finetune_items(self, shard: Shard) -> FinetuneItems:
-        d = self.cfg.data
-        sampler = self._sampler(
-            self.train_split, d.finetune_batch_size, "data.finetune_batch_size", StreamKind.USER, shard
-        )
-        return FinetuneItems(self.encoded(self.train_split), sampler, self.pad_token_id, shard)
+    def default_plan(self) -> StreamPlan:
+        """The stage's items without a declared plan (see antibody.data.streams)."""
+        return _DEFAULT_PLANS[self.stage]
 
-    def train_stream(self, start: int = 0, shard: Optional[Shard] = None) -> StepStream:
-        """The stage's stream from item `start` on (see antibody.data.streams)."""
-        builder = _STREAM_ITEMS[self.stage]
-        return StepStream(builder(self, shard if shard is not None else self._shard()), start)
+    def train_stream(
+        self, start: int = 0, shard: Optional[Shard] = None, plan: Optional[StreamPlan] = None
+    ) -> StepStream:
+        """The stage's stream from item `start` on, as `plan` declares (default: the stage's).
+
+        Without a plan, a fine-tuning item is the flat user batch plus "position"; with
+        one, every item is ``{stream value: batch, ..., "position": k}``.
+        """
+        shard = shard if shard is not None else self._shard()
+        flat = None
+        if plan is None:
+            plan = self.default_plan()
+            flat = TrainStream.USER if self.stage is Stage.FINETUNE else None
+        sources = {s: self._source(TrainStream(s), shard) for s in plan.streams}
+        return StepStream(PlanItems(plan, sources, flat), start)
 
     def train_dataloader(self) -> DataLoader:
-        """Resumes at the attached module's `stream_position` (items consumed so far)."""
+        """Resumes at the attached module's `stream_position` (items consumed so far), with
+        the items its `stream_plan` declares, if it has one."""
         trainer = getattr(self, "trainer", None)
-        start = 0
-        if trainer is not None and trainer.lightning_module is not None:
-            start = int(getattr(trainer.lightning_module, "stream_position", 0))
-        return DataLoader(self.train_stream(start), batch_size=None, num_workers=self.cfg.data.num_workers)
+        start, plan = 0, None
+        module = trainer.lightning_module if trainer is not None else None
+        if module is not None:
+            start = int(getattr(module, "stream_position", 0))
+            plan = getattr(module, "stream_plan", None)
+        return DataLoader(
+            self.train_stream(start, plan=plan), batch_size=None, num_workers=self.cfg.data.num_workers
+        )
 
     def eval_dataloader(self, split_name: Split | str) -> DataLoader:
         """Plain, ordered batches of one split (both views), e.g. for losses or probes."""
@@ -259,7 +303,7 @@ class SafetyDataModule(L.LightningDataModule):
         }
 
 
-_STREAM_ITEMS: dict[Stage, Callable[[SafetyDataModule, Shard], Callable[[int], dict]]] = {
-    Stage.ALIGN: SafetyDataModule._align_items,
-    Stage.FINETUNE: SafetyDataModule._finetune_items,
+_DEFAULT_PLANS: dict[Stage, StreamPlan] = {
+    Stage.ALIGN: LockstepPlan((TrainStream.ALIGN, TrainStream.HARMFUL)),
+    Stage.FINETUNE: LockstepPlan((TrainStream.USER,)),
 }

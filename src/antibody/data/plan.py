@@ -15,7 +15,7 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Optional
 
-from antibody.config.schema import Config, SourceName, Stage
+from antibody.config.schema import Config, FinetuneMethod, SourceName, Stage, finetune_method
 from antibody.data.records import Record
 from antibody.data.sources import source_spec
 
@@ -25,15 +25,21 @@ class Split(StrEnum):
     HARMFUL = "harmful"
     USER = "user"
     USER_BENIGN_ONLY = "user_benign_only"
+    USER_SAFEINSTR = "user_safeinstr"
+    USER_SAFEINSTR_BENIGN_ONLY = "user_safeinstr_benign_only"
     EVAL_HARMFUL = "eval_harmful"
     EVAL_BENIGN = "eval_benign"
     EVAL_TASK = "eval_task"
 
 
 EVAL_SPLITS = (Split.EVAL_HARMFUL, Split.EVAL_BENIGN, Split.EVAL_TASK)
-# Splits that must not be empty; user_benign_only is empty when p = 1, which is legal.
+# Splits made of other splits' rows (a control, SafeInstr's mix): they share prompts with
+# their parents by design, so only their disjointness from evaluation is checked.
+DERIVED_SPLITS = (Split.USER_BENIGN_ONLY, Split.USER_SAFEINSTR, Split.USER_SAFEINSTR_BENIGN_ONLY)
+# Splits that must not be empty; user_benign_only is empty when p = 1, which is legal, and
+# the SafeInstr splits are built only when method.finetune.method=safeinstr.
 REQUIRED_SPLITS = (Split.ALIGNMENT, Split.HARMFUL, Split.USER, *EVAL_SPLITS)
-# The training stream of each stage.
+# The training stream of each stage (before the controls and SafeInstr: train_split_for).
 STAGE_TRAIN_SPLIT = {Stage.ALIGN: Split.ALIGNMENT, Stage.FINETUNE: Split.USER}
 
 # Spare prompts reserved per model-written split: 10% + 2 (ours). The base SmolLM2 declines
@@ -48,6 +54,33 @@ def floor_share(share: float, n: int) -> int:
     """floor(share * n) on the decimal the config wrote: 0.29 * 100 is 28.999999999999996
     in floats, but the user meant 29. repr() gives the shortest decimal that round-trips."""
     return math.floor(Fraction(repr(float(share))) * int(n))
+
+
+def train_split_for(cfg: Config, stage: Stage) -> Split:
+    """The split a stage trains on, as the config says.
+
+    Fine-tuning: the upload; under method.finetune.method=safeinstr the upload with the
+    safety demonstrations mixed in; data.user.benign_only drops the user's harmful rows
+    from either (for SafeInstr, its demonstrations stay: they are the provider's, not the
+    user's, so the control differs from the SafeInstr run in the harmful rows only).
+    """
+    if Stage(stage) is not Stage.FINETUNE:
+        return STAGE_TRAIN_SPLIT[Stage(stage)]
+    safeinstr = finetune_method(cfg.method.finetune) is FinetuneMethod.SAFEINSTR
+    benign_only = cfg.data.user.benign_only
+    return {
+        (False, False): Split.USER,
+        (False, True): Split.USER_BENIGN_ONLY,
+        (True, False): Split.USER_SAFEINSTR,
+        (True, True): Split.USER_SAFEINSTR_BENIGN_ONLY,
+    }[(safeinstr, benign_only)]
+
+
+def safeinstr_count(cfg: Config) -> int:
+    """SafeInstr's demonstrations: floor(share * data.user.n); 0 when the method is not SafeInstr."""
+    if finetune_method(cfg.method.finetune) is not FinetuneMethod.SAFEINSTR:
+        return 0
+    return floor_share(cfg.method.finetune.safeinstr.share, cfg.data.user.n)
 
 
 def spare(count: int) -> int:
@@ -112,6 +145,7 @@ class SplitCounts:
     user_harmful: int
     user_prose: int
     user_task: int
+    safeinstr: int = 0  # safety demonstrations taken from the alignment split's refusal rows
 
     @classmethod
     def from_config(cls, cfg: Config) -> SplitCounts:
@@ -130,6 +164,7 @@ class SplitCounts:
             user_harmful=user_harmful,
             user_prose=user_prose,
             user_task=user_benign - user_prose,
+            safeinstr=safeinstr_count(cfg),
         )
 
 

@@ -17,14 +17,22 @@ must split evenly over the ranks, so only full batches are used there.
 yields one ready item per step from `start` on, forever, each carrying its `position`.
 With DataLoader workers, worker w makes items start+w, start+w+W, ...; the DataLoader
 takes items from the workers in turn, so the order equals the single-process order.
+
+Declared streams: a training module may say what its items hold with a `StreamPlan`:
+`plan.at(position)` names the `TrainStream`s item `position` holds and each one's batch
+index. Batch index j of a stream is always that stream's own sampler's batch j, so two
+modules whose plans visit the user stream in a different rhythm (plain SFT, and Lisa with
+alignment steps in between) still see the same user batches in the same order. Without a
+plan, each stage's default applies (`LockstepPlan`: every stream at index = position).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from enum import IntEnum
-from typing import Optional
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Optional, Protocol
 
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
@@ -39,6 +47,41 @@ class StreamKind(IntEnum):
     ALIGN = 1
     HARMFUL = 2
     USER = 3
+    GUIDE = 4
+
+
+class TrainStream(StrEnum):
+    """A batch stream an item may hold; the value is the item's key for that batch."""
+
+    ALIGN = "align"  # the alignment stage's training split
+    HARMFUL = "harmful"  # D_harm, harmful prompt -> harmful answer (the flatness term)
+    USER = "user"  # the fine-tuning stage's training split (the upload)
+    GUIDE = "guide"  # the provider's alignment split, replayed during fine-tuning (Lisa)
+
+
+class StreamPlan(Protocol):
+    """What the items of a training stream hold, declared by the training module.
+
+    ``streams``: every stream the plan may use (their splits are checked before training);
+    ``at(position)``: the streams item ``position`` holds, each with its batch index. It
+    must be a pure function of the position (workers build items ahead, a resumed run
+    rebuilds them from its stream position).
+    """
+
+    streams: tuple[TrainStream, ...]
+
+    def at(self, position: int) -> Mapping[TrainStream, int]: ...
+
+
+@dataclass(frozen=True)
+class LockstepPlan:
+    """Every item holds each of ``streams`` at batch index = position (the stage defaults:
+    alignment and D_harm for the alignment stage, the upload for fine-tuning)."""
+
+    streams: tuple[TrainStream, ...]
+
+    def at(self, position: int) -> dict[TrainStream, int]:
+        return dict.fromkeys(self.streams, position)
 
 
 class CyclingSampler:
@@ -87,40 +130,49 @@ class Shard:
         return indices[self.rank :: self.world_size]
 
 
-class FinetuneItems:
-    """Item k of the fine-tuning stream: the user batch plus its position."""
+class BatchSource:
+    """Batch k of one stream: the rows of this process's shard of the sampler's batch k."""
 
     def __init__(self, rows: Sequence[EncodedRow], sampler: CyclingSampler, pad_token_id: int, shard: Shard):
         self.rows, self.sampler, self.pad_token_id, self.shard = rows, sampler, pad_token_id, shard
 
     def __call__(self, k: int) -> dict:
-        batch = collate_rows(
-            [self.rows[i] for i in self.shard.take(self.sampler.batch(k))], self.pad_token_id
-        )
-        batch["position"] = k
-        return batch
+        return collate_rows([self.rows[i] for i in self.shard.take(self.sampler.batch(k))], self.pad_token_id)
 
 
-class AlignItems:
-    """Item k of the alignment stream: an alignment batch and a D_harm batch from two
-    independent samplers (own seeds and batch sizes), plus the position."""
+class PlanItems:
+    """Item k of a training stream: ``{stream: batch, ..., "position": k}`` as ``plan.at(k)``
+    says. ``flat``: the plan holds that one stream only, and the item is its batch itself
+    plus ``"position"`` (the fine-tuning default, the contract WeightedFinetuneModule reads)."""
 
     def __init__(
         self,
-        align_rows: Sequence[EncodedRow],
-        harmful_rows: Sequence[EncodedRow],
-        align_sampler: CyclingSampler,
-        harmful_sampler: CyclingSampler,
-        pad_token_id: int,
-        shard: Shard,
+        plan: StreamPlan,
+        sources: Mapping[TrainStream, Callable[[int], dict]],
+        flat: Optional[TrainStream] = None,
     ):
-        self.align = FinetuneItems(align_rows, align_sampler, pad_token_id, shard)
-        self.harmful = FinetuneItems(harmful_rows, harmful_sampler, pad_token_id, shard)
+        missing = [str(s) for s in plan.streams if s not in sources]
+        if missing:
+            raise ValueError(f"no batch source for the plan's streams {missing}")
+        if flat is not None and tuple(plan.streams) != (flat,):
+            raise ValueError(f"a flat item holds one stream, {flat.value}; the plan has {list(plan.streams)}")
+        self.plan, self.sources, self.flat = plan, dict(sources), flat
 
     def __call__(self, k: int) -> dict:
-        align, harmful = self.align(k), self.harmful(k)
-        del align["position"], harmful["position"]
-        return {"align": align, "harmful": harmful, "position": k}
+        where = self.plan.at(k)
+        unknown = [str(s) for s in where if s not in self.plan.streams]
+        if unknown or not where:
+            # a plan that strays from its declared streams would read unchecked splits
+            raise ValueError(
+                f"plan item {k} holds {dict(where)}; the plan declares {list(self.plan.streams)}"
+            )
+        if self.flat is not None:
+            batch = self.sources[self.flat](where[self.flat])
+            batch["position"] = k
+            return batch
+        item: dict = {TrainStream(s).value: self.sources[s](int(j)) for s, j in where.items()}
+        item["position"] = k
+        return item
 
 
 class StepStream(IterableDataset):

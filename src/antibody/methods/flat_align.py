@@ -9,8 +9,9 @@ Per micro-batch (paper, stage 1; docs/method.md ("Stage 1")), with theta the tra
 5. g_a  = grad L_align(theta)                     (manual_backward into ``.grad``)
 
 That is 4 forward/backward passes and no model copy (the released code: 5 passes and a
-deep copy). SFT runs step 5 only. With lambda2 = 0 (Booster) g_r is not needed: its
-loss is still evaluated without gradient, for logging only.
+deep copy). SFT runs step 5 only. With lambda2 = 0 (Booster) g_r is not needed, so
+Booster runs 3 passes; ``method.align.log_refusal_loss=true`` adds a no-grad forward
+that logs the refusal loss at the perturbed point.
 
 Accumulation semantics (ours, documented): over a window of N micro-batches, the flat
 terms are per micro-batch (each micro-batch perturbs along its own harmful gradient, as
@@ -85,7 +86,8 @@ def _antibody(cfg: AlignStageConfig) -> AlignSettings:
     )
 
 
-ALIGN_METHODS: dict[AlignMethod, Callable[[AlignStageConfig], AlignSettings]] = {
+# the alignment methods this module runs (the others have modules of their own: methods.registry)
+FLAT_METHODS: dict[AlignMethod, Callable[[AlignStageConfig], AlignSettings]] = {
     AlignMethod.SFT: _sft,
     AlignMethod.BOOSTER: _booster,
     AlignMethod.ANTIBODY: _antibody,
@@ -93,7 +95,9 @@ ALIGN_METHODS: dict[AlignMethod, Callable[[AlignStageConfig], AlignSettings]] = 
 
 
 def resolve_align_settings(cfg: AlignStageConfig) -> AlignSettings:
-    return ALIGN_METHODS[cfg.method](cfg)
+    if cfg.method not in FLAT_METHODS:
+        raise ValueError(f"FlatAlignModule does not run method.align.method={cfg.method.value}")
+    return FLAT_METHODS[cfg.method](cfg)
 
 
 # averaged over micro-batches (MeanMetric); the per-step quantities are logged directly
@@ -155,13 +159,15 @@ class FlatAlignModule(StageModule):
             descend_(params, g_h, s.rho, norm_h)
             loss_hp = token_mean_nll(self.model, harm)
             g_hp = grads_of(loss_hp, params)
+            loss_r, g_r = None, None
             if s.lambda2 > 0:
                 loss_r = token_mean_nll(self.model, harm, prefix="refusal_")
                 g_r = grads_of(loss_r, params)
-            else:
-                with torch.no_grad():  # logged only: the update does not use g_r
+            elif self.stage_cfg.log_refusal_loss:
+                # opt-in: Booster's update does not use g_r, so by default it costs its true
+                # 3 passes; this no-grad forward is for the log only
+                with torch.no_grad():
                     loss_r = token_mean_nll(self.model, harm, prefix="refusal_")
-                g_r = None
         finally:
             self._snapshot.restore(params)
 
@@ -169,7 +175,8 @@ class FlatAlignModule(StageModule):
         norm_hp = global_norm(g_hp)
         self._track("harmful_loss", loss_h)
         self._track("perturbed_harmful_loss", loss_hp)
-        self._track("refusal_loss", loss_r)
+        if loss_r is not None:
+            self._track("refusal_loss", loss_r)
         self._track("harmful_loss_change", loss_hp.detach() - loss_h.detach())
         self._warn_on_overshoot(float(loss_h.detach()), float(loss_hp.detach()))
         self._track("grad_norm_h", norm_h)

@@ -1,0 +1,121 @@
+"""Every method of each stage trains end to end through the CLI on the tiny model, every
+alignment method composes with every fine-tuning method, and every option file of
+conf/method/ is a valid configuration."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from antibody.cli.main import main
+from antibody.config import ConfigError, compose
+from antibody.config.schema import AlignMethod, FinetuneMethod, Weighting, finetune_method
+from antibody.methods.registry import (
+    ALIGN_MODULES,
+    FINETUNE_MODULES,
+    build_align_module,
+    build_finetune_module,
+)
+from tests._synthetic import tiny_lora_model
+
+TINY = ["experiment=tiny", "method.align.max_steps=2", "method.finetune.max_steps=2"]
+METHOD_FILES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "method").glob("*.yaml"))
+# the weighting a fine-tuning method runs with when nothing else is asked for
+DEFAULT_WEIGHTING = {
+    FinetuneMethod.SFT: Weighting.UNIFORM,
+    FinetuneMethod.ANTIBODY: Weighting.LIKELIHOOD_RATIO,
+    FinetuneMethod.LISA: Weighting.UNIFORM,
+    FinetuneMethod.SAFEINSTR: Weighting.UNIFORM,
+}
+
+
+def test_registries_cover_every_method():
+    assert set(ALIGN_MODULES) == set(AlignMethod)
+    assert set(FINETUNE_MODULES) == set(FinetuneMethod)
+
+
+def test_every_method_has_an_option_file_and_each_file_composes():
+    assert {m.value for m in AlignMethod} | {m.value for m in FinetuneMethod} <= set(METHOD_FILES)
+    for name in METHOD_FILES:
+        cfg = compose([f"method={name}"])
+        assert cfg.method.name == name
+    # the paper's combinations are configurations, not code
+    for name in ("booster_lisa", "booster_antibody", "antibody_sft", "sft_antibody"):
+        assert name in METHOD_FILES
+
+
+@pytest.mark.parametrize(
+    ("align", "finetune"), list(itertools.product(list(AlignMethod), list(FinetuneMethod)))
+)
+def test_any_alignment_composes_with_any_finetuning(tiny_cfg, align, finetune):
+    cfg = compose([
+        "experiment=tiny",
+        f"method.align.method={align.value}",
+        f"method.finetune.method={finetune.value}",
+        f"method.finetune.weighting={DEFAULT_WEIGHTING[finetune].value}",
+        # Booster's own settings (it warns when asked for others)
+        *(["method.align.lambda_mode=constant", "method.align.lambda2=0.0"] if align is AlignMethod.BOOSTER else []),
+    ])
+    assert isinstance(build_align_module(tiny_lora_model(), cfg), ALIGN_MODULES[align])
+    assert isinstance(build_finetune_module(tiny_lora_model(), cfg), FINETUNE_MODULES[finetune])
+
+
+def test_a_method_name_never_hides_its_weighting():
+    with pytest.raises(ConfigError, match="method.finetune.method=sft trains with uniform weights"):
+        compose(["method.finetune.method=sft", "method.finetune.weighting=likelihood_ratio"])
+    with pytest.raises(ConfigError, match="is plain SFT"):
+        compose(["method.finetune.method=antibody", "method.finetune.weighting=uniform"])
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory):
+    """One SFT-aligned tiny run every fine-tuning method starts from."""
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["align", *TINY, f"run.output_dir={out}", "run.name=al", "method=sft"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("method", [m for m in AlignMethod if m is not AlignMethod.SFT])
+def test_every_alignment_method_trains_through_the_cli(aligned, method):
+    name = f"al-{method.value}"
+    assert main(["align", *TINY, f"run.output_dir={aligned}", f"run.name={name}", f"method={method.value}"]) == 0
+    m = json.loads((aligned / name / "metrics.json").read_text())
+    assert m["steps"] == 2 and m["config"]["method"]["align"]["method"] == method.value
+    assert "align/loss" in m["final"]
+
+
+@pytest.mark.parametrize("method", list(FinetuneMethod))
+def test_every_finetuning_method_trains_through_the_cli(aligned, method):
+    name = f"ft-{method.value}"
+    args = ["finetune", *TINY, f"run.output_dir={aligned}", f"run.name={name}", "run.init_from=al"]
+    assert main([*args, f"method={method.value}"]) == 0
+    run = aligned / name
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["steps"] == 2
+    assert finetune_method(compose([f"method={method.value}"]).method.finetune) is method
+    # the released scripts' merge-then-new-adapter path (every method but Antibody's)
+    merged = json.loads((run / "base_adapters.json").read_text())
+    assert bool(merged) is m["config"]["method"]["finetune"]["merge_then_new_adapter"]
+    rows = [json.loads(line) for line in (run / "weights.jsonl").read_text().splitlines()]
+    assert rows, "the user rows trained on are recorded for every method"
+
+
+def test_baselines_suite_jobs_compose_and_differ_from_sft_only_in_the_method(tmp_path):
+    from antibody.app.demo import COMPARISONS, baseline_jobs, job_config
+
+    jobs = {job.name: job for job in baseline_jobs()}
+    cfgs = {name: job_config(["experiment=tiny"], job, tmp_path) for name, job in jobs.items()}
+    assert all(job.init_from in jobs for job in jobs.values() if job.init_from)
+    assert {cfgs[f"align-{m.value}"].method.align.method for m in AlignMethod if m is not AlignMethod.ANTIBODY} == (
+        set(AlignMethod) - {AlignMethod.ANTIBODY})
+    ref = cfgs["ft-sft-sft"].method.finetune
+    for name in ("ft-sft-lisa", "ft-sft-safeinstr", "ft-booster-sft", "ft-vaccine-sft", "ft-repnoise-sft"):
+        ft = cfgs[name].method.finetune
+        assert (ft.weighting, ft.merge_then_new_adapter, ft.lr, ft.max_steps) == (
+            ref.weighting, ref.merge_then_new_adapter, ref.lr, ref.max_steps)
+    # every comparison of a baseline names jobs of this suite
+    named = [c for c in COMPARISONS if any(m in c.a for m in ("booster", "vaccine", "repnoise", "lisa", "safeinstr"))]
+    assert named and all(c.a in jobs and c.b in jobs for c in named)
