@@ -119,3 +119,21 @@ def test_baselines_suite_jobs_compose_and_differ_from_sft_only_in_the_method(tmp
     # every comparison of a baseline names jobs of this suite
     named = [c for c in COMPARISONS if any(m in c.a for m in ("booster", "vaccine", "repnoise", "lisa", "safeinstr"))]
     assert named and all(c.a in jobs and c.b in jobs for c in named)
+
+
+@pytest.mark.parametrize(
+    ("method", "keys"),
+    [(AlignMethod.SFT, ["align", "position"]), (AlignMethod.VACCINE, ["align", "position"]),
+     (AlignMethod.BOOSTER, ["align", "harmful", "position"]), (AlignMethod.REPNOISE, ["align", "harmful", "position"])],
+)
+def test_alignment_items_hold_only_the_streams_a_method_declares(tmp_path, method, keys):
+    from antibody.data.datamodule import SafetyDataModule
+    from antibody.data.streams import take
+    from antibody.models import load_tokenizer
+
+    cfg = compose(["experiment=tiny", f"run.output_dir={tmp_path}", f"method={method.value}"])
+    dm = SafetyDataModule(cfg, load_tokenizer(cfg.model), "align", cache_dir=tmp_path / "cache")
+    dm.setup()
+    module = build_align_module(tiny_lora_model(), cfg)
+    items = take(dm.train_stream(0, plan=getattr(module, "stream_plan", None)), 2)
+    assert [sorted(i) for i in items] == [keys, keys]

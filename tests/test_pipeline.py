@@ -174,34 +174,6 @@ def test_demo_pipeline_tiny(out):
     assert (root / "align-sft" / "adapter").stat().st_mtime == mtime
 
 
-def test_bench_writes_ratios(out):
-    assert main(["bench", *TINY, f"run.output_dir={out}", "steps=2"]) == 0
-    bench = json.loads((out / "bench" / "bench.json").read_text())
-    v = bench["variants"]
-    assert set(v) >= {"align-sft", "align-antibody", "finetune-sft", "finetune-antibody"}
-    # speed itself is for `make bench`: here, each variant timed its 2 steps after the warm-up,
-    # and each ratio is the quotient of the two timings it names
-    assert all(variant["steps_timed"] == 2 for variant in v.values())
-    sps = {name: variant["seconds_per_step"] for name, variant in v.items()}
-    assert bench["ratios"] == pytest.approx({
-        "align_antibody_over_sft": sps["align-antibody"] / sps["align-sft"],
-        "align_booster_over_sft": sps["align-booster"] / sps["align-sft"],
-        "finetune_antibody_over_sft": sps["finetune-antibody"] / sps["finetune-sft"],
-    })
-    # uniform weights are 1/batch: exactly 1.0 x batch for every row
-    assert v["finetune-sft"]["mean_weight_harmful_x_batch"] == pytest.approx(1.0)
-    assert v["finetune-sft"]["mean_weight_benign_x_batch"] == pytest.approx(1.0)
-    # likelihood-ratio weights sum to 1 in each batch: the row-weighted mean of the
-    # per-kind means x batch is 1 over the 3 full batches of 4 rows
-    anti = v["finetune-antibody"]
-    benign_rows = sum(s["rows"] for s in anti["benign_by_source"].values())
-    assert anti["rows_seen"] == 3 * 4 and 0 < benign_rows < 12
-    total = (12 - benign_rows) * anti["mean_weight_harmful_x_batch"] + sum(
-        s["rows"] * s["mean_weight_x_batch"] for s in anti["benign_by_source"].values()
-    )
-    assert total / 12 == pytest.approx(1.0, rel=1e-5)
-
-
 def test_control_suite_jobs_and_bad_suite(capsys):
     from antibody.app.demo import control_jobs
 

@@ -1,56 +1,141 @@
-"""`bench`: seconds per optimizer step of each stage variant, side by side in one process.
+"""`bench`: the cost of every method of each stage, measured side by side, as ratios to SFT.
 
-Every variant trains from the same initial weights on the same batches (same data seed),
-for `bench.steps` steps after one warm-up step, so the ratios compare like with like:
+    python -m antibody bench                                  # embedded SmolLM2, CPU
+    python -m antibody bench experiment=tiny steps=2          # tiny model: a smoke check
+    python -m antibody bench methods=sft,booster repeats=5    # some methods, more rounds
 
-    python -m antibody bench                     # embedded SmolLM2 on CPU
-    python -m antibody bench experiment=tiny steps=2   # seconds, for a smoke check
+Arguments (the rest are config overrides): ``steps=N`` timed optimiser steps per method
+per round (default 3), ``warmup=N`` untimed steps before them (default 1; the first step
+builds caches and the data iterator), ``repeats=N`` rounds (default 3),
+``methods=a,b,...`` (default: every AlignMethod and FinetuneMethod; SFT, the reference,
+always runs in a stage that runs), ``memory=true|false`` (the memory pass, default true).
 
-Writes `runs/bench/bench.json` (override with run.output_dir / run.name).
+Protocol. Every variant is composed from the method's option file (``method=<name>``),
+its stage's method key set to the name. Each round trains every method of a stage, in an
+order rotated by one per round (bench_stats.rotated), from the same initial weights (a
+fresh LoRA drawn from the same seed) on the same batches (the same data seed and
+stream), for warmup + steps steps, timing the last ``steps``; bench_stats turns the
+times into median seconds per step and into ratios to SFT, taken within each round and
+summarised by their median and range over the rounds. Fine-tuning variants
+start from a fresh LoRA, not from an aligned adapter: the cost of a step does not depend
+on the weights, and ``merge_then_new_adapter`` (which needs an aligned adapter) is not
+exercised. Then the memory pass runs each method once more in a fresh process
+(bench_memory). Runs on the config's accelerator (the CPU by default).
+
+Duration: about 30-40 minutes on 2 CPU cores with the embedded model at the defaults (an
+SFT alignment step takes 5-10 s at batch 8; Antibody alignment about 4 times that), about
+3 minutes with experiment=tiny (about half of it the memory pass's fresh interpreters).
+
+Writes ``<run.output_dir>/bench/bench.json`` (``run.name`` overrides ``bench``); render it
+into the README with ``python -m antibody report runs/bench/bench.json README.md``.
 """
 
 from __future__ import annotations
 
-import resource
+import contextlib
+import gc
+import json
+import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 
 from antibody.app.arguments import pop_arg
+from antibody.app.bench_memory import MemoryPassError, measure_in_subprocess, peak_memory
+from antibody.app.bench_stats import (
+    EXPECTED,
+    REFERENCE,
+    STAGE_METHODS,
+    memory_ratios,
+    rotated,
+    timing_summary,
+)
 from antibody.app.callbacks import StepTimer
-from antibody.app.report import weight_summary
+from antibody.app.errors import StageInterrupted
 from antibody.app.rundir import write_json
 from antibody.config import Config, ConfigError, compose
+from antibody.config.schema import Stage
 from antibody.infra import progress
 
-# (name, stage, overrides): the four variants of the closing note of issue 3, plus Booster
-VARIANTS = [
-    ("align-sft", "align", ["method.align.method=sft"]),
-    ("align-booster", "align", ["method=booster"]),  # the whole option: its lambda settings too
-    ("align-antibody", "align", ["method.align.method=antibody"]),
-    ("finetune-sft", "finetune", ["method.finetune.weighting=uniform"]),
-    ("finetune-antibody", "finetune", ["method.finetune.weighting=likelihood_ratio"]),
-]
+
+@dataclass(frozen=True)
+class Protocol:
+    steps: int
+    warmup: int
+    repeats: int
+    methods: dict[Stage, list[str]]  # per stage that runs: SFT first, then the enum's order
+    memory: bool
 
 
-def _time_variant(cfg: Config, stage: str, steps: int) -> dict:
+def _int_arg(args: list[str], name: str, default: int, lo: int) -> tuple[int, list[str]]:
+    value, args = pop_arg(args, name)
+    if value is None:
+        return default, args
+    if not value.isdigit() or int(value) < lo:  # one line, not a traceback
+        raise ConfigError(f"{name}={value}: expected an integer in [{lo}, inf)")
+    return int(value), args
+
+
+def _methods_arg(value: str | None) -> dict[Stage, list[str]]:
+    known = list(dict.fromkeys(m for ms in STAGE_METHODS.values() for m in ms))
+    chosen = known if value is None else [m.strip() for m in value.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in known]
+    if unknown or not chosen:
+        raise ConfigError(f"methods={value}: unknown method {', '.join(unknown) or '(none)'}; "
+                          f"choose from {', '.join(known)}")
+    plan = {}
+    for stage, methods in STAGE_METHODS.items():
+        if any(m in chosen for m in methods):  # a stage runs if a chosen method belongs to it
+            plan[stage] = [REFERENCE, *(m for m in methods if m in chosen and m != REFERENCE)]
+    return plan
+
+
+def parse_protocol(args: list[str]) -> tuple[Protocol, list[str]]:
+    """The bench's own arguments (see the module docstring) and the config overrides left."""
+    steps, args = _int_arg(args, "steps", 3, 1)
+    warmup, args = _int_arg(args, "warmup", 1, 0)
+    repeats, args = _int_arg(args, "repeats", 3, 1)
+    methods, args = pop_arg(args, "methods")
+    memory, args = pop_arg(args, "memory")
+    if memory not in (None, "true", "false"):
+        raise ConfigError(f"memory={memory}: expected true or false")
+    return Protocol(steps, warmup, repeats, _methods_arg(methods), memory != "false"), args
+
+
+def method_config(args: list[str], stage: Stage, method: str, max_steps: int) -> Config:
+    """The variant's config: the method's option file, with the stage's method key set (an
+    option file names both stages' methods; the bench times only this stage's), and the
+    stage's max_steps set to the bench's fit, so that anything a module schedules over
+    the run (Lisa's states and proximal start, warm-up) happens within the timed steps."""
+    return compose([*args, f"method={method}", f"method.{stage.value}.method={method}",
+                    f"method.{stage.value}.max_steps={max_steps}"])
+
+
+def _time_variant(cfg: Config, stage: Stage | str, steps: int, warmup: int = 1, *, tokenizer=None,
+                  datamodule=None, memory: bool = False) -> dict:
+    """Train one variant for warmup + steps optimiser steps from a fresh, seeded LoRA and
+    return the seconds of its last ``steps`` steps (and, with memory, the fit's peak
+    memory: bench_memory). Tokenizer and data are built here unless given."""
     from antibody.app.stages import build_datamodule, module_for
-    from antibody.config.schema import Stage
     from antibody.models import load_model, load_tokenizer
 
-    tokenizer = load_tokenizer(cfg.model)
-    dm = build_datamodule(cfg, tokenizer, Stage(stage))
-    L.seed_everything(cfg.run.seed)
+    stage = Stage(stage)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
+    dm = datamodule if datamodule is not None else build_datamodule(cfg, tokenizer, stage)
+    L.seed_everything(cfg.run.seed, verbose=False)  # new LoRA tensors draw from the global RNG
     model, _ = load_model(cfg.model)
-    module = module_for(Stage(stage), model, cfg)
+    model.train()  # as train_stage: from_pretrained returns eval mode (LoRA dropout off)
+    module = module_for(stage, model, cfg)
     timer = StepTimer()
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
         precision=cfg.trainer.precision,
-        max_steps=steps + 1,  # the first (warm-up) step is excluded by StepTimer
+        max_steps=warmup + steps,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -59,52 +144,138 @@ def _time_variant(cfg: Config, stage: str, steps: int) -> dict:
         limit_val_batches=0,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, datamodule=dm)
-    out = timer.summary()
-    if stage == "finetune":
-        out.update(weight_summary(module.weight_records(), cfg.data.finetune_batch_size))
+    probe = peak_memory(trainer.strategy.root_device, module) if memory else contextlib.nullcontext({})
+    with probe as reading:
+        try:
+            trainer.fit(module, datamodule=dm)
+        except SystemExit:  # Lightning ends a Ctrl-C with sys.exit(1) once it has torn down
+            if not trainer.interrupted:
+                raise
+    if trainer.interrupted:
+        raise StageInterrupted(f"bench stopped at step {trainer.global_step}/{warmup + steps}")
+    if len(timer.step_times) != warmup + steps:
+        raise RuntimeError(f"bench: {len(timer.step_times)} optimiser steps timed, {warmup + steps} expected")
+    timed = timer.step_times[warmup:]
+    out = {"step_seconds": timed, "steps_timed": len(timed), "fit_seconds": timer.fit_seconds}
+    if memory:
+        out["memory"] = reading
     return out
 
 
+def _timing_rounds(args: list[str], protocol: Protocol, bar) -> tuple[dict, dict]:
+    """{stage: {method: [round seconds]}} and {stage: [order of each round]}."""
+    from antibody.app.stages import build_datamodule
+    from antibody.models import load_tokenizer
+
+    n = protocol.warmup + protocol.steps
+    configs = {(s, m): method_config(args, s, m, n) for s, ms in protocol.methods.items() for m in ms}
+    tokenizer = load_tokenizer(next(iter(configs.values())).model)
+    # all data first: a bad pool fails before any training, and every round reuses it
+    data = {key: build_datamodule(cfg, tokenizer, key[0]) for key, cfg in configs.items()}
+    times: dict = {s: {m: [] for m in ms} for s, ms in protocol.methods.items()}
+    orders: dict = {s: [] for s in protocol.methods}
+    for r in range(protocol.repeats):
+        for stage, methods in protocol.methods.items():
+            orders[stage].append(rotated(methods, r))
+            for method in orders[stage][-1]:
+                bar.update(description=f"bench round {r + 1}/{protocol.repeats}: {stage.value} {method}")
+                gc.collect()  # the previous variant's model goes before the next one loads
+                result = _time_variant(configs[stage, method], stage, protocol.steps, protocol.warmup,
+                                       tokenizer=tokenizer, datamodule=data[stage, method])
+                times[stage][method].append(result["step_seconds"])
+                bar.advance()
+    return times, orders
+
+
+def _memory_pass(args: list[str], protocol: Protocol, bar) -> dict:
+    """{stage: {method: reading}}: each method once, in a process of its own (bench_memory)."""
+    out: dict = {}
+    for stage, methods in protocol.methods.items():
+        out[stage] = {}
+        for method in methods:
+            bar.update(description=f"bench memory: {stage.value} {method}")
+            try:
+                out[stage][method] = measure_in_subprocess({
+                    "args": args, "stage": stage.value, "method": method,
+                    "steps": protocol.steps, "warmup": protocol.warmup,
+                    "threads": torch.get_num_threads(),  # the child computes as the timing rounds did
+                })
+            except MemoryPassError as exc:  # the timings, maybe half an hour's, are kept
+                print(f"[bench] warning: {exc}", file=sys.stderr, flush=True)
+                out[stage][method] = {"peak_mib": None, "over_load_mib": None, "error": str(exc).splitlines()[0]}
+            bar.advance()
+    return out
+
+
+def memory_child(request_path: str) -> int:
+    """The memory pass of one variant (`python -m antibody.app.bench <request.json>`)."""
+    from antibody.app.logs import configure_logging
+
+    configure_logging()
+    req = json.loads(Path(request_path).read_text())
+    torch.set_num_threads(req["threads"])
+    stage = Stage(req["stage"])
+    cfg = method_config(req["args"], stage, req["method"], req["warmup"] + req["steps"])
+    result = _time_variant(cfg, stage, req["steps"], req["warmup"], memory=True)
+    Path(req["out"]).write_text(json.dumps(result["memory"]))
+    return 0
+
+
+def _summary_line(stage: Stage, method: str, m: dict) -> str:
+    lo, hi = m["ratio_range"]
+    line = (f"[bench] {stage.value} {method}: {m['median_s']:.3g} s/step, {m['ratio']:.2f}x {REFERENCE} "
+            f"(rounds {lo:.2f}-{hi:.2f}; expected {m['expected']['ratio']:.2f}"
+            f"{'+' if m['expected']['at_least'] else ''})")
+    mem = m.get("memory")
+    if mem and mem.get("peak_mib") is not None:
+        line += (f"; peak {mem['peak_mib']:.0f} MiB ({mem['peak_ratio']:.2f}x), "
+                 f"over load {mem['over_load_mib']:.0f} MiB ({mem['over_load_ratio']:.2f}x)")
+    return line
+
+
 def bench_command(args: list[str]) -> int:
-    value, args = pop_arg(args, "steps")  # the bench's own argument, not a config key
-    if value is not None and (not value.isdigit() or int(value) < 1):  # one line, not a traceback
-        raise ConfigError(f"steps={value}: expected an integer in [1, inf)")
-    steps = int(value) if value is not None else 5
-    has_run_name = any(a.startswith("run.name=") for a in args)
-    if not has_run_name:
+    protocol, args = parse_protocol(args)
+    if not any(a.startswith("run.name=") for a in args):
         args = [*args, "run.name=bench"]
     base = compose(args)
-    results: dict = {
+    n_variants = sum(len(ms) for ms in protocol.methods.values())
+    t0 = time.perf_counter()
+    with progress.task("bench", total=n_variants * (protocol.repeats + protocol.memory)) as bar:
+        times, orders = _timing_rounds(args, protocol, bar)
+        memory = _memory_pass(args, protocol, bar) if protocol.memory else {}
+    stages = {}
+    for stage, methods in protocol.methods.items():
+        summary = timing_summary(times[stage])
+        mem = memory_ratios(memory[stage]) if memory else {}
+        stages[stage.value] = {
+            "reference": REFERENCE,
+            "orders": orders[stage],
+            "methods": {m: {**summary[m], "step_seconds": times[stage][m],
+                            "expected": EXPECTED[stage][m]._asdict(), "memory": mem.get(m)} for m in methods},
+        }
+    results = {
+        "kind": "bench",  # how `python -m antibody report` tells a bench file from a demo's
         "model": base.model.name,
+        "device": base.trainer.accelerator,
+        "precision": base.trainer.precision,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
         "batch_size": {"align": base.data.align_batch_size, "harmful": base.data.harmful_batch_size,
                        "finetune": base.data.finetune_batch_size},
         "max_length": base.data.max_length,
-        "steps_timed": steps,
-        "torch_threads": torch.get_num_threads(),
-        "device": base.trainer.accelerator,
-        "variants": {},
+        "protocol": {"steps": protocol.steps, "warmup": protocol.warmup, "repeats": protocol.repeats,
+                     "memory": protocol.memory, "finetune_init": "fresh LoRA (merge_then_new_adapter not exercised)"},
+        "stages": stages,
+        "wall_seconds": time.perf_counter() - t0,
     }
-    with progress.task("bench", total=len(VARIANTS)) as bar:
-        for name, stage, overrides in VARIANTS:
-            bar.update(description=f"bench {name}")
-            cfg = compose([*args, *overrides])
-            t0 = time.perf_counter()
-            results["variants"][name] = _time_variant(cfg, stage, steps)
-            results["variants"][name]["wall_seconds"] = time.perf_counter() - t0
-            print(f"[bench] {name}: {results['variants'][name]['seconds_per_step']:.2f} s/step", flush=True)
-            bar.advance()
-    v = results["variants"]
-    results["ratios"] = {
-        "align_antibody_over_sft": v["align-antibody"]["seconds_per_step"] / v["align-sft"]["seconds_per_step"],
-        "align_booster_over_sft": v["align-booster"]["seconds_per_step"] / v["align-sft"]["seconds_per_step"],
-        "finetune_antibody_over_sft": v["finetune-antibody"]["seconds_per_step"]
-        / v["finetune-sft"]["seconds_per_step"],
-    }
-    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = Path(base.run.output_dir) / base.run.name / "bench.json"
     write_json(out, results)
-    for key, value in results["ratios"].items():
-        print(f"[bench] {key}: {value:.2f}x")
-    print(f"[bench] wrote {out}")
+    for stage, methods in protocol.methods.items():
+        for method in methods:
+            print(_summary_line(stage, method, stages[stage.value]["methods"][method]), flush=True)
+    print(f"[bench] wrote {out} ({results['wall_seconds'] / 60:.1f} min)")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(memory_child(sys.argv[1]))

@@ -113,15 +113,17 @@ COMMANDS: dict[Command, Spec] = {
                        + " (experiment=demo unless another experiment is named)",
     ),
     Command.BENCH: Spec(
-        "speed ratios measured side by side",
-        "Seconds per optimizer step of each stage variant (SFT, Booster and Antibody "
-        "alignment; SFT and Antibody fine-tuning), timed in one process from the same weights "
-        "on the same batches; writes <run.output_dir>/bench/bench.json.",
-        ("bench", "bench experiment=tiny steps=2"),
+        "cost of every method: time and memory ratios to SFT, measured side by side",
+        "Median seconds per optimizer step and peak memory of every method of each stage, "
+        "as ratios to SFT of the same stage: rounds interleave the methods (rotated order) "
+        "from the same weights on the same batches, and each method's peak memory is "
+        "measured in a fresh process; writes <run.output_dir>/bench/bench.json.",
+        ("bench", "bench experiment=tiny", "bench methods=sft,booster repeats=5"),
         "antibody.app.bench:bench_command",
-        overrides_metavar="steps=N|key=value",
-        overrides_help="steps=N: steps timed per variant after one warm-up step (default 5); "
-                       "the rest are " + OVERRIDES_HELP,
+        overrides_metavar="steps=N|warmup=N|repeats=N|methods=a,b|memory=true|false|key=value",
+        overrides_help="steps=N timed steps per method per round (default 3), warmup=N untimed "
+                       "steps first (1), repeats=N rounds (3), methods=a,b,... (default all; sft "
+                       "always runs), memory=false skips the memory pass; the rest are " + OVERRIDES_HELP,
     ),
     Command.REPORT: Spec(
         "demo results.json -> Markdown table (into README.md)",

@@ -38,6 +38,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from antibody.config.schema import AlignMethod, AlignStageConfig, Config, LambdaMode
+from antibody.data.streams import LockstepPlan, TrainStream
 from antibody.methods.base import StageModule
 from antibody.methods.lambdas import LambdaParams, LambdaState, compute_lambda, cosine
 from antibody.methods.losses import token_mean_nll
@@ -132,6 +133,9 @@ class FlatAlignModule(StageModule):
     def __init__(self, model: nn.Module, cfg: Config):
         super().__init__(model, cfg, cfg.method.align, _MICRO_METRICS)
         self.settings = resolve_align_settings(cfg.method.align)
+        if not self.settings.flat:
+            # declared to the DataModule: SFT never reads D_harm, so it is not even collated
+            self.stream_plan = LockstepPlan((TrainStream.ALIGN,))
         self.lambda_state = LambdaState()
         self._snapshot = ParameterSnapshot()
         # window sums of g_h, g_s = g_h - g_h' and g_r, each divided by N (float32)

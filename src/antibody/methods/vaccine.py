@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from antibody.config.schema import Config, HookPoint
+from antibody.data.streams import LockstepPlan, TrainStream
 from antibody.methods.base import StageModule
 from antibody.methods.losses import token_mean_nll
 from antibody.methods.perturb import NORM_EPS, global_norm
@@ -172,6 +173,8 @@ class VaccineAlignModule(StageModule):
         # found once, here, so that an unsupported model fails before any training; a
         # plain list keeps the blocks from being registered twice as submodules
         self.blocks: list[nn.Module] = hook_points(model, self.hook_point)
+        # declared to the DataModule: Vaccine never reads D_harm, so it is not even collated
+        self.stream_plan = LockstepPlan((TrainStream.ALIGN,))
 
     def hidden_perturbation(self, batch: Mapping[str, Tensor]) -> HiddenPerturbation:
         """Pass 1: the alignment loss, its hidden-state gradient and e_l."""
