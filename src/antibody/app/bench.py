@@ -22,9 +22,10 @@ on the weights, and ``merge_then_new_adapter`` (which needs an aligned adapter) 
 exercised. Then the memory pass runs each method once more in a fresh process
 (bench_memory). Runs on the config's accelerator (the CPU by default).
 
-Duration: about 30-40 minutes on 2 CPU cores with the embedded model at the defaults (an
-SFT alignment step takes 5-10 s at batch 8; Antibody alignment about 4 times that), about
-3 minutes with experiment=tiny (about half of it the memory pass's fresh interpreters).
+Duration (measured on 2 quiet CPU cores): ``bench steps=2`` on the embedded model took
+25.4 minutes (RepNoise's logit lens is the slowest method, ~45 s/step); the default
+steps=3 adds one timed step per method and round. ``experiment=tiny`` took 3.3 minutes
+(about half of it the memory pass's fresh interpreters).
 
 Writes ``<run.output_dir>/bench/bench.json`` (``run.name`` overrides ``bench``); render it
 into the README with ``python -m antibody report runs/bench/bench.json README.md``.
