@@ -240,3 +240,21 @@ def concat_batches(a: dict, b: dict) -> dict:
         else:
             out[k] = torch.cat([v, b[k]]) if isinstance(v, Tensor) else list(v) + list(b[k])
     return out
+
+
+class Killed(Exception):
+    """Stands in for the death of a preempted job."""
+
+
+class SaveThenKill(L.Callback):
+    """Writes a checkpoint after batch ``at`` (possibly inside an accumulation window), then
+    dies the way a preempted job does: with an exception out of ``fit``."""
+
+    def __init__(self, path: Any, at: int):
+        self.path, self.at = path, at
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if batch_idx == self.at:
+            trainer.save_checkpoint(self.path)
+            raise Killed

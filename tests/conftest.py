@@ -54,3 +54,16 @@ def fixtures_dir() -> Path:
 def tiny_cfg(tmp_path):
     """The real config shrunk to the tiny model and a few rows, writing under tmp_path."""
     return compose(["experiment=tiny", f"run.output_dir={tmp_path / 'runs'}"])
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """The split builder reads FakeSources (tests/test_datamodule.py) instead of the packages."""
+    from antibody.data import builder as builder_module
+    from tests.test_datamodule import FakeSources
+
+    src = FakeSources()
+    monkeypatch.setattr(builder_module, "load_source", src.load_source)
+    monkeypatch.setattr(builder_module, "source_prompts", src.source_prompts)
+    monkeypatch.setattr(builder_module, "alignment_refusals", src.alignment_refusals)
+    return src

@@ -179,15 +179,6 @@ class FakeSources:
         return out
 
 
-@pytest.fixture
-def fake(monkeypatch):
-    src = FakeSources()
-    monkeypatch.setattr(builder_module, "load_source", src.load_source)
-    monkeypatch.setattr(builder_module, "source_prompts", src.source_prompts)
-    monkeypatch.setattr(builder_module, "alignment_refusals", src.alignment_refusals)
-    return src
-
-
 @pytest.fixture(scope="module")
 def tok():
     return build_tiny_tokenizer()

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from antibody.config import compose
-from antibody.config.schema import FinetuneMethod, LisaConfig, Weighting
+from antibody.config.baselines import LisaConfig
+from antibody.config.schema import FinetuneMethod, Weighting
 from antibody.data.datamodule import SafetyDataModule
 from antibody.data.plan import Split
 from antibody.data.streams import TrainStream, take
@@ -17,6 +18,8 @@ from antibody.methods.lisa import LisaFinetuneModule, LisaPlan, LisaSchedule, Li
 from antibody.models import load_model, load_tokenizer
 from tests._synthetic import (
     GradCapture,
+    Killed,
+    SaveThenKill,
     clone_model,
     finetune_item,
     hf_loss,
@@ -243,18 +246,6 @@ def test_user_steps_see_the_sft_batches_in_order(data, tmp_path):
     assert [i["user"]["uid"] for i in items if "user" in i] == sft
 
 
-class _Kill(Exception):
-    pass
-
-
-class _SaveThenKill(L.Callback):
-    def __init__(self, path, at):
-        self.path, self.at = path, at
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx == self.at:
-            trainer.save_checkpoint(self.path)
-            raise _Kill
 
 
 def _state(module, t):
@@ -284,8 +275,8 @@ def test_resume_inside_a_cycle_equals_an_uninterrupted_run(data, tmp_path, accum
 
     path = tmp_path / "mid.ckpt"
     first = _module(cfg, steps)
-    with pytest.raises(_Kill):
-        trainer(steps, tmp_path / "a", callbacks=[_SaveThenKill(path, kill_at)]).fit(first, datamodule=data)
+    with pytest.raises(Killed):
+        trainer(steps, tmp_path / "a", callbacks=[SaveThenKill(path, kill_at)]).fit(first, datamodule=data)
     assert first.micro_step == micro_step
     assert set(first._anchors) == {G, U} and first._state is U
 

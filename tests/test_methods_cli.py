@@ -91,7 +91,9 @@ def test_every_alignment_method_trains_through_the_cli(aligned, method):
 def test_every_finetuning_method_trains_through_the_cli(aligned, method):
     name = f"ft-{method.value}"
     args = ["finetune", *TINY, f"run.output_dir={aligned}", f"run.name={name}", "run.init_from=al"]
-    assert main([*args, f"method={method.value}"]) == 0
+    # tiny's 20-row upload at SafeInstr's 3% holds no demonstration: ask for two
+    extra = ["method.finetune.safeinstr.share=0.1"] if method is FinetuneMethod.SAFEINSTR else []
+    assert main([*args, f"method={method.value}", *extra]) == 0
     run = aligned / name
     m = json.loads((run / "metrics.json").read_text())
     assert m["steps"] == 2
@@ -101,6 +103,12 @@ def test_every_finetuning_method_trains_through_the_cli(aligned, method):
     assert bool(merged) is m["config"]["method"]["finetune"]["merge_then_new_adapter"]
     rows = [json.loads(line) for line in (run / "weights.jsonl").read_text().splitlines()]
     assert rows, "the user rows trained on are recorded for every method"
+    summary = json.loads((run / "data_summary.json").read_text())
+    if method is FinetuneMethod.SAFEINSTR:  # trained on the upload plus the demonstrations
+        assert summary["train_split"] == "user_safeinstr"
+        assert summary["splits"]["user_safeinstr"]["rows"] == summary["splits"]["user"]["rows"] + 2
+    else:
+        assert summary["train_split"] == "user"
 
 
 def test_baselines_suite_jobs_compose_and_differ_from_sft_only_in_the_method(tmp_path):

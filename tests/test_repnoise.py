@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from antibody.config.schema import RepNoiseConfig
+from antibody.config.baselines import RepNoiseConfig
 from antibody.methods.mmd import multi_kernel_mmd
 from antibody.methods.repnoise import (
     RepNoiseAlignModule,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -10,7 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from antibody.config.schema import LambdaMode
 from antibody.methods.flat_align import FlatAlignModule
 from antibody.methods.weighted_finetune import WeightedFinetuneModule
-from tests._synthetic import SyntheticDataModule, tiny_lora_model, trainable, trainer
+from tests._synthetic import Killed, SaveThenKill, SyntheticDataModule, tiny_lora_model, trainable, trainer
 
 K = 4  # total optimiser steps
 k = 2  # checkpointed step
@@ -30,21 +29,6 @@ def _finetune_module(cfg):
 STAGES = {"align": (_align_module, 3), "finetune": (_finetune_module, 4)}
 
 
-class _Kill(Exception):
-    pass
-
-
-class _SaveThenKill(L.Callback):
-    """Writes a checkpoint after batch ``at`` (possibly inside an accumulation window), then
-    dies the way a preempted job does: with an exception out of ``fit``."""
-
-    def __init__(self, path, at):
-        self.path, self.at = path, at
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx == self.at:
-            trainer.save_checkpoint(self.path)
-            raise _Kill
 
 
 def _state(module, trainer):
@@ -114,9 +98,9 @@ def test_resume_inside_an_accumulation_window(tiny_cfg, tmp_path):
     want = _straight("align", tiny_cfg, tmp_path)
     path = tmp_path / "mid.ckpt"
     first = _align_module(tiny_cfg)
-    with pytest.raises(_Kill):
+    with pytest.raises(Killed):
         # batch 2 is the first micro-batch of step 2: its gradients live only in the checkpoint
-        trainer(K, tmp_path / "a", callbacks=[_SaveThenKill(path, at=2)]).fit(
+        trainer(K, tmp_path / "a", callbacks=[SaveThenKill(path, at=2)]).fit(
             first, datamodule=SyntheticDataModule("align", batch_size=3)
         )
     assert first.micro_step == 1

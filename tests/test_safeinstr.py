@@ -9,28 +9,18 @@ import torch
 from antibody.config import compose
 from antibody.config.errors import DataError
 from antibody.config.schema import Stage
-from antibody.data import builder as builder_module
 from antibody.data.datamodule import SafetyDataModule
 from antibody.data.plan import EVAL_SPLITS, Split, floor_share, train_split_for
 from antibody.data.streams import take
 from antibody.models import load_model, load_tokenizer
 from tests._synthetic import trainer
-from tests.test_datamodule import FakeSources, build
+from tests.test_datamodule import build
 
 SAFEINSTR = ("method.finetune.method=safeinstr", "method.finetune.weighting=uniform")
 
 
 def _keys(rows) -> set[str]:
     return {r.prompt_key() for r in rows}
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    src = FakeSources()
-    monkeypatch.setattr(builder_module, "load_source", src.load_source)
-    monkeypatch.setattr(builder_module, "source_prompts", src.source_prompts)
-    monkeypatch.setattr(builder_module, "alignment_refusals", src.alignment_refusals)
-    return src
 
 
 @pytest.fixture(scope="module")

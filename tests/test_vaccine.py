@@ -12,7 +12,8 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import Gemma2Config, Gemma2ForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from antibody.config.schema import AlignMethod, HookPoint
+from antibody.config.baselines import HookPoint
+from antibody.config.schema import AlignMethod
 from antibody.methods.perturb import global_norm
 from antibody.methods.vaccine import VaccineAlignModule, perturbed_hidden_states
 from antibody.models.errors import ModelError

@@ -12,6 +12,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Optional
 
+# the baselines' own settings, one dataclass per method
+from antibody.config.baselines import (
+    LisaConfig,
+    RepNoiseConfig,
+    SafeInstrConfig,
+    VaccineConfig,
+)
+
 # ---------------------------------------------------------------------------
 # Enums (registries are keyed by these, never by free strings)
 # ---------------------------------------------------------------------------
@@ -85,13 +93,6 @@ class FinetuneMethod(StrEnum):
     ANTIBODY = "antibody"  # likelihood-ratio weights (or an analysis-only weighting control)
     LISA = "lisa"  # bi-state optimisation: alignment steps between user steps
     SAFEINSTR = "safeinstr"  # safety demonstrations mixed into the upload
-
-
-class HookPoint(StrEnum):
-    """Where Vaccine perturbs the hidden states of each decoder layer."""
-
-    ATTENTION = "attention"  # each self-attention module's output (released Vaccine code)
-    DECODER_LAYER = "decoder_layer"  # each decoder layer's output (the paper's wording)
 
 
 class LambdaMode(StrEnum):
@@ -252,28 +253,6 @@ class TaskConfig:
 
 
 @dataclass
-class VaccineConfig:
-    """Vaccine (Huang et al. 2024, "Vaccine: Perturbation-aware Alignment for LLMs")."""
-
-    rho: float = 5.0  # released scripts: rho 5
-    hook_point: HookPoint = HookPoint.ATTENTION  # released code: self-attention outputs
-
-
-@dataclass
-class RepNoiseConfig:
-    """RepNoise (Rosati et al. 2024, "Representation Noising"), as run by the Booster and
-    Antibody baselines; the kernel settings are those of the released RepNoise loss."""
-
-    alpha: float = 0.1  # released scripts: weight of the harmful term
-    beta: float = 0.001  # released scripts: weight of the MMD-to-noise term
-    kernel_num: int = 5  # released RepNoise loss.py: MMD_loss(kernel_num=5)
-    kernel_mul: float = 2.0  # released RepNoise loss.py: MMD_loss(kernel_mul=2.0)
-    # released RepNoise loss: the harmful NLL is averaged over every hidden state read through
-    # the final norm and the LM head; false: final layer only (cheaper)
-    logit_lens: bool = True
-
-
-@dataclass
 class AlignStageConfig:
     method: AlignMethod = AlignMethod.ANTIBODY
     # released scripts: rho 0.1 (0.3 diverged on the embedded LoRA: docs/calibration.md)
@@ -295,28 +274,6 @@ class AlignStageConfig:
     log_refusal_loss: bool = False
     vaccine: VaccineConfig = field(default_factory=VaccineConfig)
     repnoise: RepNoiseConfig = field(default_factory=RepNoiseConfig)
-
-
-@dataclass
-class LisaConfig:
-    """Lisa (Huang et al. 2024, "Lazy Safety Alignment"): bi-state optimisation."""
-
-    rho: float = 0.01  # released scripts: proximal strength
-    align_steps: int = 100  # released scripts: alignment-state steps per cycle
-    user_steps: int = 900  # released scripts: user-state steps per cycle
-    # ours: a run shorter than min_cycles released cycles gets shorter cycles with the same
-    # align:user split, so that each state occurs at least min_cycles times (docs/method.md)
-    min_cycles: int = 3
-    proximal_after: float = 0.1  # released scripts: proximal term after 10% of the steps
-
-
-@dataclass
-class SafeInstrConfig:
-    """SafeInstr (Bianchi et al. 2024, "Safety-Tuned LLaMAs")."""
-
-    # safety demonstrations added per user row: the paper found a few hundred demonstrations,
-    # about 3% of the training set, enough to improve safety markedly
-    share: float = 0.03
 
 
 @dataclass

@@ -48,7 +48,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from antibody.config.schema import Config, LisaConfig
+from antibody.config.baselines import LisaConfig
+from antibody.config.schema import Config
 from antibody.data.streams import TrainStream
 from antibody.methods.losses import sequence_nll
 from antibody.methods.weighted_finetune import WeightedFinetuneModule

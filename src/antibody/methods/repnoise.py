@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from antibody.config.schema import Config, RepNoiseConfig
+from antibody.config.baselines import RepNoiseConfig
+from antibody.config.schema import Config
 from antibody.methods.base import StageModule
 from antibody.methods.losses import IGNORE_INDEX, per_sequence_nll, token_mean_nll
 from antibody.methods.mmd import multi_kernel_mmd

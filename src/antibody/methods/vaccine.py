@@ -33,7 +33,8 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from antibody.config.schema import Config, HookPoint
+from antibody.config.baselines import HookPoint
+from antibody.config.schema import Config
 from antibody.data.streams import LockstepPlan, TrainStream
 from antibody.methods.base import StageModule
 from antibody.methods.losses import token_mean_nll

@@ -15,7 +15,7 @@ import re
 
 from torch import nn
 
-from antibody.config.schema import HookPoint
+from antibody.config.baselines import HookPoint
 from antibody.models.errors import ModelError
 
 # "attn" (self_attn, Gemma/Llama/Qwen2/OPT) or "attention" (self_attention, Falcon)
