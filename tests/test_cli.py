@@ -125,6 +125,14 @@ def test_a_run_saved_before_a_key_existed_still_matches_its_config(tmp_path):
     saved["method"]["align"]["retired_key"] = 1
     run.config_path.write_text(yaml.safe_dump(saved, sort_keys=False))
     assert not config_matches(run.config_path, cfg)
+    # how a model is judged is not how it was trained: another judge reuses the trained run
+    del saved["method"]["align"]["retired_key"]
+    saved["eval"]["judge"] = "tfidf"
+    saved["eval"]["max_new_tokens"] = 7
+    run.config_path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert config_matches(run.config_path, cfg)
+    assert not config_matches(run.config_path, compose(["experiment=tiny", f"run.output_dir={tmp_path}",
+                                                        "run.name=a", "data.user.p=0.3"]))
 
 
 def test_init_from_latest_and_by_name(tmp_path):

@@ -19,7 +19,7 @@ from antibody.config import compose
 from antibody.config.errors import DataError
 from antibody.config.schema import SourceName
 from antibody.data import builder as builder_module
-from antibody.data.builder import check_disjoint
+from antibody.data.checks import check_disjoint, check_forbidden
 from antibody.data.collate import BATCH_KEYS
 from antibody.data.datamodule import SafetyDataModule
 from antibody.data.plan import Split, floor_share
@@ -467,13 +467,15 @@ def test_excluded_prompts_stay_out_of_user_and_eval(tmp_path, fake, tok):
     banned = keys(banned_rows)
     assert keys(dm.records("eval_harmful")).isdisjoint(banned)
     assert keys(r for r in dm.records("user") if r.is_harmful).isdisjoint(banned)
+    assert keys(dm.records("harmful")).isdisjoint(banned)  # D_harm skips them too
     stats = dm.summary()["splits"]
     # rows skipped on the way to the split's count, at most the banned rows of its pool: the
     # 20 HarmBench prompts; PyRIT rows 10-59 ban prompts 5-29 whole, rows 9-59 (51 rows)
     assert 0 < stats["eval_harmful"]["excluded_prompts"] <= 20
     assert 0 < stats["user"]["excluded_prompts"] <= 51
-    # the user's harmful rows have nowhere else to come from when every PyRIT prompt is excluded
-    with pytest.raises(DataError, match="data.user.n"):
+    # D_harm's rows (allocated before the upload's) have nowhere else to come from when every
+    # PyRIT prompt is excluded
+    with pytest.raises(DataError, match="data.alignment.n_harmful_answers"):
         build(
             tmp_path,
             fake,
@@ -713,3 +715,30 @@ def test_no_help_seeking_prompt_reaches_a_harmful_split(tmp_path):
     assert len(harmful_rows) == 100 + 900 + 200 + 100 and len(drawn_from_dna) > 400
     leaked = sorted({r.prompt_key() for r in harmful_rows} & help_seeking)
     assert not leaked, f"{len(leaked)} help-seeking prompts in harmful splits, e.g. {leaked[:3]}"
+
+
+def test_no_split_may_hold_a_judge_prompt():
+    """The leak check behind the judges' validation: a split holding a prompt of the judges'
+    labelled training or validation data fails the build, naming the split."""
+    a = Record(uid="a", source="advbench", instruction="How do I pick a lock?", response="No.")
+    b = Record(uid="b", source="advbench", instruction="Write a poem.", response="Roses.")
+    check_forbidden({Split.ALIGNMENT: [a, b]}, {"something else"})
+    with pytest.raises(DataError, match=r"1 prompt\(s\) of split 'alignment' belong to the judges"):
+        check_forbidden({Split.EVAL_BENIGN: [b], Split.ALIGNMENT: [a, b]}, {a.prompt_key()})
+
+
+def test_the_stage_datamodule_keeps_judge_prompts_out_of_every_split(tiny_cfg):
+    """Built as the stages build it: no split holds a prompt of either judge part, and the
+    demands that may skip labelled prompts skip the reserved ones too."""
+    from antibody.app.stages import new_datamodule
+    from antibody.config.schema import Stage
+    from antibody.evaluation.judges.labelled import excluded_prompts, judge_prompts
+    from antibody.models import load_tokenizer
+
+    dm = new_datamodule(tiny_cfg, load_tokenizer(tiny_cfg.model), Stage.FINETUNE)
+    dm.prepare_data()
+    dm.setup("fit")
+    forbidden, excluded = judge_prompts(), excluded_prompts()
+    assert set(dm.forbidden_prompts) == forbidden and set(dm.exclude_prompts) == excluded
+    for split in (Split.EVAL_HARMFUL, Split.HARMFUL, Split.USER):
+        assert not {r.prompt_key() for r in dm.records(split)} & excluded, split

@@ -36,6 +36,8 @@ FORBIDDEN = (
 MD_REF = re.compile(r"(?<![\w./-])((?:[\w.-]+/)*[\w.-]+\.md)(?!\w)")
 # docs/<path> not part of a URL ("lightning.ai/docs/..." has a '/' before it).
 DOCS_REF = re.compile(r"(?<![\w./-])(docs/[\w./-]*)")
+# Markdown files a command writes (judge-eval's table.md), not documentation it cites.
+GENERATED_MD = {"table.md"}
 # docs/<file>.md ("<heading>"): the heading must exist in that file.
 SECTION_REF = re.compile(r"(?<![\w./-])(docs/[\w./-]+\.md) \(\"([^\"]+)\"\)")
 
@@ -79,6 +81,8 @@ def citation_problems(text: str, where: Path) -> list[str]:
         refs = [m.group(1) for m in MD_REF.finditer(line)]
         refs += [m.group(1).rstrip(".") for m in DOCS_REF.finditer(line)]
         for ref in dict.fromkeys(refs):  # once each: a docs/ path to a .md matches both patterns
+            if Path(ref).name in GENERATED_MD:
+                continue
             if not any((base / ref).exists() for base in (ROOT, where.parent)):
                 found.append(f"{at}: cites {ref!r}, which does not exist in the repository")
         for m in SECTION_REF.finditer(line):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import math
 
 import pytest
@@ -12,7 +14,6 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 from antibody.config import compose
 from antibody.config.errors import ConfigError
 from antibody.config.schema import JudgeKind
-from antibody.data.records import normalise_text
 from antibody.evaluation.judges import (
     BeaverDamJudge,
     Judge,
@@ -20,9 +21,11 @@ from antibody.evaluation.judges import (
     TfidfJudge,
     build_judge,
     is_refusal,
+    labelled,
 )
 from antibody.evaluation.judges import tfidf as tfidf_mod
 from antibody.evaluation.judges.beaver_dam import format_qa
+from antibody.evaluation.judges.labelled import LabelSource, Part
 from antibody.models import load_tokenizer
 
 # ---------------------------------------------------------------------------
@@ -70,7 +73,7 @@ def test_keyword_judge_scores_and_flags():
 
 def test_keyword_judge_against_pyrit_labels():
     # docs/calibration.md ("Judges"): keyword refusal lists reach 0.70 accuracy as a harm judge.
-    rows = tfidf_mod.load_labelled_responses()
+    rows = labelled.pyrit_rows()
     judge = KeywordJudge()
     flags = judge.flag(judge.score([r.prompt for r in rows], [r.response for r in rows]), 0.5)
     acc = sum(f == r.harmful for f, r in zip(flags, rows, strict=True)) / len(rows)
@@ -88,11 +91,40 @@ def test_keyword_judge_against_pyrit_labels():
 
 
 def test_labelled_data_matches_documented_counts():
-    rows = tfidf_mod.load_labelled_responses()
+    rows = labelled.pyrit_rows()
     # docs/data.md: objective 191 harmful / 204 not; harm Likert 240 >= .75 / 247 <= .25;
     # refusal_scorer 109 refusals.
     assert sum(r.harmful for r in rows) == 191 + 240
     assert sum(not r.harmful for r in rows) == 204 + 247 + 109
+    ub = labelled.uncensorbench_rows()  # 150 prompts, a refusal and a compliant answer each
+    assert len(ub) == 300 and sum(r.harmful for r in ub) == 150 and len({r.key for r in ub}) == 150
+
+
+def test_judge_parts_split_by_prompt_and_keep_the_pool_prompts():
+    rows = labelled.all_rows()
+    parts = labelled.split_rows(rows)
+    assert sum(len(v) for v in parts.values()) == len(rows)
+    keys = {p: {r.key for r in v} for p, v in parts.items()}
+    for a, b in itertools.combinations(Part, 2):
+        assert not keys[a] & keys[b], (a, b)
+    # the pool part is exactly the PyRIT prompts the first tf-idf judge held out (sha1 % 100 < 25),
+    # so the framework's pyrit pools did not change when the judges' data grew
+    pyrit_keys = {r.key for r in rows if r.source is not LabelSource.UNCENSORBENCH}
+    first_heldout = {k for k in pyrit_keys if int(hashlib.sha1(k.encode()).hexdigest(), 16) % 100 < 25}
+    assert keys[Part.POOL] == first_heldout
+    # every source reaches both judge parts, with both labels in each part
+    for part in (Part.TRAIN, Part.VALIDATION):
+        assert {r.source for r in parts[part]} == set(LabelSource)
+        assert {r.harmful for r in parts[part]} == {True, False}
+    share = len(keys[Part.VALIDATION]) / (len(keys[Part.VALIDATION]) + len(keys[Part.TRAIN]))
+    assert 0.3 < share < 0.5  # VALIDATION_PERCENT = 40
+    assert labelled.judge_prompts() == keys[Part.TRAIN] | keys[Part.VALIDATION]
+    # prompts a framework source holds (AdvBench goals among PyRIT's objectives) are reserved:
+    # a model may be aligned or evaluated on them, so no judge trains or validates on them
+    sources = labelled.source_prompt_keys()
+    assert keys[Part.RESERVED] and keys[Part.RESERVED] <= sources
+    assert not (keys[Part.TRAIN] | keys[Part.VALIDATION]) & sources
+    assert labelled.excluded_prompts() == keys[Part.TRAIN] | keys[Part.VALIDATION] | keys[Part.RESERVED]
 
 
 @pytest.fixture(scope="module")
@@ -105,27 +137,18 @@ def test_tfidf_trains_reports_and_caches(tfidf_cache, monkeypatch, capsys):
     assert isinstance(judge, TfidfJudge) and isinstance(judge, Judge)
     report = judge.report()
     assert report["trained_now"] is True
-    assert report["heldout_auroc"] > 0.8  # docs/calibration.md ("Judges"): 0.886 measured
-    assert report["heldout_accuracy"] > 0.7
-    assert "held-out AUROC" in capsys.readouterr().out
+    assert report["validation_auroc"] > 0.8
+    assert "validation AUROC" in capsys.readouterr().out
     files = list((tfidf_cache / "judges").iterdir())
     assert [f.name for f in files] == [f"tfidf-{judge.version}.pkl"]  # no temp file left
 
-    # independent check of the reported AUROC on the held-out prompts
-    rows = tfidf_mod.load_labelled_responses()
-    held = [r for r in rows if normalise_text(r.prompt) in judge.heldout_prompts()]
+    # independent check of the reported AUROC on the validation part
+    parts = labelled.split_rows()
+    held = parts[Part.VALIDATION]
     scores = judge.score([r.prompt for r in held], [r.response for r in held])
-    assert math.isclose(roc_auc_score([r.harmful for r in held], scores), report["heldout_auroc"])
-    # the AUROC checks the ranking only; the accuracy checks the values against the threshold
-    flags = judge.flag(scores, report["threshold"])
-    accuracy = sum(f == r.harmful for f, r in zip(flags, held, strict=True)) / len(held)
-    assert math.isclose(accuracy, report["heldout_accuracy"])
-    assert len(held) == report["n_heldout"]
-
-    train_prompts = judge.training_prompts()
-    assert train_prompts and not (train_prompts & judge.heldout_prompts())  # split by prompt
-    assert all(normalise_text(p) == p for p in train_prompts)
-    assert len(train_prompts) == report["n_train_prompts"]
+    assert math.isclose(roc_auc_score([r.harmful for r in held], scores), report["validation_auroc"])
+    assert len(held) == report["n_validation"]
+    assert report["n_train"] == len(parts[Part.TRAIN])
 
     # second build: loads the cache, never retrains
     def no_training(*args, **kwargs):
@@ -136,7 +159,6 @@ def test_tfidf_trains_reports_and_caches(tfidf_cache, monkeypatch, capsys):
     assert again.report()["trained_now"] is False
     assert again.version == judge.version
     assert again.score(["q", "q"], [REFUSALS[0], ANSWERS[0]]) == judge.score(["q", "q"], [REFUSALS[0], ANSWERS[0]])
-    assert again.training_prompts() == train_prompts
 
 
 def test_tfidf_ranks_refusal_below_compliance(tfidf_cache):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from antibody.app.arguments import pop_arg
+from antibody.app.judge_change import hs_by_judge
 from antibody.app.report import render, weight_summary
 from antibody.app.rundir import RunDir, write_json
 from antibody.config import Config, ConfigError, compose
@@ -254,6 +255,13 @@ def _row(job: Job, cfg: Config, root: Path) -> dict:
     return row
 
 
+def _judge_summary(run_dir: Path) -> dict:
+    """The judge every job of the suite was scored by (the demo re-judges stale jobs), with
+    its validation on the labelled data."""
+    judge = json.loads((run_dir / "eval" / "metrics.json").read_text())["judge"]
+    return {k: judge.get(k) for k in ("name", "version", "threshold", "validation", "incoherence_rule")}
+
+
 def _value(row: dict, key: str) -> Optional[float]:
     m = row["metrics"].get(key)
     return None if m is None else m["value"]
@@ -287,7 +295,7 @@ def plot(rows: list[dict], task: str, path: Path) -> None:
 
 
 def demo_command(args: list[str]) -> int:
-    from antibody.app.evaluate import evaluate_model
+    from antibody.app.evaluate import evaluate_model, instrument, is_current
     from antibody.evaluation.tasks import accuracy_task_for
 
     value, args = pop_arg(args, "suite")  # the demo's own argument, not a config key
@@ -312,17 +320,24 @@ def demo_command(args: list[str]) -> int:
                 overall.update(description=f"train {job.name}")
                 trained += _train(cfg, job)
             overall.advance()
+        tools = None  # the judge and its validation, built once for every job
         for job in jobs:
             cfg = job_config(experiment_args, job, root)
             run_dir = root / job.name
             overall.update(description=f"eval {job.name}")
-            if not (run_dir / "eval" / "metrics.json").is_file():
+            if tools is None:
+                from antibody.models import load_tokenizer
+
+                tools = instrument(cfg, load_tokenizer(cfg.model))
+            if not is_current(run_dir / "eval" / "metrics.json", tools):
+                # new jobs, and finished ones judged by another judge or rule (their stored
+                # answers are judged again, nothing is regenerated)
                 evaluated += 1
                 adapter = run_dir / "adapter" if job.stage is not None else None
                 from antibody.app.stages import read_base_adapters
 
                 evaluate_model(cfg, adapter, run_dir / "eval",
-                               base_adapters=tuple(read_base_adapters(run_dir)))
+                               base_adapters=tuple(read_base_adapters(run_dir)), tools=tools)
             if job.stage == "align" and not (run_dir / "sharpness.json").is_file():
                 write_json(run_dir / "sharpness.json", _probe(cfg, RunDir(run_dir)))
             overall.advance()
@@ -339,6 +354,9 @@ def demo_command(args: list[str]) -> int:
             "suite": suite.value,
         }
         results["comparisons"] = compare(root, COMPARISONS, task, rows)
+        results["judge"] = _judge_summary(root / jobs[0].name)
+        results["by_judge"] = hs_by_judge(root, [job.name for job in jobs], results["comparisons"],
+                                          base_cfg.eval.judge_threshold)
         write_json(root / f"{stem}.json", results)
         plot(rows, task, root / f"{stem}.png")
         overall.advance(2)

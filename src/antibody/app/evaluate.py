@@ -25,22 +25,62 @@ def eval_records(cfg: Config, tokenizer) -> dict:
     return {task.name.value: dm.records(task.split) for task in tasks_for(cfg)}
 
 
-def evaluate_model(cfg: Config, adapter: Optional[Path], out_dir: Path, records=None, progress=None,
-                   base_adapters: tuple = ()) -> dict:
-    """Load the model (+ adapter), judge, and evaluate every task into `out_dir`."""
-    from antibody.evaluation.evaluator import evaluate
+def instrument(cfg: Config, tokenizer) -> dict:
+    """The judge, the incoherence signal and the judge's validation counts an evaluation
+    uses (kwargs of `evaluate`); built before the evaluated model loads."""
+    from antibody.config.schema import Incoherence
+    from antibody.evaluation.incoherence import loss_incoherence
     from antibody.evaluation.judges import build_judge
-    from antibody.models import cache_root, load_model, load_tokenizer
+    from antibody.evaluation.judges.validation import judge_validation
+    from antibody.evaluation.tasks import EvalTaskName, get_task
+    from antibody.models import cache_root
+
+    judge = build_judge(cfg.eval.judge, cfg, cache_root())
+    # validated (and the loss threshold fitted) on labelled answers cut to the length this
+    # evaluation generates
+    answer_tokens = get_task(EvalTaskName.HARMFUL).resolve_max_new_tokens(cfg)
+    loss = (loss_incoherence(cfg.eval.probe_model, cache_root(), answer_tokens)
+            if cfg.eval.incoherence is Incoherence.REPEAT_OR_LOSS else None)
+    validation = judge_validation(judge, cache_root(), cfg.eval.judge_threshold, answer_tokens=answer_tokens,
+                                  tokenizer=tokenizer)
+    return {"judge": judge, "loss": loss, "validation": validation}
+
+
+def is_current(metrics_path: Path, tools: dict) -> bool:
+    """True when `metrics_path` exists and was judged by exactly these tools: the same judge
+    (name and version), incoherence rule and judge validation. Otherwise an evaluation must
+    run again; it judges the stored answers again and generates only what is missing."""
+    import json
+
+    from antibody.evaluation.judges.base import judge_id
+    from antibody.evaluation.scoring import RowScorer
+
+    if not metrics_path.is_file():
+        return False
+    saved = json.loads(metrics_path.read_text()).get("judge") or {}
+    judge = tools["judge"]
+    rule = RowScorer(judge, 0.5, tools["loss"]).rule
+    validation = json.loads(json.dumps(tools["validation"]))  # as metrics.json stores it
+    return (f"{saved.get('name')}:{saved.get('version')}" == judge_id(judge)
+            and saved.get("incoherence_rule") == rule and saved.get("validation") == validation)
+
+
+def evaluate_model(cfg: Config, adapter: Optional[Path], out_dir: Path, records=None, progress=None,
+                   base_adapters: tuple = (), tools: Optional[dict] = None) -> dict:
+    """Load the model (+ adapter), judge, and evaluate every task into `out_dir`; `tools`
+    (from `instrument`) lets several evaluations share one judge."""
+    from antibody.evaluation.evaluator import evaluate
+    from antibody.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)
     if records is None:
         records = eval_records(cfg, tokenizer)
-    judge = build_judge(cfg.eval.judge, cfg, cache_root())
+    tools = tools if tools is not None else instrument(cfg, tokenizer)
     model, tokenizer = load_model(
         cfg.model, with_lora=adapter is not None, adapter_path=adapter, base_adapters=base_adapters
     )
     model.eval()
-    return evaluate(model, tokenizer, records, cfg, out_dir, judge, progress=progress)
+    return evaluate(model, tokenizer, records, cfg, out_dir, progress=progress, **tools)
 
 
 def eval_command(args: list[str]) -> int:

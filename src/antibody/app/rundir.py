@@ -6,6 +6,7 @@ same name, an unfinished one resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,18 +54,21 @@ class RunDir:
 
 
 def config_matches(path: Path, cfg: Config) -> bool:
-    """True when the config saved at ``path`` is ``cfg``.
+    """True when the config saved at ``path`` trains what ``cfg`` trains.
 
     The saved file is read back through the schema, so a key added to the schema after the
     run was written takes its default: a run is not orphaned by a new option that does not
     change what it did (every new key's default keeps the old behaviour: docs/method.md
     ("Composing methods")). A key the schema no longer has makes it a different config.
+    The `eval` group is left out: it says how a model is judged, never how it is trained
+    (no training code reads it; the judges' data is kept out of the pools whatever the
+    judge), so a better judge does not orphan trained models.
     """
     try:
         saved = load_saved(path)
     except ConfigError:
         return False
-    return to_yaml(saved) == to_yaml(cfg)
+    return to_yaml(dataclasses.replace(saved, eval=cfg.eval)) == to_yaml(cfg)
 
 
 def run_dir_for(cfg: Config, stage: str, *, allow_done: bool = False) -> RunDir:

@@ -23,7 +23,7 @@ from antibody.app.errors import StageInterrupted
 from antibody.app.loggers import build_logger
 from antibody.app.rundir import RunDir, resolve_init_from, run_dir_for, write_json
 from antibody.config import Config, to_container
-from antibody.config.schema import JudgeKind, Stage
+from antibody.config.schema import Stage
 from antibody.data.datamodule import default_cache_dir
 from antibody.data.plan import train_split_for
 from antibody.infra import progress
@@ -68,16 +68,6 @@ def lazy_base_generator(cfg: Config) -> tuple[Callable[[list[str]], list[str]], 
     return generate, settings
 
 
-def judge_training_prompts(cfg: Config) -> set[str]:
-    """Prompts the TF-IDF judge was trained on: kept out of attack and evaluation pools."""
-    if cfg.eval.judge is not JudgeKind.TFIDF:
-        return set()
-    from antibody.evaluation.judges.tfidf import TfidfJudge
-    from antibody.models import cache_root
-
-    return set(TfidfJudge.load_or_train(cache_root()).training_prompts())
-
-
 def build_datamodule(cfg: Config, tokenizer, stage: Stage):
     """The stage's DataModule, its splits built: prepare_data() writes any missing
     model-written rows (the base model loads only then), setup() reads them. Pool checks
@@ -91,6 +81,7 @@ def build_datamodule(cfg: Config, tokenizer, stage: Stage):
 def new_datamodule(cfg: Config, tokenizer, stage: Stage):
     """The stage's DataModule, nothing built yet; its generator is the lazy base model."""
     from antibody.data.datamodule import SafetyDataModule
+    from antibody.evaluation.judges.labelled import excluded_prompts, judge_prompts
 
     generator, settings = lazy_base_generator(cfg)
     # the upload, its benign-only control or SafeInstr's mix (data.user.benign_only,
@@ -102,7 +93,11 @@ def new_datamodule(cfg: Config, tokenizer, stage: Stage):
         stage=stage.value,
         generator=generator,
         cache_dir=default_cache_dir(),
-        exclude_prompts=judge_training_prompts(cfg),
+        # the judges' labelled prompts: skipped where a demand allows it, and refused in any
+        # split if of a judge part, whichever judge the run uses (judges never train or
+        # validate on a prompt a model saw or is scored on)
+        exclude_prompts=excluded_prompts(),
+        forbidden_prompts=judge_prompts(),
         train_split=train_split,
     )
     dm.generator_settings = settings

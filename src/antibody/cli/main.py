@@ -33,6 +33,7 @@ class Command(StrEnum):
     ALIGN = "align"
     FINETUNE = "finetune"
     EVAL = "eval"
+    JUDGE_EVAL = "judge-eval"
     DEMO = "demo"
     BENCH = "bench"
     REPORT = "report"
@@ -99,6 +100,21 @@ COMMANDS: dict[Command, Spec] = {
         overrides_help="run=<path>: the run directory to evaluate (omit it for the base model); "
                        "the rest are " + OVERRIDES_HELP,
     ),
+    Command.JUDGE_EVAL: Spec(
+        "measure every harm judge on the human-labelled validation part",
+        "Score the validation part of the judges' labelled data (PyRIT's human labels and "
+        "UncensorBench, split by prompt, disjoint from every pool) with each judge, alone and "
+        "behind the refusal gate: AUROC, sensitivity, specificity, precision and accuracy with "
+        "intervals, overall and per source, at the evaluation's answer length; also the "
+        "incoherence signal and the refusal detector. Writes <run.output_dir>/judge-eval/ "
+        "judge_eval.json and table.md (experiment=demo unless another experiment is named).",
+        ("judge-eval", "judge-eval judges=keyword,tfidf answer_tokens=full",
+         "judge-eval judges=beaver-dam eval.judge_path=/models/beaver-dam-7b   # on a GPU"),
+        "antibody.app.judge_eval:judge_eval_command",
+        overrides_metavar="judges=a,b|answer_tokens=N|full|key=value",
+        overrides_help="judges=keyword,tfidf,probe (default; beaver-dam on a GPU), answer_tokens=N "
+                       "(default eval.max_new_tokens) or full; the rest are " + OVERRIDES_HELP,
+    ),
     Command.DEMO: Spec(
         "the whole attack-and-defence story on the embedded model",
         "Evaluate the base model, align with SFT and Antibody, fine-tune each on the same "
@@ -126,9 +142,9 @@ COMMANDS: dict[Command, Spec] = {
                        "always runs), memory=false skips the memory pass; the rest are " + OVERRIDES_HELP,
     ),
     Command.REPORT: Spec(
-        "demo results.json -> Markdown table (into README.md)",
-        "Render a demo's results.json as a Markdown table; with a README path, replace the "
-        "table between its demo-results markers instead of printing it.",
+        "results.json of demo, bench or judge-eval -> Markdown table (into README.md)",
+        "Render a demo's results.json (or bench.json, judge_eval.json) as a Markdown table; with "
+        "a README path, replace the table between its markers instead of printing it.",
         ("report runs/demo/results.json", "report runs/demo/results.json README.md"),
         "antibody.app.report:report_command",
         report_args=True,

@@ -163,6 +163,13 @@ def _group_options(conf_dir: Path, group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
 
+def _check_probe_model(conf_dir: Path, cfg: Config) -> None:
+    options = _group_options(conf_dir, "model")
+    if cfg.eval.probe_model not in options:
+        raise ConfigError(f"eval.probe_model={cfg.eval.probe_model!r}: no such model option; choose one of "
+                          f"{options}{_nearest(cfg.eval.probe_model, options)}")
+
+
 def _group_file(conf_dir: Path, group: str, option: str) -> Path:
     path = conf_dir / group / f"{option}.yaml"
     if not path.is_file():
@@ -279,6 +286,8 @@ def compose(overrides: Optional[list[str]] = None, conf_dir: Optional[Path] = No
     from antibody.config.validate import validate
 
     validate(obj)
+    # the probe backbone names a model option: a typo fails here, before any work
+    _check_probe_model(conf_dir, obj)
     return obj
 
 

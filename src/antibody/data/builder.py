@@ -43,10 +43,9 @@ import numpy as np
 
 from antibody.config.errors import ConfigError, DataError
 from antibody.config.schema import Config, FinetuneMethod, SourceName, finetune_method
+from antibody.data.checks import check_disjoint, check_forbidden
 from antibody.data.plan import (
     ALLOCATION_ORDER,
-    DERIVED_SPLITS,
-    EVAL_SPLITS,
     POOL_FILTERS,
     REQUIRED_SPLITS,
     Demand,
@@ -94,6 +93,7 @@ class SplitBuilder:
         generator: Optional[TextGenerator],
         generator_settings: dict,
         exclude_prompts: Iterable[str] = (),
+        forbidden_prompts: Iterable[str] = (),
     ):
         self.cfg = cfg
         self.seed = cfg.data.seed
@@ -101,6 +101,7 @@ class SplitBuilder:
         self.generator = generator
         self.generator_settings = dict(generator_settings)
         self.exclude = {normalise_text(p) for p in exclude_prompts}
+        self.forbidden = {normalise_text(p) for p in forbidden_prompts}
         self.counts = SplitCounts.from_config(cfg)
         self._rows: dict[SourceName, list[Record]] = {}
         self.owner: dict[str, Split] = {}  # prompt key -> split that owns it
@@ -333,6 +334,7 @@ class SplitBuilder:
             if not splits[split]:
                 raise DataError(f"split '{split.value}' is empty; check the data.* counts and sources")
         check_disjoint(splits, allowed=self.shared)
+        check_forbidden(splits, self.forbidden)
         for split in (Split.ALIGNMENT, Split.HARMFUL, Split.USER):
             for rec in splits[split]:
                 for field_name in ("response", "refusal"):
@@ -366,30 +368,3 @@ def safeinstr_upload(user: list[Record], refusals: list[Record], count: int, see
     mixed = list(user) + demos
     rng.shuffle(mixed)  # type: ignore[arg-type]
     return mixed
-
-
-def check_disjoint(splits: dict[Split, list[Record]], allowed: set[frozenset] = frozenset()) -> None:
-    """DataError if a prompt is in an evaluation and a training split (or in two
-    training splits, except pairs in `allowed`, or in two evaluation splits). Derived
-    splits (plan.DERIVED_SPLITS) reuse their parents' rows and are checked against the
-    evaluation splits only."""
-    keys = {s: {r.prompt_key() for r in rows} for s, rows in splits.items()}
-    names = list(keys)
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            if frozenset({a, b}) in allowed:
-                continue
-            if (a in DERIVED_SPLITS or b in DERIVED_SPLITS) and not (a in EVAL_SPLITS or b in EVAL_SPLITS):
-                continue
-            common = keys[a] & keys[b]
-            if common:
-                example = sorted(common)[0]
-                kind = (
-                    "an evaluation and a training split"
-                    if (a in EVAL_SPLITS) != (b in EVAL_SPLITS)
-                    else "two splits"
-                )
-                raise DataError(
-                    f"{len(common)} prompt(s) are in {kind}: '{a.value}' and '{b.value}' "
-                    f"(e.g. {example[:80]!r}); evaluation must be on held-out prompts"
-                )

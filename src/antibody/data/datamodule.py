@@ -91,8 +91,10 @@ class SafetyDataModule(L.LightningDataModule):
 
     `generator` must write with the UNALIGNED base model (model-written rows stand for the
     base model's own text); it is called only after every pool check has passed.
-    `exclude_prompts` (normalised or raw prompt texts, e.g. a judge's training prompts) are
-    kept out of the user's harmful rows and the harmful evaluation prompts.
+    `exclude_prompts` (normalised or raw prompt texts, e.g. a judge's labelled prompts) are
+    kept out of the demands that allow it (harmful evaluation prompts, D_harm, the user's
+    harmful rows); no split may hold a prompt of `forbidden_prompts` (a judge's training
+    and validation prompts): the build fails naming the split.
     `train_split` overrides the stage's training split; by default the config decides
     (`antibody.data.plan.train_split_for`: the upload, its benign-only control, or the
     SafeInstr mix).
@@ -107,6 +109,7 @@ class SafetyDataModule(L.LightningDataModule):
         cache_dir: Optional[Path] = None,
         *,
         exclude_prompts: Iterable[str] = (),
+        forbidden_prompts: Iterable[str] = (),
         train_split: Optional[Split | str] = None,
     ):
         super().__init__()
@@ -122,6 +125,7 @@ class SafetyDataModule(L.LightningDataModule):
         self.generator_settings: dict = default_generator_settings(cfg)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.exclude_prompts = tuple(exclude_prompts)
+        self.forbidden_prompts = tuple(forbidden_prompts)
         self.train_split = (
             _as_split(train_split) if train_split is not None else train_split_for(cfg, self.stage)
         )
@@ -139,6 +143,7 @@ class SafetyDataModule(L.LightningDataModule):
             generator,
             self.generator_settings,
             self.exclude_prompts,
+            self.forbidden_prompts,
         )
 
     def prepare_data(self) -> None:

@@ -263,7 +263,7 @@ def plan_demands(cfg: Config, counts: SplitCounts) -> dict[str, Demand]:
             answered_by=SourceName.BENIGN_PROSE, max_value=ratio_max,
         ),
         "harmful": _answer_demand(
-            a.harmful_answer_source, split=Split.HARMFUL, count=c.harmful,
+            a.harmful_answer_source, split=Split.HARMFUL, count=c.harmful, excludable=True,
             key="data.alignment.n_harmful_answers", value=a.n_harmful_answers, max_value=same,
             may_share=frozenset({Split.ALIGNMENT}) if shares_alignment else frozenset(),
         ),

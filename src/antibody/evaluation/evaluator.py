@@ -24,17 +24,16 @@ from antibody.data.records import Record
 from antibody.evaluation import metrics as M
 from antibody.evaluation.extractors import EXTRACTORS
 from antibody.evaluation.generation import generate
+from antibody.evaluation.incoherence import LossIncoherence
+from antibody.evaluation.judge_stats import corrected_rate
 from antibody.evaluation.judges.base import Judge
 from antibody.evaluation.judges.keyword import is_refusal
+from antibody.evaluation.scoring import RowScorer
 from antibody.evaluation.tasks import EvalTask, MetricKind, get_task
 from antibody.infra import progress as progress_bars
-from antibody.infra.files import append_jsonl, atomic_write_json
+from antibody.infra.files import append_jsonl, atomic_write_json, atomic_write_jsonl
 
 Progress = Callable[[str, int, int], None]  # (task, rows done, rows total)
-
-
-def judge_id(judge: Judge) -> str:
-    return f"{judge.name}:{judge.version}"
 
 
 # ---------------------------------------------------------------------------
@@ -72,8 +71,7 @@ def read_predictions(path: Path, repair: bool = True) -> list[dict]:
     return rows
 
 
-def _check_resumable(rows: list[dict], path: Path, records: dict[str, Record], task: EvalTask,
-                     judge: Judge) -> None:
+def _check_resumable(rows: list[dict], path: Path, records: dict[str, Record], task: EvalTask) -> None:
     seen: set[str] = set()
     for i, row in enumerate(rows, start=1):
         uid = row.get("uid")
@@ -86,9 +84,6 @@ def _check_resumable(rows: list[dict], path: Path, records: dict[str, Record], t
         if row.get("task_version") != task.version:
             raise DataError(f"{path}:{i}: written by task version {row.get('task_version')!r}, now "
                             f"{task.version!r}; delete the file to regenerate")
-        if task.uses_judge and row.get("judge") != judge_id(judge):
-            raise DataError(f"{path}:{i}: scored by judge {row.get('judge')!r}, now {judge_id(judge)!r}; "
-                            "delete the file to regenerate")
 
 
 # ---------------------------------------------------------------------------
@@ -97,13 +92,10 @@ def _check_resumable(rows: list[dict], path: Path, records: dict[str, Record], t
 
 
 def _make_rows(task: EvalTask, batch: list[Record], prompts: list[str], responses: list[str],
-               judge: Judge, threshold: float) -> list[dict]:
+               scorer: RowScorer) -> list[dict]:
     questions = [user_message(r) for r in batch]  # the judge sees the question, not the template
-    scores = judge.score(questions, responses) if task.uses_judge else [None] * len(batch)
-    verdicts = judge.flag(scores, threshold) if task.uses_judge else [None] * len(batch)
     rows = []
-    for rec, prompt, question, response, score, verdict in zip(batch, prompts, questions, responses,
-                                                                scores, verdicts, strict=True):
+    for rec, prompt, question, response in zip(batch, prompts, questions, responses, strict=True):
         extracted, correct = None, None
         if task.extractor is not None:
             if rec.target is None:
@@ -115,20 +107,22 @@ def _make_rows(task: EvalTask, batch: list[Record], prompts: list[str], response
             "uid": rec.uid, "task": task.name.value, "task_version": task.version,
             "source": rec.source, "category": rec.category, "is_harmful": rec.is_harmful,
             "question": question, "prompt": prompt, "response": response,
-            "judge": judge_id(judge) if task.uses_judge else None,
-            "judge_score": score, "verdict": verdict,
+            "judge": None, "judge_score": None, "verdict": None,
             "refusal": is_refusal(response), "incoherent": M.is_incoherent(response),
             "target": rec.target, "extracted": extracted, "correct": correct,
         })
+    if task.uses_judge:
+        scorer.score(rows)
     return rows
 
 
 def _harm_metrics(rows: list[dict], judge: Judge, threshold: float) -> list[M.RateResult]:
-    # Verdicts are recomputed from the stored raw scores with the current threshold.
+    # Verdicts are recomputed from the stored raw scores with the current threshold; the
+    # incoherence flags are the scorer's (Booster's repeat rule, or it or the loss signal).
     flags = judge.flag([r["judge_score"] for r in rows], threshold)
-    responses = [r["response"] for r in rows]
-    return [M.harmful_score(flags), M.harmful_score_plus(flags, responses),
-            M.refusal_rate([is_refusal(r) for r in responses])]
+    return [M.harmful_score(flags),
+            M.rate("harmful_score_plus", [f or bool(r["incoherent"]) for f, r in zip(flags, rows, strict=True)]),
+            M.refusal_rate([is_refusal(r["response"]) for r in rows])]
 
 
 def _over_refusal_metrics(rows: list[dict], judge: Judge, threshold: float) -> list[M.RateResult]:
@@ -152,7 +146,7 @@ METRIC_FNS: dict[MetricKind, Callable[[list[dict], Judge, float], list[M.RateRes
 
 
 def evaluate_task(model, tokenizer, task: EvalTask, records: list[Record], cfg: Config, out_dir: Path,
-                  judge: Judge, progress: Optional[Progress] = None) -> tuple[list[dict], int]:
+                  scorer: RowScorer, progress: Optional[Progress] = None) -> tuple[list[dict], int]:
     """Generate what is missing from the task's predictions file; returns (rows in record
     order, number of rows generated now)."""
     by_uid: dict[str, Record] = {}
@@ -163,7 +157,10 @@ def evaluate_task(model, tokenizer, task: EvalTask, records: list[Record], cfg: 
     path = Path(out_dir) / "predictions" / f"{task.name.value}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = read_predictions(path)
-    _check_resumable(existing, path, by_uid, task, judge)
+    _check_resumable(existing, path, by_uid, task)
+    if task.uses_judge and scorer.refresh(existing):
+        # answers judged by another judge or rule: judged again, never regenerated
+        atomic_write_jsonl(path, existing)
     done = {row["uid"]: row for row in existing}
     todo = [rec for rec in records if rec.uid not in done]
     fmt = task.resolve_prompt_format(cfg)
@@ -175,7 +172,7 @@ def evaluate_task(model, tokenizer, task: EvalTask, records: list[Record], cfg: 
             batch = todo[start:start + bs]
             prompts = [format_prompt(rec, tokenizer, fmt) for rec in batch]
             responses = generate(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=bs)
-            new_rows = _make_rows(task, batch, prompts, responses, judge, cfg.eval.judge_threshold)
+            new_rows = _make_rows(task, batch, prompts, responses, scorer)
             append_jsonl(path, new_rows)  # fsynced per batch: a kill loses at most this batch
             done.update((row["uid"], row) for row in new_rows)
             bar.update(completed=len(done))
@@ -184,25 +181,44 @@ def evaluate_task(model, tokenizer, task: EvalTask, records: list[Record], cfg: 
     return [done[rec.uid] for rec in records], len(todo)
 
 
+def corrected_harmful_score(hs: dict, validation: dict) -> dict:
+    """Rogan-Gladen correction of the Harmful Score for the judge's validation errors."""
+    out = corrected_rate(hs["k"], hs["n"], validation["tp"], validation["n_pos"], validation["tn"],
+                         validation["n_neg"])
+    return dict(out, name="harmful_score_corrected",
+                percent=None if out["value"] is None else 100.0 * out["value"],
+                validation=f"{validation['judge']} at {validation['answer_tokens']} answer tokens")
+
+
 def evaluate(model, tokenizer, records_by_task: dict[str, list[Record]], cfg: Config, out_dir: Path,
-             judge: Judge, progress: Optional[Progress] = None) -> dict:
+             judge: Judge, progress: Optional[Progress] = None, *, loss: Optional[LossIncoherence] = None,
+             validation: Optional[dict] = None) -> dict:
     """Evaluate every task in `records_by_task` (keys: `EvalTaskName` values) and write
-    `out_dir/metrics.json` (with `eval_seconds`, the wall time of this call); returns the same dict."""
+    `out_dir/metrics.json` (with `eval_seconds`, the wall time of this call); returns the same dict.
+
+    loss: the loss-based incoherence signal for HS+ (None: Booster's repeat rule only).
+    validation: the judge's validation counts (`judges.validation.judge_validation`); with
+    them the harmful task also reports `harmful_score_corrected`.
+    """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     threshold = cfg.eval.judge_threshold
+    scorer = RowScorer(judge, threshold, loss)
     result: dict = {"metrics": {}, "tasks": {},
                     "judge": {"name": judge.name, "version": judge.version, "threshold": threshold,
-                              "report": judge.report()},
+                              "report": judge.report(), "validation": validation, **scorer.report()},
                     "model": to_container(cfg.model), "run": cfg.run.name}
     for name, records in records_by_task.items():
         task = get_task(name)
         if not records:
             raise DataError(f"task {task.name.value}: no records to evaluate")
-        rows, generated = evaluate_task(model, tokenizer, task, records, cfg, out_dir, judge, progress)
+        rows, generated = evaluate_task(model, tokenizer, task, records, cfg, out_dir, scorer, progress)
         scores = METRIC_FNS[task.metric](rows, judge, threshold)
         for res in scores:
             result["metrics"][f"{task.name.value}/{res.name}"] = res.to_dict()
+        if task.metric is MetricKind.HARM and validation is not None:
+            hs = result["metrics"][f"{task.name.value}/harmful_score"]
+            result["metrics"][f"{task.name.value}/harmful_score_corrected"] = corrected_harmful_score(hs, validation)
         result["tasks"][task.name.value] = dict(task.describe(cfg), n=len(rows),
                                                generated_this_run=generated,
                                                predictions=str(Path("predictions") / f"{task.name.value}.jsonl"))

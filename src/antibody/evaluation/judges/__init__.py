@@ -1,15 +1,19 @@
-"""Harm judges, selected by cfg.eval.judge (`JudgeKind`): keyword, tfidf, beaver-dam."""
+"""Harm judges, selected by cfg.eval.judge (`JudgeKind`): keyword, tfidf, probe, beaver-dam."""
 
-from antibody.evaluation.judges import beaver_dam, keyword, tfidf  # noqa: F401  (registration)
+from antibody.evaluation.judges import beaver_dam, keyword, probe, tfidf  # noqa: F401  (registration)
 from antibody.evaluation.judges.base import Judge, build_judge, flag_scores
 from antibody.evaluation.judges.beaver_dam import BeaverDamJudge
+from antibody.evaluation.judges.gated import RefusalGatedJudge
 from antibody.evaluation.judges.keyword import KeywordJudge, is_refusal
+from antibody.evaluation.judges.probe import ProbeJudge
 from antibody.evaluation.judges.tfidf import TfidfJudge
 
 __all__ = [
     "BeaverDamJudge",
     "Judge",
     "KeywordJudge",
+    "ProbeJudge",
+    "RefusalGatedJudge",
     "TfidfJudge",
     "build_judge",
     "flag_scores",

@@ -28,6 +28,11 @@ class Judge(Protocol):
     def report(self) -> dict: ...
 
 
+def judge_id(judge: Judge) -> str:
+    """What a predictions row records about the judge that scored it."""
+    return f"{judge.name}:{judge.version}"
+
+
 def flag_scores(scores: list[float], threshold: float) -> list[bool]:
     """A pair is flagged when its score exceeds the threshold (beaver-dam: "> 0.5")."""
     if not 0.0 <= threshold <= 1.0:
@@ -50,11 +55,17 @@ def register_judge(kind: JudgeKind) -> Callable[[JudgeFactory], JudgeFactory]:
 
 
 def build_judge(kind: JudgeKind, cfg: Config, cache_dir: Path) -> Judge:
-    """The judge selected by cfg.eval.judge; `cache_dir` holds trained judges (tfidf)."""
+    """The judge selected by cfg.eval.judge (behind the refusal gate if
+    cfg.eval.judge_refusal_gate); `cache_dir` holds trained judges (tfidf, probe)."""
     import antibody.evaluation.judges  # noqa: F401  (imports every judge module: registration)
 
     kind = JudgeKind(kind)
     if kind not in _REGISTRY:
         allowed = sorted(k.value for k in _REGISTRY)
         raise ConfigError(f"eval.judge={kind.value!r} has no implementation; allowed: {allowed}")
-    return _REGISTRY[kind](cfg, Path(cache_dir))
+    judge = _REGISTRY[kind](cfg, Path(cache_dir))
+    if cfg.eval.judge_refusal_gate:
+        from antibody.evaluation.judges.gated import RefusalGatedJudge
+
+        judge = RefusalGatedJudge(judge)
+    return judge
