@@ -52,20 +52,3 @@ def register_judge(kind: JudgeKind) -> Callable[[JudgeFactory], JudgeFactory]:
         return factory
 
     return decorate
-
-
-def build_judge(kind: JudgeKind, cfg: Config, cache_dir: Path) -> Judge:
-    """The judge selected by cfg.eval.judge (behind the refusal gate if
-    cfg.eval.judge_refusal_gate); `cache_dir` holds trained judges (tfidf, probe)."""
-    import antibody.evaluation.judges  # noqa: F401  (imports every judge module: registration)
-
-    kind = JudgeKind(kind)
-    if kind not in _REGISTRY:
-        allowed = sorted(k.value for k in _REGISTRY)
-        raise ConfigError(f"eval.judge={kind.value!r} has no implementation; allowed: {allowed}")
-    judge = _REGISTRY[kind](cfg, Path(cache_dir))
-    if cfg.eval.judge_refusal_gate:
-        from antibody.evaluation.judges.gated import RefusalGatedJudge
-
-        judge = RefusalGatedJudge(judge)
-    return judge
