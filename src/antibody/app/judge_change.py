@@ -9,6 +9,7 @@ McNemar p-value under each judge. Only judges that scored every job's answers ar
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from antibody.config.errors import DataError
@@ -55,8 +56,11 @@ def hs_by_judge(root: Path, jobs: list[str], comparisons: list[dict], threshold:
 
 
 def short(judge: str) -> str:
-    """`probe:probe-v1-...` -> `probe`; `tfidf+refusal-gate:lr-v2-...` -> `tfidf+refusal-gate`."""
-    return judge.split(":", 1)[0]
+    """`probe:probe-v1-smollm2-...-33f6` -> `probe probe-v1`; `tfidf:lr-v1-82d4` -> `tfidf lr-v1`
+    (the judge and its code version, without the data digest)."""
+    name, _, version = judge.partition(":")
+    m = re.match(r"^(.*?-v\d+)", version)
+    return f"{name} {m.group(1)}" if m else name
 
 
 def judge_change_table(by_judge: dict) -> str:

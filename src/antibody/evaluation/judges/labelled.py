@@ -197,9 +197,14 @@ def part_of(key: str, pool: set[str]) -> Part:
     return Part.VALIDATION if _bucket(f"judge-validation:{key}") < VALIDATION_PERCENT else Part.TRAIN
 
 
+@functools.lru_cache(maxsize=1)
+def _package_rows() -> tuple[LabelledResponse, ...]:
+    return tuple(all_rows())  # read once per process: every DataModule build asks for the parts
+
+
 def split_rows(rows: Optional[list[LabelledResponse]] = None) -> dict[Part, list[LabelledResponse]]:
-    """Rows by part, each part in reading order."""
-    rows = all_rows() if rows is None else rows
+    """Rows by part, each part in reading order (the packages' rows unless `rows` is given)."""
+    rows = list(_package_rows()) if rows is None else rows
     pool = pool_prompts(rows)
     out: dict[Part, list[LabelledResponse]] = {p: [] for p in Part}
     for r in rows:
