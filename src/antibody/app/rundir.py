@@ -115,3 +115,13 @@ def resolve_init_from(value: str, output_dir: str, stage: str = "align") -> Path
     raise ConfigError(
         f"run.init_from={value!r}: no run with an adapter at {value} or {root / value}"
     )
+
+
+def write_results(folder: Path, name: str, results: dict, table: str) -> None:
+    """A command's results file and its Markdown table side by side (`table.md`), the table
+    also printed: what `study` and `judge-eval` leave behind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / name, results)
+    (folder / "table.md").write_text(table + "\n")
+    print(table)
+    print(f"[antibody] wrote {folder / name} and {folder / 'table.md'}")

@@ -37,6 +37,8 @@ class Command(StrEnum):
     DEMO = "demo"
     BENCH = "bench"
     REPORT = "report"
+    STUDY = "study"
+    TRIAL = "trial"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Spec:
     overrides_metavar: str = "key=value"
     overrides_help: str = OVERRIDES_HELP
     report_args: bool = False  # `report` takes file paths, not overrides
+    raw_args: bool = False  # the command parses its own arguments (`study`)
 
 
 COMMANDS: dict[Command, Spec] = {
@@ -149,6 +152,28 @@ COMMANDS: dict[Command, Spec] = {
         "antibody.app.report:report_command",
         report_args=True,
     ),
+    Command.STUDY: Spec(
+        "a study file: method rows x axes x seeds, aligned, fine-tuned, evaluated -> runs/<name>/",
+        "Run every cell of a study file (conf/study/<name>.yaml): alignment jobs shared between "
+        "cells with the same alignment config (keyed by its hash), fine-tuning jobs, one "
+        "evaluation per model; finished jobs are reused and killed ones resume. Writes "
+        "runs/<name>/results.json and table.md (mean ± std over seeds, paired differences to the "
+        "reference row). --dry-run lists the jobs, their state and estimated time; --only "
+        "runs a subset (row=..., seed=..., an axis by its full or last name).",
+        ("study conf/study/tiny.yaml --dry-run", "study conf/study/tiny.yaml --only row=sft,seed=1"),
+        "antibody.app.study:study_command",
+        raw_args=True,
+    ),
+    Command.TRIAL: Spec(
+        "one study cell from overrides (a W&B sweep agent's command): align, fine-tune, evaluate, log",
+        "Align (reusing a finished alignment with the same alignment config), fine-tune and "
+        "evaluate the composed config in a run dir named by the hash of its config "
+        "(<run.output_dir>/trials/), then report HS, HS+, HS corrected, refusal, over-refusal, FA, "
+        "weight shares and detector AUROCs: printed, in trial_summary.json, and as W&B summary "
+        "metrics with logger=wandb (plus the harmful predictions as a table).",
+        ("trial experiment=tiny data.user.p=0.1", "trial method=antibody data.user.p=0.2 logger=wandb"),
+        "antibody.app.trial:trial_command",
+    ),
 }
 
 
@@ -185,7 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
             epilog="examples:\n" + "\n".join(f"  {PROG} {e}" for e in spec.examples),
             formatter_class=_Formatter,
         )
-        if spec.report_args:
+        if spec.raw_args:
+            p.add_argument("args", metavar="<file.yaml> [--dry-run] [--only key=value,...]",
+                           nargs=argparse.REMAINDER, help="the study file and its options")
+        elif spec.report_args:
             p.add_argument("results", metavar="results.json", help="a demo's results file")
             p.add_argument("readme", metavar="README.md", nargs="?", default=None,
                            help="update the table in this file instead of printing it")
@@ -196,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(spec: Spec, ns: argparse.Namespace) -> int:
     module, function = spec.target.split(":")
+    if spec.raw_args:
+        return getattr(importlib.import_module(module), function)(list(ns.args))
     args = [ns.results, *([ns.readme] if ns.readme else [])] if spec.report_args else ns.overrides
     return getattr(importlib.import_module(module), function)(args)
 

@@ -288,6 +288,11 @@ def compose(overrides: Optional[list[str]] = None, conf_dir: Optional[Path] = No
     validate(obj)
     # the probe backbone names a model option: a typo fails here, before any work
     _check_probe_model(conf_dir, obj)
+    from antibody.data.sizes import size_problems
+
+    problems = size_problems(obj)
+    if problems:
+        raise ConfigError("; ".join(problems))
     return obj
 
 

@@ -93,10 +93,15 @@ def append_jsonl(path: Path, records: Iterable[Any], *, ensure_ascii: bool = Fal
         os.fsync(fh.fileno())
 
 
+# libyaml's loader when PyYAML was built with it: AdvBench's 520-seed file parses in 0.05 s
+# instead of 0.65 s (measured), and every DataModule build reads it
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def parse_yaml(text: str, source: Path | str, *, error: type[Exception] = ConfigError) -> Any:
     """``yaml.safe_load(text)``; a syntax error raises ``error`` naming ``source:line``."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506  (a safe loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else str(source)

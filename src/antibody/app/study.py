@@ -1,0 +1,205 @@
+"""`study`: one YAML file, one command: every cell aligned, fine-tuned and evaluated.
+
+    python -m antibody study conf/study/<name>.yaml [--dry-run] [--only row=x,p=0.2]
+
+Jobs (study_plan) run in order, alignments first; a finished job (DONE) is never redone,
+a killed one resumes from its last checkpoint (train_stage), an evaluation already
+current is kept (app/evaluate.is_current). The judge and its validation are built once
+per invocation. `--dry-run` lists the jobs with their state and an estimated time from
+measured step costs. Outputs: runs/<study>/results.json (every cell and seed) and
+runs/<study>/table.md (study_report).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+from antibody.app.rundir import RunDir, write_results
+from antibody.app.study_plan import Cell, Job, jobs_of, parse_only, plan
+from antibody.config import Config, ConfigError, compose
+from antibody.config.schema import (
+    DataConfig,
+    EvalConfig,
+    MethodConfig,
+    RunConfig,
+    Stage,
+    TaskConfig,
+    TrainerConfig,
+)
+from antibody.config.study import StudyConfig, load_study
+from antibody.infra import progress
+
+
+def _state(run: RunDir) -> str:
+    if run.done:
+        return "done"
+    return "resumable" if run.last_checkpoint.exists() else "todo"
+
+
+def _steps(cfg: Config, stage: Stage) -> int:
+    return cfg.method.align.max_steps if stage is Stage.ALIGN else cfg.method.finetune.max_steps
+
+
+def _method(cfg: Config, stage: Stage) -> str:
+    from antibody.config.schema import finetune_method
+
+    return cfg.method.align.method.value if stage is Stage.ALIGN else finetune_method(cfg.method.finetune).value
+
+
+def measured_eval_seconds(root: Path) -> float | None:
+    """Median wall time of the evaluations under `root` that generated every answer."""
+    import statistics
+
+    seconds = []
+    for path in root.glob("*/eval/metrics.json"):
+        data = json.loads(path.read_text())
+        tasks = data.get("tasks", {}).values()
+        if data.get("eval_seconds") and tasks and all(t.get("generated_this_run") == t.get("n") for t in tasks):
+            seconds.append(float(data["eval_seconds"]))
+    return statistics.median(seconds) if seconds else None
+
+
+def measured_step_costs(root: Path) -> dict[tuple[str, str], float]:
+    """(stage, method) -> median seconds per step over the finished runs under `root`."""
+    import statistics
+
+    seen: dict[tuple[str, str], list[float]] = {}
+    for metrics in root.glob("*/metrics.json"):
+        cfg_path = metrics.parent / "config.yaml"
+        stage_file = metrics.parent / "stage"
+        if not (cfg_path.is_file() and stage_file.is_file()):
+            continue
+        data = json.loads(metrics.read_text())
+        sps = data.get("seconds_per_step")
+        if not sps:
+            continue
+        from antibody.config import load_saved
+
+        stage = Stage(stage_file.read_text().strip())
+        seen.setdefault((stage.value, _method(load_saved(cfg_path), stage)), []).append(float(sps))
+    return {k: statistics.median(v) for k, v in seen.items()}
+
+
+def dry_run(jobs: list[Job], root: Path, costs: dict) -> list[dict]:
+    out = []
+    for job in jobs:
+        cfg = compose(list(job.overrides))
+        run = RunDir(root / job.name)
+        state = _state(run)
+        steps = _steps(cfg, job.stage)
+        sps = costs.get((job.stage.value, _method(cfg, job.stage)))
+        left = 0 if state == "done" else steps
+        out.append({"job": job.name, "stage": job.stage.value, "method": _method(cfg, job.stage), "state": state,
+                    "steps": steps, "seconds_per_step": sps,
+                    "estimated_seconds": None if sps is None else left * sps})
+    return out
+
+
+def train_job(job: Job) -> bool:
+    from antibody.app.stages import train_stage
+
+    cfg = compose(list(job.overrides))
+    if RunDir(Path(cfg.run.output_dir) / cfg.run.name).done:
+        return False
+    train_stage(cfg, job.stage)
+    return True
+
+
+def evaluate_job(job: Job, cache: dict) -> bool:
+    """Evaluate the job's model unless its evaluation is current; True if it ran now.
+
+    `cache` keeps what jobs of one invocation share: the judge, its validation and the
+    incoherence signal per (evaluation settings, model), and the evaluation records per
+    (data, task, model), so a study builds each once rather than once per job.
+    """
+    from antibody.app.evaluate import eval_records, evaluate_model, instrument, is_current
+    from antibody.app.stages import read_base_adapters
+    from antibody.config import to_yaml
+    from antibody.models import load_tokenizer
+
+    cfg = compose(list(job.overrides))
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    tools_key = ("tools", to_yaml(dataclasses.replace(cfg, run=RunConfig(), method=MethodConfig(), data=DataConfig(),
+                                                      task=TaskConfig(), trainer=TrainerConfig())))
+    if tools_key not in cache:
+        cache[tools_key] = instrument(cfg, load_tokenizer(cfg.model))
+    tools = cache[tools_key]
+    if is_current(run_dir / "eval" / "metrics.json", tools):
+        return False
+    records_key = ("records", cfg.model.name, to_yaml(dataclasses.replace(
+        cfg, run=RunConfig(), method=MethodConfig(), eval=EvalConfig(), trainer=TrainerConfig())))
+    if records_key not in cache:
+        cache[records_key] = eval_records(cfg, load_tokenizer(cfg.model))
+    evaluate_model(cfg, run_dir / "adapter", run_dir / "eval", records=cache[records_key],
+                   base_adapters=tuple(read_base_adapters(run_dir)), tools=tools)
+    return True
+
+
+def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list[Cell]) -> dict:
+    """Run `cells` (a filter's subset of `all_cells`); the results cover every cell of the
+    study, those without an evaluation yet marked pending."""
+    from antibody.app.study_report import cell_result, summarise
+
+    jobs = jobs_of(cells)
+    t0 = time.perf_counter()
+    trained = evaluated = 0
+    cache: dict = {}  # the judge and evaluation records, shared by the jobs of this invocation
+    with progress.task(f"study {study.name}", total=2 * len(jobs)) as bar:
+        for job in jobs:
+            bar.update(description=f"train {job.name}")
+            trained += train_job(job)
+            bar.advance()
+        for job in {c.model_job.name: c.model_job for c in cells}.values():
+            bar.update(description=f"eval {job.name}")
+            evaluated += evaluate_job(job, cache)
+            bar.advance()
+    results = {"kind": "study", "study": study.name, "reference": study.reference,
+               "axes": list(study.axes), "seeds": list(study.seeds),
+               "cells": [cell_result(c, root) for c in all_cells],
+               "seconds_this_invocation": time.perf_counter() - t0,
+               "jobs": len(jobs), "jobs_trained_this_invocation": trained,
+               "jobs_evaluated_this_invocation": evaluated}
+    results.update(summarise(results, root))
+    return results
+
+
+def _args(args: list[str]) -> tuple[Path, bool, Optional[str]]:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m antibody study", add_help=False)
+    parser.add_argument("study")
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--only", default=None)
+    ns, rest = parser.parse_known_args(args)
+    if rest:
+        raise ConfigError(f"study: unexpected arguments {rest}; usage: study <file.yaml> [--dry-run] "
+                          "[--only key=value,...]")
+    return Path(ns.study), ns.dry_run, ns.only
+
+
+def study_command(args: list[str]) -> int:
+    from antibody.app.study_report import dry_run_table, study_table
+
+    path, dry, only_text = _args(args)
+    study = load_study(path)
+    base = ([f"experiment={study.experiment}"] if study.experiment else []) + list(study.fixed)
+    root = Path(compose(base).run.output_dir) / study.name
+    all_cells = plan(study, root)
+    only = parse_only(only_text, study)
+    cells = plan(study, root, only) if only else all_cells
+    if not cells:
+        raise ConfigError(f"{path}: no cell matches --only {only_text}")
+    if dry:
+        rows = dry_run(jobs_of(cells), root, measured_step_costs(root))
+        models = {c.model_job.name for c in cells}
+        to_eval = sum(not (root / m / "eval" / "metrics.json").is_file() for m in models)
+        print(dry_run_table(rows, len(cells), to_eval, measured_eval_seconds(root)))
+        return 0
+    root.mkdir(parents=True, exist_ok=True)
+    results = run_study(study, root, cells, all_cells)
+    write_results(root, "results.json", results, study_table(results))
+    return 0

@@ -1,0 +1,149 @@
+"""A study's cells and the jobs they need, each job keyed by a hash of what it trains.
+
+A cell is (row, axis values, seed): align -> fine-tune -> evaluate. Jobs are shared:
+- an alignment job is keyed by the resolved config with everything alignment does not read
+  left out (the fine-tuning stage, the upload, evaluation settings, run bookkeeping), so
+  cells that differ only in p, n or the fine-tuning method share one aligned model. That
+  alignment never reads `data.user` holds because the split builder serves the user's
+  demands after the alignment and D_harm demands (`data/plan.py`, ALLOCATION_ORDER;
+  `tests/test_study.py` checks the splits are equal);
+- a fine-tuning job is keyed by its resolved config and its alignment job's key;
+- a model is evaluated once, in its job's run dir (`eval/`).
+Run dirs are `runs/<study>/align-<key>` and `runs/<study>/ft-<key>`, so a finished job is
+found again by any later study or invocation with the same config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from antibody.config import Config, ConfigError, compose, to_yaml
+from antibody.config.schema import Stage
+from antibody.config.study import StudyConfig
+
+KEY_CHARS = 12
+
+
+def _blank(cfg: Config, **groups) -> Config:
+    return dataclasses.replace(cfg, **groups)
+
+
+def align_key(cfg: Config) -> str:
+    """Hash of what an alignment run trains: the config without the fine-tuning stage, the
+    upload, the evaluation settings and the run's name, folder and init."""
+    from antibody.config.schema import DataConfig, EvalConfig, FinetuneStageConfig, RunConfig
+
+    base = _blank(cfg, eval=EvalConfig(),
+                  run=RunConfig(seed=cfg.run.seed),
+                  data=dataclasses.replace(cfg.data, user=DataConfig().user),
+                  method=dataclasses.replace(cfg.method, finetune=FinetuneStageConfig()))
+    return hashlib.sha1(to_yaml(base).encode()).hexdigest()[:KEY_CHARS]
+
+
+def finetune_key(cfg: Config, init_key: str) -> str:
+    """Hash of what a fine-tuning run trains: its whole config (not its name, folder or
+    evaluation settings) and the alignment it starts from."""
+    from antibody.config.schema import EvalConfig, RunConfig
+
+    base = _blank(cfg, eval=EvalConfig(), run=RunConfig(seed=cfg.run.seed))
+    return hashlib.sha1(f"{init_key}|{to_yaml(base)}".encode()).hexdigest()[:KEY_CHARS]
+
+
+@dataclass(frozen=True)
+class Job:
+    stage: Stage
+    key: str
+    overrides: tuple[str, ...]  # composed into the job's config (run dir and init included)
+    init_from: Optional[str] = None  # the alignment job's key
+
+    @property
+    def name(self) -> str:
+        return f"{'align' if self.stage is Stage.ALIGN else 'ft'}-{self.key}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    row: str
+    values: tuple[tuple[str, Any], ...]  # (axis key, value) in the study's axis order
+    seed: int
+    align: Job
+    finetune: Optional[Job]
+
+    @property
+    def model_job(self) -> Job:
+        """The job whose model the cell evaluates."""
+        return self.finetune or self.align
+
+    def label(self) -> dict:
+        return {"row": self.row, **{k: v for k, v in self.values}, "seed": self.seed}
+
+
+def _value(v: Any) -> str:
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def plan(study: StudyConfig, root: Path, only: Optional[dict[str, str]] = None) -> list[Cell]:
+    """Every cell of the study (those matching `only`: {"row" | axis key | "seed": value}),
+    with its jobs; composing each job's config validates every override first."""
+    keys = list(study.axes)
+    cells: list[Cell] = []
+    for row_name, row in study.rows.items():
+        for combo in itertools.product(*(study.axes[k] for k in keys)):
+            values = tuple(zip(keys, combo, strict=True))
+            for seed in study.seeds:
+                label = {"row": row_name, **{k: _value(v) for k, v in values}, "seed": str(seed)}
+                if only and any(label.get(k) != v for k, v in only.items()):
+                    continue
+                # `experiment` may be an axis (model x task tables): it comes first, as a group must
+                experiment = dict(values).get("experiment", study.experiment)
+                base = ([f"experiment={experiment}"] if experiment else []) + list(study.fixed)
+                axis = [f"{k}={_value(v)}" for k, v in values if k != "experiment"]
+                common = [*base, *axis, f"run.seed={seed}", f"run.output_dir={root}"]
+                a_over = (*common, *row.align)
+                a_key = align_key(compose(list(a_over)))
+                align = Job(Stage.ALIGN, a_key, (*a_over, f"run.name=align-{a_key}"))
+                finetune = None
+                if row.finetune is not None:
+                    f_over = (*common, *row.finetune, f"run.init_from={root / align.name}")
+                    f_key = finetune_key(compose(list(f_over)), a_key)
+                    finetune = Job(Stage.FINETUNE, f_key, (*f_over, f"run.name=ft-{f_key}"), init_from=a_key)
+                cells.append(Cell(row_name, values, seed, align, finetune))
+    return cells
+
+
+def jobs_of(cells: list[Cell]) -> list[Job]:
+    """Every distinct job, alignments first (each once, in the cells' order)."""
+    out: dict[str, Job] = {}
+    for stage in (Stage.ALIGN, Stage.FINETUNE):
+        for cell in cells:
+            job = cell.align if stage is Stage.ALIGN else cell.finetune
+            if job is not None:
+                out.setdefault(job.name, job)
+    return list(out.values())
+
+
+def parse_only(text: Optional[str], study: StudyConfig) -> Optional[dict[str, str]]:
+    """`--only row=sft,p=0.2` -> {"row": "sft", "data.user.p": "0.2"}: keys are `row`,
+    `seed` or an axis, named in full or by its last part when that is unambiguous."""
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        key, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or not key:
+            raise ConfigError(f"--only {text!r}: expected key=value[,key=value...]")
+        if key not in ("row", "seed") and key not in study.axes:
+            matches = [a for a in study.axes if a.rsplit(".", 1)[-1] == key]
+            if len(matches) != 1:
+                allowed = ["row", "seed", *study.axes]
+                raise ConfigError(f"--only {key}={value}: {key!r} is not a unique row/seed/axis; allowed: {allowed}")
+            key = matches[0]
+        if key == "row" and value not in study.rows:
+            raise ConfigError(f"--only row={value}: no such row; rows: {sorted(study.rows)}")
+        out[key] = value
+    return out

@@ -1,0 +1,104 @@
+"""`trial`: one study cell from command-line overrides, what a W&B sweep agent runs.
+
+    python -m antibody trial data.user.p=0.1 method=antibody logger=wandb
+
+The trial aligns (unless a finished alignment with the same alignment config exists:
+`runs/<output_dir>/trials/align-<hash>`, shared by every trial that needs it), fine-tunes
+(`ft-<hash>`: two trials with different overrides never share a run dir) and evaluates,
+then reports HS, HS+, HS corrected, refusal, over-refusal, FA, the per-source weight
+shares and the weight terms' detector AUROCs as the W&B run's summary metrics, and the
+harmful predictions as a W&B table (with `logger=wandb`; `trial_summary.json` in the
+fine-tuning run dir either way). The sweep's metric is one of those summary keys
+(`harmful/harmful_score`, `<task>/accuracy`), never the training loss.
+
+Two agents that need the same alignment at once: the second waits on a file lock in the
+trials folder and then finds it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from antibody.app.rundir import write_json
+from antibody.config import Config, compose
+from antibody.config.schema import LoggerKind
+from antibody.config.study import StudyConfig, StudyRow
+
+TRIALS = "trials"
+
+
+def trial_cell(overrides: list[str]):
+    """The study cell of these overrides (one row, one seed: the config's own)."""
+    from antibody.app.study_plan import plan
+
+    cfg = compose(list(overrides))
+    study = StudyConfig(name=TRIALS, fixed=list(overrides), seeds=[cfg.run.seed],
+                        rows={"trial": StudyRow(align=[], finetune=[])})
+    root = Path(cfg.run.output_dir) / TRIALS
+    (cell,) = plan(study, root)
+    return cell, root
+
+
+def summary_metrics(ft_dir: Path, cfg: Config) -> dict:
+    """Flat summary of a finished, evaluated fine-tuning run (W&B summary keys)."""
+    from antibody.app.report import weight_summary
+
+    ev = json.loads((ft_dir / "eval" / "metrics.json").read_text())
+    out = {k: m["value"] for k, m in ev["metrics"].items() if m.get("value") is not None}
+    for k, m in ev["metrics"].items():
+        if m.get("ci95_low") is not None:
+            out[f"{k}/ci95_low"], out[f"{k}/ci95_high"] = m["ci95_low"], m["ci95_high"]
+    train = json.loads((ft_dir / "metrics.json").read_text())
+    for k, v in (train.get("detector") or {}).items():
+        out[f"detector/{k}"] = v
+    weights = ft_dir / "weights.jsonl"
+    if weights.is_file():
+        rows = [json.loads(line) for line in weights.read_text().splitlines() if line]
+        w = weight_summary(rows, cfg.data.finetune_batch_size)
+        out["weights/harmful_x_batch"] = w.get("mean_weight_harmful_x_batch")
+        for source, v in (w.get("benign_by_source") or {}).items():
+            out[f"weights/{source}_x_batch"] = v["mean_weight_x_batch"]
+    out["train/seconds_per_step"] = train.get("seconds_per_step")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _log_wandb(cfg: Config, name: str, summary: dict, predictions: list[dict], run_dir: Path) -> None:
+    import wandb
+
+    from antibody.app.loggers import wandb_mode
+    from antibody.config import to_container
+
+    run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, name=name, dir=str(run_dir),
+                     mode=wandb_mode(cfg, run_dir), config=to_container(cfg), tags=[*cfg.logger.tags, "trial"],
+                     reinit="finish_previous")
+    run.summary.update(summary)
+    cols = ["uid", "question", "response", "judge_score", "verdict", "refusal", "incoherent"]
+    run.log({"predictions/harmful": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in predictions])})
+    run.finish()
+
+
+def trial_command(overrides: list[str]) -> int:
+    from filelock import FileLock
+
+    from antibody.app.study import evaluate_job, train_job
+    from antibody.evaluation.evaluator import read_predictions
+
+    cell, root = trial_cell(overrides)
+    root.mkdir(parents=True, exist_ok=True)
+    for job in (cell.align, cell.finetune):
+        with FileLock(str(root / f"{job.name}.lock")):  # agents sharing an alignment wait here
+            train_job(job)
+    evaluate_job(cell.finetune, {})
+    cfg = compose(list(cell.finetune.overrides))
+    ft_dir = root / cell.finetune.name
+    summary = summary_metrics(ft_dir, cfg)
+    write_json(ft_dir / "trial_summary.json", {"overrides": list(overrides), "summary": summary})
+    if cfg.logger.kind is LoggerKind.WANDB and os.environ.get("WANDB_MODE") != "disabled":
+        preds = read_predictions(ft_dir / "eval" / "predictions" / "harmful.jsonl", repair=False)
+        _log_wandb(cfg, cell.finetune.name, summary, preds, ft_dir)
+    for key in sorted(summary):
+        print(f"  {key:40s} {summary[key]:.4g}" if isinstance(summary[key], float) else f"  {key:40s} {summary[key]}")
+    print(f"[antibody] trial finished: {ft_dir}")
+    return 0

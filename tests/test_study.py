@@ -1,0 +1,210 @@
+"""Studies: the file, the plan (jobs shared by hash), the run (resumable), the summary."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from antibody.app.study_plan import align_key, jobs_of, parse_only, plan
+from antibody.app.study_report import summarise
+from antibody.cli.main import main
+from antibody.config import compose
+from antibody.config.errors import ConfigError
+from antibody.config.schema import Stage
+from antibody.config.study import load_study
+
+CONF = Path(__file__).parent.parent / "conf" / "study"
+
+
+def _write(tmp_path: Path, doc: dict, name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _doc(tmp_path: Path, **changes) -> dict:
+    doc = {
+        "name": "t", "experiment": "tiny", "reference": "sft -> sft", "seeds": [1, 2],
+        "fixed": [f"run.output_dir={tmp_path / 'runs'}", "method.align.max_steps=1", "method.finetune.max_steps=1"],
+        "axes": {"data.user.p": [0.2]},
+        "rows": {"sft -> sft": {"align": ["method.align.method=sft"], "finetune": ["method.finetune.weighting=uniform"]},
+                 "sft alignment alone": {"align": ["method.align.method=sft"], "finetune": None}},
+    }
+    doc.update(changes)
+    return doc
+
+
+def test_every_study_file_loads_and_plans():
+    """Every row of every study file composes for each experiment it names (composing all
+    cells of the paper studies takes minutes: the first seed and value of the other axes)."""
+    for path in sorted(CONF.glob("*.yaml")):
+        study = load_study(path)
+        only = {"seed": str(study.seeds[0])}
+        only.update({k: str(v[0]) for k, v in study.axes.items() if k != "experiment"})
+        cells = plan(study, Path("/tmp/unused"), only)
+        assert {c.row for c in cells} == set(study.rows), path
+
+
+def test_bad_study_files_are_refused_with_file_and_line(tmp_path):
+    doc = _doc(tmp_path)
+    doc["rows"]["sft -> sft"]["finetun"] = []
+    with pytest.raises(ConfigError, match=r"s.yaml:\d+: unknown config key 'rows.sft -> sft.finetun'"):
+        load_study(_write(tmp_path, doc))
+    with pytest.raises(ConfigError, match=r"s.yaml:\d+: unknown config key 'axis'"):
+        load_study(_write(tmp_path, dict(_doc(tmp_path), axis={})))
+    with pytest.raises(ConfigError, match="reference 'nope' is not a row"):
+        load_study(_write(tmp_path, _doc(tmp_path, reference="nope")))
+    with pytest.raises(ConfigError, match="seeds"):
+        load_study(_write(tmp_path, _doc(tmp_path, seeds=[1, 1])))
+    # a bad override inside a row fails when the plan composes it, before any job runs
+    bad = _doc(tmp_path)
+    bad["rows"]["sft -> sft"]["finetune"] = ["method.finetune.tua=0.2"]
+    with pytest.raises(ConfigError, match="method.finetune.tua"):
+        plan(load_study(_write(tmp_path, bad)), tmp_path)
+    study = load_study(_write(tmp_path, _doc(tmp_path)))
+    assert parse_only("p=0.2,row=sft -> sft", study) == {"data.user.p": "0.2", "row": "sft -> sft"}
+    for text in ("q=1", "row=nope", "p"):
+        with pytest.raises(ConfigError, match="--only"):
+            parse_only(text, study)
+
+
+def test_alignments_are_shared_by_hash_across_rows_p_and_finetuning(tmp_path):
+    doc = _doc(tmp_path, axes={"data.user.p": [0.1, 0.3]})
+    doc["rows"]["sft -> antibody"] = {"align": ["method.align.method=sft"],
+                                      "finetune": ["method.finetune.weighting=likelihood_ratio"]}
+    doc["rows"]["antibody -> sft"] = {"align": ["method.align.method=antibody"],
+                                      "finetune": ["method.finetune.weighting=uniform"]}
+    study = load_study(_write(tmp_path, doc))
+    cells = plan(study, tmp_path / "runs" / "t")
+    assert len(cells) == 4 * 2 * 2  # rows x p x seeds
+    jobs = jobs_of(cells)
+    aligns = [j for j in jobs if j.stage is Stage.ALIGN]
+    # one SFT and one Antibody alignment per seed, whatever p or the fine-tuning method
+    assert len(aligns) == 2 * 2
+    finetunes = [j for j in jobs if j.stage is Stage.FINETUNE]
+    assert len(finetunes) == 3 * 2 * 2 and len({j.key for j in finetunes}) == len(finetunes)
+    by_row = {}
+    for c in cells:
+        by_row.setdefault((c.row, c.seed), set()).add(c.align.key)
+    assert by_row[("sft -> sft", 1)] == by_row[("sft -> antibody", 1)] == by_row[("sft alignment alone", 1)]
+    assert by_row[("sft -> sft", 1)] != by_row[("sft -> sft", 2)] != by_row[("antibody -> sft", 2)]
+    # the key leaves out what alignment does not read, and nothing it does
+    a = compose(["experiment=tiny", "method.align.method=sft"])
+    assert align_key(a) == align_key(compose(["experiment=tiny", "method.align.method=sft", "data.user.p=0.05",
+                                              "method.finetune.tau=0.3", "eval.judge=tfidf", "run.name=x"]))
+    for other in ("method.align.lr=0.01", "data.eval.n_harmful=6", "run.seed=7", "model.lora.r=2"):
+        assert align_key(compose(["experiment=tiny", "method.align.method=sft", other])) != align_key(a), other
+
+
+def test_alignment_splits_do_not_read_the_upload_settings(tiny_cfg):
+    """Why `align_key` may leave data.user out: the alignment stage's splits are the same
+    whatever the upload's p and n (the builder serves the user's demands last)."""
+    from antibody.app.stages import new_datamodule
+    from antibody.data.plan import Split
+    from antibody.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_cfg.model)
+    uids = []
+    for over in (["data.user.p=0.1", "data.user.n=12"], ["data.user.p=0.5", "data.user.n=24"]):
+        cfg = compose(["experiment=tiny", f"run.output_dir={tiny_cfg.run.output_dir}", *over])
+        dm = new_datamodule(cfg, tok, Stage.ALIGN)
+        dm.prepare_data()
+        dm.setup("fit")
+        uids.append([[r.uid for r in dm.records(s)] for s in (Split.ALIGNMENT, Split.HARMFUL)])
+    assert uids[0] == uids[1]
+
+
+def test_a_study_runs_resumes_and_filters(tmp_path, capsys):
+    path = _write(tmp_path, _doc(tmp_path))
+    assert main(["study", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 cells, 4 jobs (0 done, 0 resumable, 4 to do)" in out
+    # a subset first: one seed
+    assert main(["study", str(path), "--only", "seed=1"]) == 0
+    root = tmp_path / "runs" / "t"
+    first = json.loads((root / "results.json").read_text())
+    states = {(c["row"], c["seed"]): c["state"] for c in first["cells"]}
+    assert states == {("sft -> sft", 1): "evaluated", ("sft alignment alone", 1): "evaluated",
+                      ("sft -> sft", 2): "pending", ("sft alignment alone", 2): "pending"}
+    assert first["jobs_trained_this_invocation"] == 2 and first["jobs_evaluated_this_invocation"] == 2
+    # then the rest: the finished seed is reused, not redone
+    assert main(["study", str(path)]) == 0
+    second = json.loads((root / "results.json").read_text())
+    assert second["jobs_trained_this_invocation"] == 2 and second["jobs_evaluated_this_invocation"] == 2
+    assert all(c["state"] == "evaluated" for c in second["cells"])
+    assert main(["study", str(path)]) == 0
+    third = json.loads((root / "results.json").read_text())
+    assert third["jobs_trained_this_invocation"] == 0 and third["jobs_evaluated_this_invocation"] == 0
+    table = (root / "table.md").read_text()
+    assert "| sft -> sft | 0.2 | 2 |" in table and "Paired HS differences to `sft -> sft`" in table
+    assert main(["study", str(path), "--dry-run"]) == 0
+    assert "4 cells, 4 jobs (4 done, 0 resumable, 0 to do)" in capsys.readouterr().out
+
+
+def _fake_cell(root: Path, job: str, row: str, seed: int, hs_outcomes: list[bool], fa: float) -> dict:
+    preds = root / job / "eval" / "predictions"
+    preds.mkdir(parents=True)
+    (preds / "harmful.jsonl").write_text("".join(
+        json.dumps({"uid": f"u{i}", "verdict": v}) + "\n" for i, v in enumerate(hs_outcomes)))
+    hs = sum(hs_outcomes) / len(hs_outcomes)
+    return {"row": row, "data.user.p": 0.2, "seed": seed, "job": job, "state": "evaluated",
+            "metrics": {"harmful/harmful_score": hs, "FA": fa}, "n": {"harmful/harmful_score": len(hs_outcomes)}}
+
+
+def test_summary_is_mean_and_sample_std_over_seeds_and_pairs_by_seed(tmp_path):
+    outcomes = {("ref", 1): [1, 1, 0, 0], ("ref", 2): [1, 1, 1, 0], ("ref", 3): [0, 1, 0, 0],
+                ("new", 1): [0, 1, 0, 0], ("new", 2): [0, 0, 0, 0], ("new", 3): [0, 1, 0, 1]}
+    fas = {("ref", 1): 0.1, ("ref", 2): 0.3, ("ref", 3): 0.2, ("new", 1): 0.2, ("new", 2): 0.2, ("new", 3): 0.5}
+    cells = [_fake_cell(tmp_path, f"{r}-{s}", r, s, [bool(x) for x in o], fas[r, s]) for (r, s), o in outcomes.items()]
+    out = summarise({"axes": ["data.user.p"], "cells": cells, "reference": "ref"}, tmp_path)
+    by_row = {s["row"]: s for s in out["summary"]}
+    for row in ("ref", "new"):
+        hs = [sum(outcomes[row, s]) / 4 for s in (1, 2, 3)]
+        assert by_row[row]["harmful/harmful_score"]["mean"] == pytest.approx(statistics.fmean(hs))
+        assert by_row[row]["harmful/harmful_score"]["std"] == pytest.approx(statistics.stdev(hs))
+        assert by_row[row]["FA"]["mean"] == pytest.approx(statistics.fmean(fas[row, s] for s in (1, 2, 3)))
+    (paired,) = out["paired"]
+    diffs = [(sum(outcomes["new", s]) - sum(outcomes["ref", s])) / 4 for s in (1, 2, 3)]
+    assert paired["row"] == "new" and paired["diff"]["mean"] == pytest.approx(statistics.fmean(diffs))
+    assert paired["diff"]["std"] == pytest.approx(statistics.stdev(diffs)) and len(paired["p_values"]) == 3
+
+
+PAPER = sorted((Path(__file__).parent.parent / "conf" / "experiment" / "paper").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PAPER, ids=[p.stem for p in PAPER])
+def test_paper_experiments_compose_with_the_released_settings_and_fit_the_datasets(path):
+    """Each paper experiment composes (nothing is loaded), keeps the released scripts'
+    settings and asks for no more rows than the real datasets hold."""
+    import math
+
+    from antibody.data.sizes import KNOWN_SIZES, size_problems
+
+    cfg = compose([f"experiment=paper/{path.stem}"])
+    assert cfg.model.source.value == "hub" and cfg.data.prompt_format.value == "alpaca"
+    assert (cfg.model.lora.r, cfg.model.lora.alpha) == (32, 4)
+    assert sorted(cfg.model.lora.target_modules) == ["k_proj", "q_proj", "v_proj"]
+    assert cfg.eval.judge.value == "beaver-dam" and cfg.eval.judge_max_length == 256
+    assert (cfg.method.align.lr, cfg.method.finetune.lr) == (5e-4, 1e-5)
+    # 20 epochs over the 5000 alignment rows and over the n = 1000 upload rows
+    assert cfg.method.align.max_steps == math.ceil(20 * cfg.data.alignment.n_harmful / cfg.data.align_batch_size)
+    assert cfg.method.finetune.max_steps == math.ceil(20 * cfg.data.user.n / cfg.data.finetune_batch_size)
+    known = KNOWN_SIZES[cfg.task.name]
+    assert cfg.data.paths[cfg.task.name.value] == known.hub_ids[0]  # the current hub id
+    assert cfg.data.eval.n_task <= known.eval and cfg.data.eval.n_harmful <= 700
+    assert size_problems(cfg) == []
+
+
+def test_a_config_larger_than_its_hub_dataset_fails_when_composed(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.eval.n_task=1000 exceeds the 872 rows of sst2's validation split"):
+        compose(["data=beavertails", "task=sst2"])
+    with pytest.raises(ConfigError, match=r"data.eval.n_harmful=701 exceeds the 700 prompts"):
+        compose(["data=beavertails", "task=gsm8k", "data.eval.n_harmful=701"])
+    with pytest.raises(ConfigError, match="need 7600 gsm8k rows, more than its train split's 7473"):
+        compose(["data=beavertails", "task=gsm8k", "data.user.n=9500"])
+    # a local copy is not the hub dataset: its size is checked when it is read
+    compose(["data=beavertails", "task=sst2", f"data.paths.sst2={tmp_path / 'sst2.jsonl'}"])
