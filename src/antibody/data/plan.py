@@ -30,15 +30,18 @@ class Split(StrEnum):
     EVAL_HARMFUL = "eval_harmful"
     EVAL_BENIGN = "eval_benign"
     EVAL_TASK = "eval_task"
+    EVAL_HARMFUL_SECOND = "eval_harmful_second"  # another style of harmful request (optional)
+    EVAL_BENIGN_EDGY = "eval_benign_edgy"  # benign prompts that sound sensitive (optional)
 
 
-EVAL_SPLITS = (Split.EVAL_HARMFUL, Split.EVAL_BENIGN, Split.EVAL_TASK)
+EVAL_SPLITS = (Split.EVAL_HARMFUL, Split.EVAL_BENIGN, Split.EVAL_TASK, Split.EVAL_HARMFUL_SECOND,
+               Split.EVAL_BENIGN_EDGY)
 # Splits made of other splits' rows (a control, SafeInstr's mix): they share prompts with
 # their parents by design, so only their disjointness from evaluation is checked.
 DERIVED_SPLITS = (Split.USER_BENIGN_ONLY, Split.USER_SAFEINSTR, Split.USER_SAFEINSTR_BENIGN_ONLY)
 # Splits that must not be empty; user_benign_only is empty when p = 1, which is legal, and
 # the SafeInstr splits are built only when method.finetune.method=safeinstr.
-REQUIRED_SPLITS = (Split.ALIGNMENT, Split.HARMFUL, Split.USER, *EVAL_SPLITS)
+REQUIRED_SPLITS = (Split.ALIGNMENT, Split.HARMFUL, Split.USER, Split.EVAL_HARMFUL, Split.EVAL_BENIGN, Split.EVAL_TASK)
 # The training stream of each stage (before the controls and SafeInstr: train_split_for).
 STAGE_TRAIN_SPLIT = {Stage.ALIGN: Split.ALIGNMENT, Stage.FINETUNE: Split.USER}
 
@@ -145,6 +148,8 @@ class SplitCounts:
     user_harmful: int
     user_prose: int
     user_task: int
+    eval_harmful_second: int = 0
+    eval_benign_edgy: int = 0
     safeinstr: int = 0  # safety demonstrations taken from the alignment split's refusal rows
 
     @classmethod
@@ -164,6 +169,8 @@ class SplitCounts:
             user_harmful=user_harmful,
             user_prose=user_prose,
             user_task=user_benign - user_prose,
+            eval_harmful_second=d.eval.n_harmful_second,
+            eval_benign_edgy=d.eval.n_benign_edgy,
             safeinstr=safeinstr_count(cfg),
         )
 
@@ -194,6 +201,11 @@ ALLOCATION_ORDER = (
     "user_harmful",
     "user_task",
     "user_prose",
+    # last: optional evaluation sets from their own sources; drawn after every other demand,
+    # so that turning them on changes no other split (a prompt a training split holds is
+    # skipped, which keeps them held out)
+    "eval_harmful_second",
+    "eval_benign_edgy",
 )
 
 
@@ -273,6 +285,16 @@ def plan_demands(cfg: Config, counts: SplitCounts) -> dict[str, Demand]:
         ),
         "user_task": Demand(
             **user, sources=(task,), kind=PoolKind.TASK_TRAIN, count=c.user_task, max_value=user_max(user_task),
+        ),
+        "eval_harmful_second": Demand(
+            split=Split.EVAL_HARMFUL_SECOND, sources=tuple(d.eval.second_harmful_sources),
+            kind=PoolKind.HARMFUL_PROMPT_EVAL, count=c.eval_harmful_second, key="data.eval.n_harmful_second",
+            value=d.eval.n_harmful_second, one_per_prompt=True, excludable=True, max_value=same,
+        ),
+        "eval_benign_edgy": Demand(
+            split=Split.EVAL_BENIGN_EDGY, sources=(SourceName.BENIGN_EDGY,), kind=PoolKind.BENIGN_PROMPT_EVAL,
+            count=c.eval_benign_edgy, key="data.eval.n_benign_edgy", value=d.eval.n_benign_edgy,
+            one_per_prompt=True, max_value=same,
         ),
         "user_prose": Demand(
             **user, sources=prose, kind=PoolKind.BENIGN_PROMPT, count=c.user_prose, one_per_prompt=True,

