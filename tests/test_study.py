@@ -141,6 +141,7 @@ def test_a_study_runs_resumes_and_filters(tmp_path, capsys):
     assert third["jobs_trained_this_invocation"] == 0 and third["jobs_evaluated_this_invocation"] == 0
     table = (root / "table.md").read_text()
     assert "| sft -> sft | 0.2 | 2 |" in table and "Paired HS differences to `sft -> sft`" in table
+    assert (root / "results.png").stat().st_size > 0
     assert main(["study", str(path), "--dry-run"]) == 0
     assert "4 cells, 4 jobs (4 done, 0 resumable, 0 to do)" in capsys.readouterr().out
 
@@ -167,6 +168,12 @@ def test_summary_is_mean_and_sample_std_over_seeds_and_pairs_by_seed(tmp_path):
         assert by_row[row]["harmful/harmful_score"]["mean"] == pytest.approx(statistics.fmean(hs))
         assert by_row[row]["harmful/harmful_score"]["std"] == pytest.approx(statistics.stdev(hs))
         assert by_row[row]["FA"]["mean"] == pytest.approx(statistics.fmean(fas[row, s] for s in (1, 2, 3)))
+    from antibody.app.study_report import plot, study_table
+
+    results = {"study": "fake", "axes": ["data.user.p"], "cells": cells, "reference": "ref", "jobs": 6, **out}
+    plot(results, tmp_path / "results.png")
+    assert (tmp_path / "results.png").stat().st_size > 0
+    assert "| new | 0.2 | 3 |" in study_table(results)
     (paired,) = out["paired"]
     diffs = [(sum(outcomes["new", s]) - sum(outcomes["ref", s])) / 4 for s in (1, 2, 3)]
     assert paired["row"] == "new" and paired["diff"]["mean"] == pytest.approx(statistics.fmean(diffs))
@@ -208,3 +215,26 @@ def test_a_config_larger_than_its_hub_dataset_fails_when_composed(tmp_path):
         compose(["data=beavertails", "task=gsm8k", "data.user.n=9500"])
     # a local copy is not the hub dataset: its size is checked when it is read
     compose(["data=beavertails", "task=sst2", f"data.paths.sst2={tmp_path / 'sst2.jsonl'}"])
+
+
+def test_weight_shares_and_detector_aurocs_of_a_weighted_run(tmp_path):
+    """What the study table and a trial's summary report of a weighted fine-tuning run: the
+    harmful rows' mean weight x batch size and per benign source, and the detector AUROCs."""
+    from antibody.app.study_report import weights_and_detector
+    from antibody.config import to_yaml
+
+    cfg = compose(["experiment=tiny"])  # finetune_batch_size 4
+    run = tmp_path / "ft-x"
+    run.mkdir()
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    (run / "metrics.json").write_text(json.dumps({"detector": {"auroc_neg_ratio": 0.7}}))
+    rows = [("h1", True, "generated_harmful", 0.05), ("a1", False, "arithmetic", 0.30),
+            ("a2", False, "arithmetic", 0.20), ("p1", False, "benign_prose", 0.45)]
+    (run / "weights.jsonl").write_text("".join(json.dumps({"uid": u, "is_harmful": h, "source": s, "w": w}) + "\n"
+                                               for u, h, s, w in rows))
+    out = weights_and_detector(run)
+    assert out["weights/harmful_x_batch"] == pytest.approx(4 * 0.05)
+    assert out["weights/arithmetic_x_batch"] == pytest.approx(4 * 0.25)
+    assert out["weights/benign_prose_x_batch"] == pytest.approx(4 * 0.45)
+    assert out["detector/auroc_neg_ratio"] == 0.7
+    assert weights_and_detector(tmp_path / "missing") == {}

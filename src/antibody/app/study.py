@@ -194,7 +194,7 @@ def _args(args: list[str]) -> tuple[Path, bool, Optional[str]]:
 
 
 def study_command(args: list[str]) -> int:
-    from antibody.app.study_report import dry_run_table, study_table
+    from antibody.app.study_report import dry_run_table, plot, study_table
 
     path, dry, only_text = _args(args)
     study = load_study(path)
@@ -215,4 +215,6 @@ def study_command(args: list[str]) -> int:
     root.mkdir(parents=True, exist_ok=True)
     results = run_study(study, root, cells, all_cells)
     write_results(root, "results.json", results, study_table(results))
+    if results["summary"]:
+        plot(results, root / "results.png")
     return 0

@@ -17,6 +17,31 @@ HS2, REFUSAL2, OVER_EDGY = ("harmful_second/harmful_score", "harmful_second/refu
 COLUMNS = ((HS, "HS"), (HS_CORRECTED, "HS corrected"), (REFUSAL, "refusal"), (HS2, "HS (2nd style)"),
            (REFUSAL2, "refusal (2nd style)"), (OVER, "over-refusal"), (OVER_EDGY, "over-refusal (edgy)"),
            ("FA", "FA"))
+# weighted fine-tuning: the harmful rows' mean weight x batch size (1 = as under SFT) and the
+# -r term as a harmful-row detector (not rates: shown as they are, not in %)
+WEIGHT, AUROC_R = "weights/harmful_x_batch", "detector/auroc_neg_ratio"
+RAW_COLUMNS = ((WEIGHT, "weight x B harmful"), (AUROC_R, "AUROC -r"))
+
+
+def weights_and_detector(run_dir: Path) -> dict:
+    """Weight shares per source (x batch size) and detector AUROCs of a fine-tuning run, flat
+    keys (`weights/<source>_x_batch`, `detector/<term>`); empty for an unweighted run."""
+    from antibody.app.report import weight_summary
+    from antibody.config import load_saved
+
+    out: dict = {}
+    train = run_dir / "metrics.json"
+    if train.is_file():
+        for k, v in (json.loads(train.read_text()).get("detector") or {}).items():
+            out[f"detector/{k}"] = v
+    weights = run_dir / "weights.jsonl"
+    if weights.is_file() and (run_dir / "config.yaml").is_file():
+        rows = [json.loads(line) for line in weights.read_text().splitlines() if line]
+        w = weight_summary(rows, load_saved(run_dir / "config.yaml").data.finetune_batch_size)
+        out[WEIGHT] = w.get("mean_weight_harmful_x_batch")
+        for source, v in (w.get("benign_by_source") or {}).items():
+            out[f"weights/{source}_x_batch"] = v["mean_weight_x_batch"]
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _task_metric(metrics: dict) -> str | None:
@@ -37,6 +62,7 @@ def cell_result(cell: Cell, root: Path) -> dict:
     sizes = {k: metrics[k].get("n") for k in (HS, OVER) if k in metrics}
     if fa:
         sizes["FA"] = metrics[fa].get("n")
+    values.update(weights_and_detector(root / cell.model_job.name))
     return dict(out, state="evaluated", metrics=values, n=sizes, task=fa.split("/")[0] if fa else None)
 
 
@@ -90,18 +116,63 @@ def summarise(results: dict, root: Path) -> dict:
     return {"summary": summary, "comparisons": comparisons, "paired": sorted(paired, key=lambda x: str(x))}
 
 
-def _pm(stat: dict | None, scale: float = 100.0) -> str:
+def _pm(stat: dict | None, scale: float = 100.0, digits: int = 1) -> str:
     if not stat or stat.get("mean") is None:
         return "-"
     if stat.get("std") is None:
-        return f"{scale * stat['mean']:.1f} (1 seed)"
-    return f"{scale * stat['mean']:.1f} ± {scale * stat['std']:.1f}"
+        return f"{scale * stat['mean']:.{digits}f} (1 seed)"
+    return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['std']:.{digits}f}"
+
+
+def plot(results: dict, path: Path) -> None:
+    """HS and FA per row (mean ± std over seeds): against the axis when exactly one numeric
+    axis has several values, else as bars; a third panel with the harmful weight share."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    summary = results["summary"]
+    varying = [a for a in results["axes"] if len({str(s[a]) for s in summary}) > 1]
+    numeric = len(varying) == 1 and all(isinstance(s[varying[0]], (int, float)) for s in summary)
+    panels = [(HS, "Harmful Score (%)", 100.0), ("FA", "Fine-tune Accuracy (%)", 100.0)]
+    if any(WEIGHT in s for s in summary):
+        panels.append((WEIGHT, "harmful weight x batch (1 = SFT)", 1.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
+    rows = list(dict.fromkeys(s["row"] for s in summary))
+    for ax, (key, title, scale) in zip(np.atleast_1d(axes), panels, strict=True):
+        for i, row in enumerate(rows):
+            pts = sorted((s[varying[0]] if numeric else i, s.get(key)) for s in summary if s["row"] == row)
+            pts = [(x, m) for x, m in pts if m and m.get("mean") is not None]
+            if not pts:
+                continue
+            xs = [x for x, _ in pts]
+            ys = [scale * m["mean"] for _, m in pts]
+            err = [scale * (m["std"] or 0.0) for _, m in pts]
+            if numeric:
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=row)
+            else:
+                ax.bar(xs, ys, yerr=err, capsize=3, label=row)
+        ax.set_title(title)
+        if numeric:
+            ax.set_xlabel(varying[0])
+        else:
+            ax.set_xticks(range(len(rows)))
+            ax.set_xticklabels(rows, rotation=30, ha="right", fontsize=7)
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.suptitle(f"study {results['study']}: mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def study_table(results: dict) -> str:
     axes = results["axes"]
     present = [(k, name) for k, name in COLUMNS if any(k in s for s in results["summary"])]
-    head = ["row", *axes, "seeds", *(name for _, name in present), "n (harmful / benign / task)"]
+    raw = [(k, name) for k, name in RAW_COLUMNS if any(k in s for s in results["summary"])]
+    head = ["row", *axes, "seeds", *(name for _, name in present), *(name for _, name in raw),
+            "n (harmful / benign / task)"]
     lines = [f"Study `{results['study']}`: rates in %, mean ± sample std over seeds (each seed: its own "
              f"training randomness, same data and prompts); {results['jobs']} jobs. Generated by "
              "`python -m antibody study`.", "",
@@ -110,7 +181,8 @@ def study_table(results: dict) -> str:
         n = s["n"]
         sizes = " / ".join(str(n.get(k, "-")) for k in (HS, OVER, "FA"))
         seeds = max((v["seeds"] for v in s.values() if isinstance(v, dict) and "seeds" in v), default=0)
-        cells = [s["row"], *(str(s[a]) for a in axes), str(seeds), *(_pm(s.get(k)) for k, _ in present), sizes]
+        cells = [s["row"], *(str(s[a]) for a in axes), str(seeds), *(_pm(s.get(k)) for k, _ in present),
+                 *(_pm(s.get(k), scale=1.0, digits=2) for k, _ in raw), sizes]
         lines.append("| " + " | ".join(cells) + " |")
     pending = [c for c in results["cells"] if c["state"] != "evaluated"]
     if pending:

@@ -41,25 +41,17 @@ def trial_cell(overrides: list[str]):
     return cell, root
 
 
-def summary_metrics(ft_dir: Path, cfg: Config) -> dict:
+def summary_metrics(ft_dir: Path) -> dict:
     """Flat summary of a finished, evaluated fine-tuning run (W&B summary keys)."""
-    from antibody.app.report import weight_summary
+    from antibody.app.study_report import weights_and_detector
 
     ev = json.loads((ft_dir / "eval" / "metrics.json").read_text())
     out = {k: m["value"] for k, m in ev["metrics"].items() if m.get("value") is not None}
     for k, m in ev["metrics"].items():
         if m.get("ci95_low") is not None:
             out[f"{k}/ci95_low"], out[f"{k}/ci95_high"] = m["ci95_low"], m["ci95_high"]
+    out.update(weights_and_detector(ft_dir))
     train = json.loads((ft_dir / "metrics.json").read_text())
-    for k, v in (train.get("detector") or {}).items():
-        out[f"detector/{k}"] = v
-    weights = ft_dir / "weights.jsonl"
-    if weights.is_file():
-        rows = [json.loads(line) for line in weights.read_text().splitlines() if line]
-        w = weight_summary(rows, cfg.data.finetune_batch_size)
-        out["weights/harmful_x_batch"] = w.get("mean_weight_harmful_x_batch")
-        for source, v in (w.get("benign_by_source") or {}).items():
-            out[f"weights/{source}_x_batch"] = v["mean_weight_x_batch"]
     out["train/seconds_per_step"] = train.get("seconds_per_step")
     return {k: v for k, v in out.items() if v is not None}
 
@@ -93,7 +85,7 @@ def trial_command(overrides: list[str]) -> int:
     evaluate_job(cell.finetune, {})
     cfg = compose(list(cell.finetune.overrides))
     ft_dir = root / cell.finetune.name
-    summary = summary_metrics(ft_dir, cfg)
+    summary = summary_metrics(ft_dir)
     write_json(ft_dir / "trial_summary.json", {"overrides": list(overrides), "summary": summary})
     if cfg.logger.kind is LoggerKind.WANDB and os.environ.get("WANDB_MODE") != "disabled":
         preds = read_predictions(ft_dir / "eval" / "predictions" / "harmful.jsonl", repair=False)
