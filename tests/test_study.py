@@ -238,3 +238,25 @@ def test_weight_shares_and_detector_aurocs_of_a_weighted_run(tmp_path):
     assert out["weights/benign_prose_x_batch"] == pytest.approx(4 * 0.45)
     assert out["detector/auroc_neg_ratio"] == 0.7
     assert weights_and_detector(tmp_path / "missing") == {}
+
+
+def test_the_study_notebook_runs_on_a_studys_outputs(tmp_path, monkeypatch):
+    """notebooks/inspect_study.ipynb executes (nbclient) on a study folder: results.json as
+    the study command writes it and one weighted run's weights.jsonl."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from antibody.app.study_report import summarise
+
+    cells = [_fake_cell(tmp_path, f"{r}-{s}", r, s, [True, False, s == 2], 0.1 * s)
+             for r in ("ref", "new") for s in (1, 2)]
+    (tmp_path / "new-1" / "weights.jsonl").write_text("".join(
+        json.dumps({"uid": f"u{i}", "is_harmful": i == 0, "w": w}) + "\n" for i, w in enumerate((0.1, 0.5, 0.4))))
+    results = {"study": "fake", "axes": ["data.user.p"], "seeds": [1, 2], "cells": cells, "reference": "ref"}
+    results.update(summarise(results, tmp_path))
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    monkeypatch.setenv("ANTIBODY_STUDY_DIR", str(tmp_path))
+    nb = nbformat.read(Path(__file__).parent.parent / "notebooks" / "inspect_study.ipynb", as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "4 of 4 cells evaluated" in text and "harmful weight share 0.100" in text
