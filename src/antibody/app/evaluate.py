@@ -43,7 +43,12 @@ def instrument(cfg: Config, tokenizer) -> dict:
             if cfg.eval.incoherence is Incoherence.REPEAT_OR_LOSS else None)
     validation = judge_validation(judge, cache_root(), cfg.eval.judge_threshold, answer_tokens=answer_tokens,
                                   tokenizer=tokenizer)
-    return {"judge": judge, "loss": loss, "validation": validation}
+    pairwise = None
+    if cfg.eval.pairwise_judge_path and cfg.task.name.value == EvalTaskName.ALPACA.value:
+        from antibody.evaluation.judges.pairwise import RewardPairwiseJudge
+
+        pairwise = RewardPairwiseJudge(cfg.eval.pairwise_judge_path, batch_size=cfg.eval.batch_size)
+    return {"judge": judge, "loss": loss, "validation": validation, "pairwise": pairwise}
 
 
 def is_current(metrics_path: Path, tools: dict) -> bool:

@@ -45,7 +45,7 @@ def weights_and_detector(run_dir: Path) -> dict:
 
 
 def _task_metric(metrics: dict) -> str | None:
-    return next((k for k in metrics if k.endswith("/accuracy")), None)
+    return next((k for k in metrics if k.endswith(("/accuracy", "/win_rate"))), None)
 
 
 def cell_result(cell: Cell, root: Path) -> dict:

@@ -70,6 +70,7 @@ class SourceName(StrEnum):
     AGNEWS = "agnews"
     GSM8K = "gsm8k"
     ALPACA_EVAL = "alpaca_eval"
+    ALPACA = "alpaca"  # instruction data (tatsu-lab/alpaca) + AlpacaEval's prompts as its evaluation
 
 
 class RefusalSource(StrEnum):
@@ -366,6 +367,10 @@ class EvalConfig:
     # ours: the loss signal flags 1.3% of real and 98% of word-shuffled validation answers
     # (`make judge-eval`); Booster's repeat rule alone flags neither
     incoherence: Incoherence = Incoherence.REPEAT_OR_LOSS
+    # task=alpaca: a local reward model (hub id or folder) that scores each answer against
+    # AlpacaEval's reference answer (win rate without an API); null: only the generations are
+    # written, in the alpaca_eval package's input format, with the command that scores them
+    pairwise_judge_path: Optional[str] = None
 
 
 @dataclass

@@ -29,6 +29,8 @@ KNOWN_SIZES: dict[SourceName, KnownSize] = {
     SourceName.SST2: KnownSize(("stanfordnlp/sst2", "sst2"), 67349, 872, "validation"),
     SourceName.AGNEWS: KnownSize(("fancyzhx/ag_news", "ag_news"), 120000, 7600, "test"),
     SourceName.BEAVERTAILS_EVAL: KnownSize(("PKU-Alignment/BeaverTails-Evaluation",), None, 700, "test"),
+    # AlpacaEval task: upload rows from Alpaca's 52,002, evaluation on AlpacaEval's 805 prompts
+    SourceName.ALPACA: KnownSize(("tatsu-lab/alpaca",), 52002, 805, "AlpacaEval eval"),
 }
 
 

@@ -137,7 +137,26 @@ METRIC_FNS: dict[MetricKind, Callable[[list[dict], Judge, float], list[M.RateRes
     MetricKind.HARM: _harm_metrics,
     MetricKind.OVER_REFUSAL: _over_refusal_metrics,
     MetricKind.ACCURACY: _accuracy_metrics,
+    MetricKind.WIN_RATE: lambda rows, judge, threshold: [],  # pairwise: `_win_rate` below
 }
+
+
+def _win_rate(task: EvalTask, rows: list[dict], cfg: Config, out_dir: Path, pairwise) -> dict:
+    """AlpacaEval: the generations in alpaca_eval's input format, and the win rate against the
+    reference answers under the local pairwise judge when one is configured."""
+    from antibody.evaluation.judges.pairwise import win_rate as rate_of
+    from antibody.evaluation.judges.pairwise import write_alpaca_outputs
+
+    path = write_alpaca_outputs(rows, cfg.run.name, out_dir)
+    out = {"outputs": str(path), "command": f"alpaca_eval --model_outputs {path}"}
+    if pairwise is not None:
+        outcomes = pairwise.outcomes([r["question"] for r in rows], [r["response"] for r in rows],
+                                     [r["target"] for r in rows])
+        out[f"{task.name.value}/win_rate"] = dict(rate_of(outcomes), judge=pairwise.path)
+    else:
+        print(f"[antibody] AlpacaEval generations: {path}; score them with `{out['command']}` "
+              "(or set eval.pairwise_judge_path for a local win rate)")
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -192,7 +211,7 @@ def corrected_harmful_score(hs: dict, validation: dict) -> dict:
 
 def evaluate(model, tokenizer, records_by_task: dict[str, list[Record]], cfg: Config, out_dir: Path,
              judge: Judge, progress: Optional[Progress] = None, *, loss: Optional[LossIncoherence] = None,
-             validation: Optional[dict] = None) -> dict:
+             validation: Optional[dict] = None, pairwise=None) -> dict:
     """Evaluate every task in `records_by_task` (keys: `EvalTaskName` values) and write
     `out_dir/metrics.json` (with `eval_seconds`, the wall time of this call); returns the same dict.
 
@@ -216,6 +235,10 @@ def evaluate(model, tokenizer, records_by_task: dict[str, list[Record]], cfg: Co
         scores = METRIC_FNS[task.metric](rows, judge, threshold)
         for res in scores:
             result["metrics"][f"{task.name.value}/{res.name}"] = res.to_dict()
+        if task.metric is MetricKind.WIN_RATE:
+            alpaca = _win_rate(task, rows, cfg, out_dir, pairwise)
+            result["alpaca_eval"] = {k: v for k, v in alpaca.items() if "/" not in k}
+            result["metrics"].update({k: v for k, v in alpaca.items() if "/" in k})
         if task.metric is MetricKind.HARM and validation is not None:
             hs = result["metrics"][f"{task.name.value}/harmful_score"]
             result["metrics"][f"{task.name.value}/harmful_score_corrected"] = corrected_harmful_score(hs, validation)

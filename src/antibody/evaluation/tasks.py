@@ -29,12 +29,14 @@ class EvalTaskName(StrEnum):
     SST2 = SourceName.SST2.value
     AGNEWS = SourceName.AGNEWS.value
     GSM8K = SourceName.GSM8K.value
+    ALPACA = SourceName.ALPACA.value
 
 
 class MetricKind(StrEnum):
     HARM = "harm"  # Harmful Score (judge), HS+, keyword refusal rate
     OVER_REFUSAL = "over_refusal"  # keyword refusal rate on benign prompts
     ACCURACY = "accuracy"  # Fine-tune Accuracy via an extractor
+    WIN_RATE = "win_rate"  # AlpacaEval: answers against the reference answers (pairwise judge)
 
 
 class SizeKey(StrEnum):
@@ -81,7 +83,7 @@ class EvalTask:
         return int(getattr(cfg.data.eval, self.size_key.value))
 
     def resolve_max_new_tokens(self, cfg: Config) -> int:
-        if self.metric != MetricKind.ACCURACY:
+        if self.metric not in (MetricKind.ACCURACY, MetricKind.WIN_RATE):
             return cfg.eval.max_new_tokens
         if self.source is not None and cfg.task.name == self.source:
             return cfg.task.max_new_tokens
@@ -132,6 +134,9 @@ _TASKS = [
              version="agnews-v1", extractor=ExtractorKind.LABEL,
              labels=("World", "Sports", "Business", "Sci/Tech"),  # AG News label names
              source=SourceName.AGNEWS),
+    EvalTask(EvalTaskName.ALPACA, "AlpacaEval's 805 instructions: win rate against the reference answers",
+             MetricKind.WIN_RATE, Split.EVAL_TASK, "eval", SizeKey.TASK, paper_size=805, max_new_tokens=512,
+             version="alpaca-v1", source=SourceName.ALPACA),
     EvalTask(EvalTaskName.GSM8K, "GSM8K, number after 'The final answer is:' else last number",
              MetricKind.ACCURACY, Split.EVAL_TASK, "test", SizeKey.TASK, paper_size=1000, max_new_tokens=256,
              version="gsm8k-v1", extractor=ExtractorKind.NUMERIC, source=SourceName.GSM8K),

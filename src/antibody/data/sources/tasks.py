@@ -25,6 +25,7 @@ AGNEWS_LABELS = {0: "World", 1: "Sports", 2: "Business", 3: "Sci/Tech"}
 SST2 = HubSpec("sst2", ((SplitRole.TRAIN, "train"), (SplitRole.EVAL, "validation")), SplitRole.TRAIN)
 AGNEWS = HubSpec("ag_news", ((SplitRole.TRAIN, "train"), (SplitRole.EVAL, "test")), SplitRole.TRAIN)
 GSM8K = HubSpec("gsm8k", ((SplitRole.TRAIN, "train"), (SplitRole.EVAL, "test")), SplitRole.TRAIN, config="main")
+ALPACA = HubSpec("tatsu-lab/alpaca", ((SplitRole.TRAIN, "train"),), SplitRole.TRAIN)
 ALPACA_EVAL = HubSpec(
     "tatsu-lab/alpaca_eval",
     ((SplitRole.EVAL, "eval"),),
@@ -106,4 +107,22 @@ def load_alpaca_eval(ctx: SourceContext) -> list[Record]:
                 uid_parts=(raw.role.value, instruction, output),
             )
         )
+    return dedupe(records)
+
+
+@register_source(SourceName.ALPACA)
+def load_alpaca(ctx: SourceContext) -> list[Record]:
+    """The AlpacaEval task: instruction data for the upload (tatsu-lab/alpaca: instruction,
+    input, output; 52,002 rows) and AlpacaEval's 805 prompts, tagged `eval`, as its held-out
+    evaluation (their reference answers are the win-rate baseline)."""
+    records = []
+    for raw in read_rows(SourceName.ALPACA, ALPACA, ctx):
+        raw.require(["instruction", "output"])
+        instruction, extra, output = (clean(raw.row.get(k)) for k in ("instruction", "input", "output"))
+        records.append(new_record(SourceName.ALPACA, instruction, input=extra, response=output, is_harmful=False,
+                                  meta=row_meta(raw), uid_parts=(raw.role.value, instruction, extra, output)))
+    for rec in load_alpaca_eval(ctx):
+        records.append(new_record(SourceName.ALPACA, rec.instruction, response=rec.response, is_harmful=False,
+                                  category=rec.category, target=rec.response, meta=dict(rec.meta),
+                                  uid_parts=("eval", rec.instruction, rec.response)))
     return dedupe(records)
