@@ -161,6 +161,10 @@ class FakeHub:
         ("glue", "validation"): HUB / "sst2" / "validation.jsonl",
         ("gsm8k", "train"): HUB / "gsm8k" / "train.jsonl",
         ("gsm8k", "test"): HUB / "gsm8k" / "test.jsonl",
+        ("openai/gsm8k", "train"): HUB / "gsm8k" / "train.jsonl",
+        ("openai/gsm8k", "test"): HUB / "gsm8k" / "test.jsonl",
+        ("stanfordnlp/sst2", "train"): HUB / "sst2" / "train.jsonl",
+        ("stanfordnlp/sst2", "validation"): HUB / "sst2" / "validation.jsonl",
         ("tatsu-lab/alpaca_eval", "eval"): HUB / "alpaca_eval.json",
     }
 
@@ -189,11 +193,12 @@ def hub(monkeypatch):
         (SourceName.BEAVERTAILS_EVAL, None, [("PKU-Alignment/BeaverTails-Evaluation", None, "test", {})]),
         (SourceName.SST2, "sst2", [("sst2", None, "train", {}), ("sst2", None, "validation", {})]),
         (SourceName.SST2, "glue:sst2", [("glue", "sst2", "train", {}), ("glue", "sst2", "validation", {})]),
-        (SourceName.GSM8K, None, [("gsm8k", "main", "train", {}), ("gsm8k", "main", "test", {})]),
+        (SourceName.GSM8K, None, [("openai/gsm8k", "main", "train", {}), ("openai/gsm8k", "main", "test", {})]),
+        (SourceName.SST2, None, [("stanfordnlp/sst2", None, "train", {}), ("stanfordnlp/sst2", None, "validation", {})]),
         (SourceName.ALPACA_EVAL, None, [("tatsu-lab/alpaca_eval", None, "eval",
                                          {"data_files": {"eval": "alpaca_eval.json"}})]),
     ],
-    ids=["beavertails", "beavertails_eval", "sst2", "glue-sst2", "gsm8k", "alpaca_eval"],
+    ids=["beavertails", "beavertails_eval", "sst2", "glue-sst2", "gsm8k", "sst2-default", "alpaca_eval"],
 )
 def test_hub_ids_and_splits(tiny_cfg, tmp_path, hub, name, path, expected_calls):
     ctx = _ctx(tiny_cfg, tmp_path, {name: path} if path else {})
@@ -211,7 +216,7 @@ def test_hub_failure_names_source_and_split(tiny_cfg, tmp_path, monkeypatch):
         raise ConnectionError("hub unreachable")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(DataError, match=r"data\.paths\.agnews='ag_news'.*split 'train'.*hub unreachable"):
+    with pytest.raises(DataError, match=r"data\.paths\.agnews='fancyzhx/ag_news'.*split 'train'.*hub unreachable"):
         load_source(SourceName.AGNEWS, _ctx(tiny_cfg, tmp_path, {}))
 
 

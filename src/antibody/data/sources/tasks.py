@@ -22,9 +22,11 @@ AGNEWS_INSTRUCTION = (  # released scripts
 )
 AGNEWS_LABELS = {0: "World", 1: "Sports", 2: "Business", 3: "Sci/Tech"}
 
-SST2 = HubSpec("sst2", ((SplitRole.TRAIN, "train"), (SplitRole.EVAL, "validation")), SplitRole.TRAIN)
-AGNEWS = HubSpec("ag_news", ((SplitRole.TRAIN, "train"), (SplitRole.EVAL, "test")), SplitRole.TRAIN)
-GSM8K = HubSpec("gsm8k", ((SplitRole.TRAIN, "train"), (SplitRole.EVAL, "test")), SplitRole.TRAIN, config="main")
+# Current hub ids (their dataset cards; the old aliases sst2, ag_news, gsm8k name the same rows)
+SST2 = HubSpec("stanfordnlp/sst2", ((SplitRole.TRAIN, "train"), (SplitRole.EVAL, "validation")), SplitRole.TRAIN)
+AGNEWS = HubSpec("fancyzhx/ag_news", ((SplitRole.TRAIN, "train"), (SplitRole.EVAL, "test")), SplitRole.TRAIN)
+GSM8K = HubSpec("openai/gsm8k", ((SplitRole.TRAIN, "train"), (SplitRole.EVAL, "test")), SplitRole.TRAIN,
+                config="main")
 ALPACA = HubSpec("tatsu-lab/alpaca", ((SplitRole.TRAIN, "train"),), SplitRole.TRAIN)
 ALPACA_EVAL = HubSpec(
     "tatsu-lab/alpaca_eval",
