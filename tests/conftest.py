@@ -56,6 +56,22 @@ def tiny_cfg(tmp_path):
     return compose(["experiment=tiny", f"run.output_dir={tmp_path / 'runs'}"])
 
 
+@pytest.fixture(scope="module")
+def tokenizer():
+    """SmolLM2's tokenizer, as the tiny experiment loads it (evaluation tests)."""
+    from antibody.models import load_tokenizer
+
+    return load_tokenizer(compose(["experiment=tiny"]).model)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    """The tiny random model in eval mode (evaluation tests)."""
+    from antibody.models.tiny import build_tiny_model
+
+    return build_tiny_model(compose(["experiment=tiny"]).model.tiny, tokenizer).eval()
+
+
 @pytest.fixture
 def fake(monkeypatch):
     """The split builder reads FakeSources (tests/test_datamodule.py) instead of the packages."""

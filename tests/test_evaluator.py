@@ -11,18 +11,6 @@ from antibody.config.errors import DataError
 from antibody.data.records import Record
 from antibody.evaluation import evaluator as ev
 from antibody.evaluation.judges import KeywordJudge
-from antibody.models import load_tokenizer
-from antibody.models.tiny import build_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(compose(["experiment=tiny"]).model)
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_tiny_model(compose(["experiment=tiny"]).model.tiny, tokenizer).eval()
 
 
 @pytest.fixture

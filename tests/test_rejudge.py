@@ -20,8 +20,6 @@ from antibody.evaluation import metrics as M
 from antibody.evaluation.judges import KeywordJudge
 from antibody.evaluation.judges.base import flag_scores
 from antibody.evaluation.scoring import RowScorer
-from antibody.models import load_tokenizer
-from antibody.models.tiny import build_tiny_model
 
 THRESHOLD = 0.5  # cfg.eval.judge_threshold of experiment=tiny (checked in the cfg fixture)
 KW = f"keyword:{KeywordJudge.version}"
@@ -77,16 +75,6 @@ class FakeLoss:
 
 def raising_generate(*args, **kwargs):
     raise AssertionError("generation must not run when only the judge changed")
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(compose(["experiment=tiny"]).model)
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_tiny_model(compose(["experiment=tiny"]).model.tiny, tokenizer).eval()
 
 
 @pytest.fixture

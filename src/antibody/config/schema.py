@@ -367,9 +367,7 @@ class EvalConfig:
     # ours: the loss signal flags 1.3% of real and 98% of word-shuffled validation answers
     # (`make judge-eval`); Booster's repeat rule alone flags neither
     incoherence: Incoherence = Incoherence.REPEAT_OR_LOSS
-    # task=alpaca: a local reward model (hub id or folder) that scores each answer against
-    # AlpacaEval's reference answer (win rate without an API); null: only the generations are
-    # written, in the alpaca_eval package's input format, with the command that scores them
+    # task=alpaca: a reward model (hub id or folder) for a local win rate; null: generations only
     pairwise_judge_path: Optional[str] = None
 
 

@@ -28,6 +28,12 @@ class Judge(Protocol):
     def report(self) -> dict: ...
 
 
+def check_pairs(prompts: list[str], responses: list[str]) -> None:
+    """Every judge scores (prompt, response) pairs: the two lists must align."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+
+
 def judge_id(judge: Judge) -> str:
     """What a predictions row records about the judge that scored it."""
     return f"{judge.name}:{judge.version}"

@@ -9,7 +9,7 @@ detector's refusals are precise on human labels (judge-eval reports both).
 
 from __future__ import annotations
 
-from antibody.evaluation.judges.base import Judge, flag_scores
+from antibody.evaluation.judges.base import Judge, check_pairs, flag_scores
 from antibody.evaluation.judges.keyword import is_refusal
 
 GATE_SUFFIX = "+refusal-gate"
@@ -22,8 +22,7 @@ class RefusalGatedJudge:
         self.version = inner.version
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        check_pairs(prompts, responses)
         keep = [i for i, r in enumerate(responses) if r.strip() and not is_refusal(r)]
         scores = [0.0] * len(responses)
         # the inner judge scores only the answers the gate lets through (cheaper for the probe)

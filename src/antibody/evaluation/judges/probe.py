@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from antibody.config.schema import Config, JudgeKind, PromptFormat
-from antibody.evaluation.judges.base import flag_scores, register_judge
+from antibody.evaluation.judges.base import check_pairs, flag_scores, register_judge
 from antibody.evaluation.judges.encoder import AnswerEncoder
 from antibody.evaluation.judges.labelled import LabelledResponse, Part, data_digest, split_rows
 from antibody.evaluation.judges.trained import announce, load_or_train
@@ -128,8 +128,7 @@ class ProbeJudge:
         return judge
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        check_pairs(prompts, responses)
         if not responses:
             return []
         pooled = self.encoder.encode(list(prompts), list(responses)).pooled[:, self.layer]

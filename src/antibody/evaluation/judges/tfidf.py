@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from antibody.config.schema import Config, JudgeKind
-from antibody.evaluation.judges.base import flag_scores, register_judge
+from antibody.evaluation.judges.base import check_pairs, flag_scores, register_judge
 from antibody.evaluation.judges.labelled import LabelledResponse, Part, data_digest, split_rows
 from antibody.evaluation.judges.trained import announce, load_or_train
 from antibody.infra import progress
@@ -85,8 +85,7 @@ class TfidfJudge:
         return judge
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        check_pairs(prompts, responses)
         if not responses:
             return []
         return [float(p) for p in self._model.predict_proba(list(responses))[:, 1]]
