@@ -146,6 +146,33 @@ def test_a_study_runs_resumes_and_filters(tmp_path, capsys):
     assert "4 cells, 4 jobs (4 done, 0 resumable, 0 to do)" in capsys.readouterr().out
 
 
+def test_cells_run_to_their_evaluation_one_after_another(tmp_path, monkeypatch):
+    """A study stopped mid-way leaves finished cells (align, fine-tune, evaluation) rather
+    than every alignment and no evaluation; results.json is rewritten after each cell."""
+    from antibody.app import study as study_app
+
+    calls = []
+    monkeypatch.setattr(study_app, "train_job", lambda job: calls.append(("train", job.name)) or True)
+
+    def evaluate(job, cache):
+        calls.append(("eval", job.name))
+        calls.append(("results", len(json.loads((root / "results.json").read_text())["cells"]))
+                     if (root / "results.json").is_file() else ("results", None))
+        return True
+
+    monkeypatch.setattr(study_app, "evaluate_job", evaluate)
+    study = load_study(_write(tmp_path, _doc(tmp_path)))
+    root = tmp_path / "runs" / "t"
+    cells = plan(study, root)
+    study_app.run_study(study, root, cells, cells)
+    by_seed = {s: next(c for c in cells if c.seed == s and c.finetune) for s in (1, 2)}
+    a1, f1 = by_seed[1].align.name, by_seed[1].finetune.name
+    a2, f2 = by_seed[2].align.name, by_seed[2].finetune.name
+    assert calls == [("train", a1), ("train", f1), ("eval", f1), ("results", None),
+                     ("train", a2), ("train", f2), ("eval", f2), ("results", 4),
+                     ("eval", a1), ("results", 4), ("eval", a2), ("results", 4)]
+
+
 def _fake_cell(root: Path, job: str, row: str, seed: int, hs_outcomes: list[bool], fa: float) -> dict:
     preds = root / job / "eval" / "predictions"
     preds.mkdir(parents=True)

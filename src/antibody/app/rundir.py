@@ -117,11 +117,12 @@ def resolve_init_from(value: str, output_dir: str, stage: str = "align") -> Path
     )
 
 
-def write_results(folder: Path, name: str, results: dict, table: str) -> None:
+def write_results(folder: Path, name: str, results: dict, table: str, echo: bool = True) -> None:
     """A command's results file and its Markdown table side by side (`table.md`), the table
     also printed: what `study` and `judge-eval` leave behind."""
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / name, results)
     (folder / "table.md").write_text(table + "\n")
-    print(table)
-    print(f"[antibody] wrote {folder / name} and {folder / 'table.md'}")
+    if echo:
+        print(table)
+        print(f"[antibody] wrote {folder / name} and {folder / 'table.md'}")

@@ -2,7 +2,7 @@
 
     python -m antibody study conf/study/<name>.yaml [--dry-run] [--only row=x,p=0.2]
 
-Jobs (study_plan) run in order, alignments first; a finished job (DONE) is never redone,
+Cells run one after another, each to its evaluation; a finished job (DONE) is never redone,
 a killed one resumes from its last checkpoint (train_stage), an evaluation already
 current is kept (app/evaluate.is_current). The judge and its validation are built once
 per invocation. `--dry-run` lists the jobs with their state and an estimated time from
@@ -152,31 +152,59 @@ def evaluate_job(job: Job, cache: dict) -> bool:
 
 
 def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list[Cell]) -> dict:
-    """Run `cells` (a filter's subset of `all_cells`); the results cover every cell of the
-    study, those without an evaluation yet marked pending."""
-    from antibody.app.study_report import cell_result, summarise
-
+    """Run `cells` (a filter's subset of `all_cells`) one after another, each to the end
+    (align, fine-tune, evaluate) before the next starts, so that a run stopped by the end of
+    a session leaves finished rows rather than many half-used alignments; results.json and
+    table.md are rewritten after each evaluation. The results cover every cell of the study,
+    those without an evaluation yet marked pending."""
     jobs = jobs_of(cells)
     t0 = time.perf_counter()
-    trained = evaluated = 0
+    counts = {"trained": 0, "evaluated": 0}
     cache: dict = {}  # the judge and evaluation records, shared by the jobs of this invocation
+    done: set[str] = set()
+    results: dict = {}
     with progress.task(f"study {study.name}", total=2 * len(jobs)) as bar:
-        for job in jobs:
-            bar.update(description=f"train {job.name}")
-            trained += train_job(job)
+        for cell in cells:
+            for job in (cell.align, cell.finetune):
+                if job is None or job.name in done:
+                    continue
+                bar.update(description=f"train {job.name}")
+                counts["trained"] += train_job(job)
+                done.add(job.name)
+                bar.advance()
+            model = cell.model_job
+            if f"eval:{model.name}" in done:
+                continue
+            bar.update(description=f"eval {model.name}")
+            counts["evaluated"] += evaluate_job(model, cache)
+            done.add(f"eval:{model.name}")
             bar.advance()
-        for job in {c.model_job.name: c.model_job for c in cells}.values():
-            bar.update(description=f"eval {job.name}")
-            evaluated += evaluate_job(job, cache)
-            bar.advance()
+            results = collect(study, root, all_cells, len(jobs), counts, time.perf_counter() - t0)
+            write_study(root, results, final=False)
+    return results or collect(study, root, all_cells, len(jobs), counts, time.perf_counter() - t0)
+
+
+def collect(study: StudyConfig, root: Path, all_cells: list[Cell], n_jobs: int, counts: dict,
+            seconds: float) -> dict:
+    from antibody.app.study_report import cell_result, summarise
+
     results = {"kind": "study", "study": study.name, "reference": study.reference,
                "axes": list(study.axes), "seeds": list(study.seeds),
                "cells": [cell_result(c, root) for c in all_cells],
-               "seconds_this_invocation": time.perf_counter() - t0,
-               "jobs": len(jobs), "jobs_trained_this_invocation": trained,
-               "jobs_evaluated_this_invocation": evaluated}
+               "seconds_this_invocation": seconds,
+               "jobs": n_jobs, "jobs_trained_this_invocation": counts["trained"],
+               "jobs_evaluated_this_invocation": counts["evaluated"]}
     results.update(summarise(results, root))
     return results
+
+
+def write_study(root: Path, results: dict, final: bool = True) -> None:
+    """results.json and table.md (atomically, rundir.write_results); the plot at the end."""
+    from antibody.app.study_report import plot, study_table
+
+    write_results(root, "results.json", results, study_table(results), echo=final)
+    if final and results["summary"]:
+        plot(results, root / "results.png")
 
 
 def _args(args: list[str]) -> tuple[Path, bool, Optional[str]]:
@@ -194,7 +222,7 @@ def _args(args: list[str]) -> tuple[Path, bool, Optional[str]]:
 
 
 def study_command(args: list[str]) -> int:
-    from antibody.app.study_report import dry_run_table, plot, study_table
+    from antibody.app.study_report import dry_run_table
 
     path, dry, only_text = _args(args)
     study = load_study(path)
@@ -213,8 +241,5 @@ def study_command(args: list[str]) -> int:
         print(dry_run_table(rows, len(cells), to_eval, measured_eval_seconds(root, model)))
         return 0
     root.mkdir(parents=True, exist_ok=True)
-    results = run_study(study, root, cells, all_cells)
-    write_results(root, "results.json", results, study_table(results))
-    if results["summary"]:
-        plot(results, root / "results.png")
+    write_study(root, run_study(study, root, cells, all_cells))
     return 0
