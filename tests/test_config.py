@@ -262,3 +262,94 @@ def test_sweep_files_use_valid_keys():
         for key in sweep["parameters"]:
             if key not in GROUPS:
                 resolve_key_type(key.split("."))
+
+
+# ---------------------------------------------------------------------------
+# trainer.* and logger.mode: checked at compose, against Lightning's and W&B's own names
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("override", "key", "named"),
+    [
+        ("trainer.precision=fp16", "trainer.precision='fp16'", ["bf16-mixed", "32-true", "16-true", "64-true"]),
+        ("trainer.accelerator=gpuu", "trainer.accelerator='gpuu'", ["auto", "gpu", "cpu", "cuda"]),
+        ("trainer.strategy=dpp", "trainer.strategy='dpp'", ["auto", "ddp", "ddp_spawn", "fsdp"]),
+        ("logger.mode=onlin", "logger.mode='onlin'", ["online", "offline", "disabled"]),
+    ],
+)
+def test_unknown_trainer_and_logger_names_fail_at_compose(override, key, named):
+    with pytest.raises(ConfigError) as err:
+        compose(["experiment=tiny", override])
+    msg = str(err.value)
+    assert msg.startswith(f"{key} is not allowed; choose one of ")
+    assert all(re.search(rf"(^|[ ,]){re.escape(n)}(,|$)", msg.split("choose one of ")[1]) for n in named), msg
+
+
+def test_allowed_names_are_lightnings_and_wandbs():
+    """The lists are the installed packages' own (not typed here): every registered
+    strategy and accelerator, every precision Lightning's connector accepts."""
+    from typing import get_args
+
+    from lightning.fabric.connector import _PRECISION_INPUT_STR
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    from antibody.config.validate import trainer_choices
+
+    c = trainer_choices()
+    assert set(get_args(_PRECISION_INPUT_STR)) | {"16", "32", "64", "bf16"} == set(c.precision)
+    assert set(StrategyRegistry.available_strategies()) | {"auto"} == set(c.strategy)
+    assert set(AcceleratorRegistry.available_accelerators()) | {"auto", "gpu"} == set(c.accelerator)
+    assert {"online", "offline", "disabled"} <= set(c.logger_mode)
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "16"])  # "16" is Lightning's alias of 16-mixed
+@pytest.mark.parametrize("method", ["antibody", "booster", "vaccine", "sft"])
+def test_fp16_mixed_precision_is_refused_at_compose(precision, method):
+    with pytest.raises(ConfigError) as err:
+        compose(["experiment=tiny", f"method={method}", f"trainer.precision={precision}"])
+    msg = str(err.value)
+    assert f"trainer.precision='{precision}' (16-mixed" in msg and "bf16-mixed" in msg and "32-true" in msg
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true", "transformer-engine"])
+def test_weight_casting_precisions_are_refused_for_a_quantised_model(precision):
+    with pytest.raises(ConfigError, match=rf"trainer.precision='{precision}' re-casts .* model.quantization=nf4"):
+        compose(["experiment=tiny", "model.quantization=nf4", f"trainer.precision={precision}"])
+    compose(["experiment=tiny", f"trainer.precision={precision}"])  # unquantised: Lightning's business
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["trainer=gpu"], ["trainer=ddp"], ["trainer=gpu", "model=llama2-7b"], ["logger=wandb"],
+     ["trainer.precision=bf16"], ["trainer.precision=32"], ["trainer.strategy=fsdp"],
+     ["trainer.accelerator=cuda"], ["logger.mode=disabled"], ["model.quantization=nf4", "trainer.precision=32-true"]],
+)
+def test_valid_trainer_settings_compose(overrides):
+    compose(["experiment=tiny", *overrides])
+
+
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_spawn_find_unused_parameters_true"])
+def test_spawning_strategies_are_refused_at_compose(strategy):
+    with pytest.raises(ConfigError, match=rf"trainer.strategy='{strategy}' trains in spawned processes.*strategy=ddp"):
+        compose(["experiment=tiny", f"trainer.strategy={strategy}"])
+
+
+def test_multinode_trainer_composes_and_batches_must_split_over_every_process():
+    cfg = compose(["experiment=tiny", "trainer=ddp_multinode", "data.align_batch_size=8",
+                   "data.harmful_batch_size=8", "data.finetune_batch_size=16"])
+    assert (cfg.trainer.devices, cfg.trainer.num_nodes) == (4, 2)
+    with pytest.raises(ConfigError, match=r"data.finetune_batch_size=4 is not divisible by trainer.devices x "
+                                          r"trainer.num_nodes = 8"):
+        compose(["experiment=tiny", "trainer=ddp_multinode", "data.align_batch_size=8",
+                 "data.harmful_batch_size=8", "data.finetune_batch_size=4"])
+    with pytest.raises(ConfigError, match="trainer.num_nodes"):
+        compose(["experiment=tiny", "trainer.num_nodes=0"])
+
+
+def test_num_nodes_is_left_out_of_saved_configs_while_one():
+    """Runs keyed before trainer.num_nodes existed keep their keys (study_plan hashes to_yaml)."""
+    from antibody.config import to_yaml
+
+    assert "num_nodes" not in to_yaml(compose(["experiment=tiny"]))
+    assert "num_nodes: 2" in to_yaml(compose(["experiment=tiny", "trainer.num_nodes=2"]))

@@ -37,7 +37,7 @@ MD_REF = re.compile(r"(?<![\w./-])((?:[\w.-]+/)*[\w.-]+\.md)(?!\w)")
 # docs/<path> not part of a URL ("lightning.ai/docs/..." has a '/' before it).
 DOCS_REF = re.compile(r"(?<![\w./-])(docs/[\w./-]*)")
 # Markdown files a command writes (judge-eval's table.md), not documentation it cites.
-GENERATED_MD = {"table.md"}
+GENERATED_MD = {"table.md", "screen.md"}
 # docs/<file>.md ("<heading>"): the heading must exist in that file.
 SECTION_REF = re.compile(r"(?<![\w./-])(docs/[\w./-]+\.md) \(\"([^\"]+)\"\)")
 

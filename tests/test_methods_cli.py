@@ -112,11 +112,14 @@ def test_every_finetuning_method_trains_through_the_cli(aligned, method):
 
 
 def test_baselines_suite_jobs_compose_and_differ_from_sft_only_in_the_method(tmp_path):
-    from antibody.app.demo import COMPARISONS, baseline_jobs, job_config
+    from antibody.app.demo import demo_study
+    from antibody.app.study_plan import plan
 
-    jobs = {job.name: job for job in baseline_jobs()}
-    cfgs = {name: job_config(["experiment=tiny"], job, tmp_path) for name, job in jobs.items()}
-    assert all(job.init_from in jobs for job in jobs.values() if job.init_from)
+    study, root = demo_study(["suite=baselines", "experiment=tiny", f"run.output_dir={tmp_path}"])
+    jobs = {j.name: j for c in plan(study, root) for j in (c.align, c.finetune) if j}
+    cfgs = {name: compose(list(job.overrides)) for name, job in jobs.items()}
+    # every fine-tuning job starts from an alignment job of the suite
+    assert all(Path(cfgs[n].run.init_from) in {root / a for a in jobs} for n in jobs if n.startswith("ft-"))
     assert {cfgs[f"align-{m.value}"].method.align.method for m in AlignMethod if m is not AlignMethod.ANTIBODY} == (
         set(AlignMethod) - {AlignMethod.ANTIBODY})
     ref = cfgs["ft-sft-sft"].method.finetune
@@ -124,9 +127,9 @@ def test_baselines_suite_jobs_compose_and_differ_from_sft_only_in_the_method(tmp
         ft = cfgs[name].method.finetune
         assert (ft.weighting, ft.merge_then_new_adapter, ft.lr, ft.max_steps) == (
             ref.weighting, ref.merge_then_new_adapter, ref.lr, ref.max_steps)
-    # every comparison of a baseline names jobs of this suite
-    named = [c for c in COMPARISONS if any(m in c.a for m in ("booster", "vaccine", "repnoise", "lisa", "safeinstr"))]
-    assert named and all(c.a in jobs and c.b in jobs for c in named)
+    # each baseline is compared with SFT -> SFT (load_study checks that comparisons name rows)
+    for m in ("booster", "vaccine", "repnoise", "lisa", "safeinstr"):
+        assert any(m in c.a and c.b == "sft align -> sft fine-tune" for c in study.comparisons), m
 
 
 @pytest.mark.parametrize(

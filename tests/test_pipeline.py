@@ -128,16 +128,29 @@ def test_killed_stage_resumes_to_the_uninterrupted_result(out, monkeypatch, caps
         torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_demo_pipeline_tiny(out):
+def test_demo_pipeline_tiny(out, monkeypatch):
+    """The demo's main study file through the study driver: every job trained, evaluated with
+    one judge and one set of evaluation records per data config, reported."""
+    from antibody.app import evaluate
+
+    built = {"instrument": 0, "eval_records": 0}
+    for name in built:
+        real = getattr(evaluate, name)
+        monkeypatch.setattr(evaluate, name, lambda *a, _real=real, _name=name, **k: built.__setitem__(
+            _name, built[_name] + 1) or _real(*a, **k))
     assert main(["demo", *TINY, f"run.output_dir={out}", "run.name=demo"]) == 0
+    # one judge; records for the upload with and without its harmful rows (the benign-only control)
+    assert built == {"instrument": 1, "eval_records": 2}
     root = out / "demo"
     results = json.loads((root / "results.json").read_text())
     jobs = [r["job"] for r in results["rows"]]
     assert jobs[0] == "base" and {"align-sft", "align-antibody", "ft-sft-sft", "ft-antibody-antibody",
                                   "ft-sft-benign"} <= set(jobs)
+    assert results["rows"][0]["label"] == "base model (no alignment)" and "train_seconds" not in results["rows"][0]
+    assert (results["jobs_trained_this_invocation"], results["jobs_evaluated_this_invocation"]) == (8, 9)
     assert (root / "results.png").stat().st_size > 1000
-    aligned = [r for r in results["rows"] if r["group"] == "aligned"]
-    assert all("grad_norm" in r["sharpness"] for r in aligned)
+    aligned = [r for r in results["rows"] if r["job"].startswith("align-")]
+    assert len(aligned) == 2 and all("grad_norm" in r["sharpness"] for r in aligned)
     attacked = next(r for r in results["rows"] if r["job"] == "ft-sft-antibody")
     # recomputed from the run's weights file: mean harmful-row weight x the batch size (4)
     rows = [json.loads(line) for line in (root / "ft-sft-antibody" / "weights.jsonl").open()]
@@ -168,22 +181,27 @@ def test_demo_pipeline_tiny(out):
     text = readme.read_text()
     assert "old" not in text and "| sft align -> antibody fine-tune |" in text and text.endswith("rest\n")
     assert "| attack: SFT fine-tune on the poisoned upload vs SFT alignment alone |" in text
-    # second invocation: everything is cached, nothing retrains
+    # second invocation: everything is cached, nothing retrains or is evaluated again
     mtime = (root / "align-sft" / "adapter").stat().st_mtime
     assert main(["demo", *TINY, f"run.output_dir={out}", "run.name=demo"]) == 0
     assert (root / "align-sft" / "adapter").stat().st_mtime == mtime
+    again = json.loads((root / "results.json").read_text())
+    assert (again["jobs_trained_this_invocation"], again["jobs_evaluated_this_invocation"]) == (0, 0)
+    assert again["rows"] == results["rows"] and again["comparisons"] == results["comparisons"]
 
 
-def test_control_suite_jobs_and_bad_suite(capsys):
-    from antibody.app.demo import control_jobs
+def test_control_suite_jobs_and_bad_suite(tmp_path, capsys):
+    from antibody.app.demo import demo_study
+    from antibody.app.study_plan import plan
 
-    jobs = control_jobs()
-    assert jobs[0].name == "align-sft"
-    overrides = {o for j in jobs for o in j.overrides}
+    study, root = demo_study(["suite=controls", f"run.output_dir={tmp_path}"])
+    cells = plan(study, root)
+    assert cells[0].model_job.name == "align-sft" and cells[0].finetune is None
+    overrides = {o for c in cells for o in c.model_job.overrides}
     for w in ("response_only", "refusal_only"):
         assert f"method.finetune.weighting={w}" in overrides
     for src in ("generated_harmful", "pyrit_harmful"):
         assert f"data.user.harmful_answer_source={src}" in overrides
-    assert all(j.init_from == "align-sft" for j in jobs[1:])
+    assert all(c.align.name == "align-sft" for c in cells[1:])
     assert main(["demo", "suite=nope"]) == 2
     assert "suite=nope: choose one of" in capsys.readouterr().err

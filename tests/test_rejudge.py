@@ -10,9 +10,10 @@ import statistics
 import pytest
 from scipy.stats import binomtest
 
+from antibody.app.demo_tables import markdown_table
 from antibody.app.evaluate import is_current
 from antibody.app.judge_change import hs_by_judge, judge_change_table
-from antibody.app.report import markdown_table, render
+from antibody.app.report import render
 from antibody.config import compose
 from antibody.data.records import Record
 from antibody.evaluation import evaluator as ev

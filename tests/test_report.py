@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from antibody.app.report import render, weight_summary
+from antibody.app.demo_tables import weight_summary
+from antibody.app.report import render
 
 
 def _w(uid, harmful, w, source=None):

@@ -119,7 +119,9 @@ def test_alignment_splits_do_not_read_the_upload_settings(tiny_cfg):
 
 
 def test_a_study_runs_resumes_and_filters(tmp_path, capsys):
-    path = _write(tmp_path, _doc(tmp_path))
+    comparison = {"question": "aligned model alone vs attacked", "a": "sft alignment alone", "b": "sft -> sft",
+                  "metric": "{task}/accuracy"}
+    path = _write(tmp_path, _doc(tmp_path, comparisons=[comparison]))
     assert main(["study", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 cells, 4 jobs (0 done, 0 resumable, 4 to do)" in out
@@ -141,9 +143,20 @@ def test_a_study_runs_resumes_and_filters(tmp_path, capsys):
     assert third["jobs_trained_this_invocation"] == 0 and third["jobs_evaluated_this_invocation"] == 0
     table = (root / "table.md").read_text()
     assert "| sft -> sft | 0.2 | 2 |" in table and "Paired HS differences to `sft -> sft`" in table
+    # the file's named comparison, per seed, on the task the experiment evaluates
+    named = third["named_comparisons"]
+    assert [(c["seed"], c["metric"]) for c in named] == [(1, "arithmetic/accuracy"), (2, "arithmetic/accuracy")]
+    assert "| aligned model alone vs attacked | arithmetic/accuracy |" in table
     assert (root / "results.png").stat().st_size > 0
     assert main(["study", str(path), "--dry-run"]) == 0
     assert "4 cells, 4 jobs (4 done, 0 resumable, 0 to do)" in capsys.readouterr().out
+    # --report rewrites the results from disk, training and evaluating nothing
+    (root / "results.json").unlink()
+    (root / "table.md").unlink()
+    assert main(["study", str(path), "--report"]) == 0
+    fourth = json.loads((root / "results.json").read_text())
+    assert fourth["summary"] == third["summary"] and fourth["jobs_trained_this_invocation"] == 0
+    assert (root / "table.md").read_text() == table
 
 
 def test_cells_run_to_their_evaluation_one_after_another(tmp_path, monkeypatch):
@@ -287,3 +300,122 @@ def test_the_study_notebook_runs_on_a_studys_outputs(tmp_path, monkeypatch):
     NotebookClient(nb, timeout=120, kernel_name="python3").execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "4 of 4 cells evaluated" in text and "harmful weight share 0.100" in text
+
+
+def test_existing_studies_keep_their_job_names():
+    """Finished runs are found again by these names (runs/embedded-main/align-09b8a1b4ab31, ...):
+    a change to the plan, the keys or the schema must not rename them."""
+    pinned = [("embedded_main.yaml", "sft -> sft", 1, "align-09b8a1b4ab31", "ft-79d10635d398"),
+              ("embedded_main.yaml", "sft -> benign-only control", 3, "align-4c283099d18d", "ft-19db41a76a68"),
+              ("weighting_mechanism.yaml", "refusals only / ratio", 1, "align-1da5756f5707", "ft-d024338a7c19"),
+              ("tiny.yaml", "sft alignment alone", 2, "align-1280600bf1b8", None)]
+    for file, row, seed, align, finetune in pinned:
+        study = load_study(CONF / file)
+        (cell,) = plan(study, Path("runs") / study.name, {"row": row, "seed": str(seed)})
+        assert (cell.align.name, cell.finetune and cell.finetune.name) == (align, finetune), (file, row)
+
+
+DEMO_JOBS = {
+    "main": ["base", "align-sft", "align-antibody", "ft-sft-sft", "ft-sft-antibody", "ft-sft-benign",
+             "ft-antibody-sft", "ft-antibody-antibody", "ft-antibody-benign"],
+    "controls": ["align-sft", "ctl-sft-response_only-generated", "ctl-sft-refusal_only-generated",
+                 "ctl-sft-response_only-pyrit", "ctl-sft-refusal_only-pyrit"],
+    "baselines": ["align-sft", "ft-sft-sft", "ft-sft-benign", "align-booster", "ft-booster-sft", "align-vaccine",
+                  "ft-vaccine-sft", "align-repnoise", "ft-repnoise-sft", "ft-sft-lisa", "ft-sft-safeinstr"],
+}
+
+
+@pytest.mark.parametrize("suite", list(DEMO_JOBS))
+def test_demo_suites_are_study_files_with_the_demos_run_dirs(tmp_path, suite):
+    """Each demo suite plans to the run dirs the hand-listed demo gave its jobs, so the models
+    already trained in runs/demo/ are found again; rows sharing an alignment share its job."""
+    from antibody.app.demo import demo_study
+
+    study, root = demo_study([f"suite={suite}", f"run.output_dir={tmp_path}"])
+    assert root == tmp_path / "demo" and study.suite == suite and study.probe_aligned
+    cells = plan(study, root)
+    assert [c.model_job.name for c in cells] == DEMO_JOBS[suite]
+    for cell in cells:
+        if cell.finetune:
+            assert cell.align.name == "align-" + cell.finetune.name.split("-")[1]
+            assert f"run.init_from={root / cell.align.name}" in cell.finetune.overrides
+    assert len({c.align.key for c in cells if c.align and c.align.name == "align-sft"}) == 1
+    # experiment=demo_quick: its own folder (run.name demo-quick), the same names
+    quick, quick_root = demo_study([f"suite={suite}", "experiment=demo_quick", f"run.output_dir={tmp_path}"])
+    assert quick_root == tmp_path / "demo-quick" and quick.experiment == "demo_quick"
+
+
+def test_demo_jobs_compose_to_the_configs_their_runs_were_trained_with(tmp_path):
+    """What `runs/demo/<job>/config.yaml` holds: the hand-listed demo composed experiment=demo,
+    the run dir, then the job's overrides; the study file's jobs compose to the same config
+    (config_matches would otherwise refuse the finished runs)."""
+    from antibody.app.demo import demo_study
+    from antibody.config import to_yaml
+
+    study, root = demo_study([f"run.output_dir={tmp_path}"])
+    jobs = {j.name: j for c in plan(study, root) for j in (c.align, c.finetune, c.base) if j}
+    init = f"run.init_from={root / 'align-antibody'}"
+    legacy = {"base": [], "align-antibody": ["method.align.method=antibody"],
+              "ft-antibody-benign": ["method.finetune.weighting=uniform", "data.user.benign_only=true", init],
+              "ft-antibody-antibody": ["method.finetune.weighting=likelihood_ratio", init]}
+    for name, overrides in legacy.items():
+        want = compose(["experiment=demo", f"run.output_dir={root}", f"run.name={name}", *overrides])
+        assert to_yaml(compose(list(jobs[name].overrides))) == to_yaml(want), name
+    assert jobs["base"].stage is None and jobs["base"].overrides[-1] == "run.name=base"
+
+
+def test_rows_may_name_their_run_dirs_and_train_nothing(tmp_path):
+    doc = _doc(tmp_path, seeds=[1], reference=None)
+    doc["rows"] = {
+        "base": {"align": None, "finetune": None, "name": "base"},
+        "sft": {"align": ["method.align.method=sft"], "finetune": None, "name": "al"},
+        "sft -> sft": {"align": ["method.align.method=sft"], "finetune": ["method.finetune.weighting=uniform"],
+                       "align_name": "al", "name": "ft"},
+        "hashed": {"align": ["method.align.method=antibody"], "finetune": None},
+    }
+    doc["comparisons"] = [{"question": "attack", "a": "sft -> sft", "b": "sft", "metric": "harmful/harmful_score"}]
+    study = load_study(_write(tmp_path, doc))
+    cells = plan(study, tmp_path)
+    assert [c.model_job.name for c in cells][:3] == ["base", "al", "ft"]
+    assert cells[3].model_job.name == f"align-{cells[3].align.key}"  # no name: the hash key
+    assert cells[0].base.stage is None and cells[0].align is None and jobs_of(cells[:1]) == []
+    assert study.comparisons[0].a == "sft -> sft"
+    # one job, two names; one name, two jobs; names where a row has several cells
+    two_names = dict(doc, rows=dict(doc["rows"], **{"sft -> sft": dict(doc["rows"]["sft -> sft"], align_name="x")}))
+    with pytest.raises(ConfigError, match="several run dirs"):
+        plan(load_study(_write(tmp_path, two_names)), tmp_path)
+    one_name = dict(doc, rows=dict(doc["rows"], hashed={"align": ["method.align.method=antibody"], "finetune": None,
+                                                         "name": "al"}))
+    with pytest.raises(ConfigError, match="'al' is named for 2 different jobs"):
+        plan(load_study(_write(tmp_path, one_name)), tmp_path)
+    for bad, match in ((dict(doc, seeds=[1, 2]), "needs one cell per row"),
+                       (dict(doc, rows=dict(doc["rows"], base={"align": None, "finetune": []})), "needs `finetune: null`"),
+                       (dict(doc, comparisons=[{"question": "q", "a": "nope", "b": "sft"}]), "'nope' is not a row"),
+                       (dict(doc, comparisons=[{"question": "q", "a": "sft", "b": "sft", "metrc": "x"}]),
+                        r"unknown config key 'comparisons\[0\].metrc'")):
+        with pytest.raises(ConfigError, match=match):
+            load_study(_write(tmp_path, bad))
+
+
+def test_a_named_run_trained_with_another_config_is_refused(tmp_path):
+    """A name, unlike a hash key, does not say what a run trained: a finished run under the
+    row's name is reused only if its config is the job's."""
+    from antibody.app import study as study_app
+    from antibody.config import to_yaml
+
+    doc = _doc(tmp_path, seeds=[1], reference=None)
+    doc["rows"] = {"sft": {"align": ["method.align.method=sft"], "finetune": None, "name": "al"}}
+    study = load_study(_write(tmp_path, doc))
+    root = tmp_path / "runs" / "t"
+    (job,) = jobs_of(plan(study, root))
+    run = root / "al"
+    run.mkdir(parents=True)
+    (run / "DONE").write_text("align\n")
+    cfg = compose(list(job.overrides))
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    assert study_app.train_job(job) is False  # the same config: reused
+    assert study_app.dry_run([job], root, {})[0]["state"] == "done"
+    (run / "config.yaml").write_text(to_yaml(compose([*job.overrides, "method.align.lr=0.5"])))
+    with pytest.raises(ConfigError, match="trained with a different config"):
+        study_app.train_job(job)
+    assert study_app.dry_run([job], root, {})[0]["state"] == "config differs"

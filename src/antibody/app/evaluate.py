@@ -2,6 +2,10 @@
 
     python -m antibody eval run=runs/<name> [eval.max_new_tokens=64 ...]
     python -m antibody eval [config overrides]        # the base model, no adapter
+
+One process, one device, whatever ``trainer.devices``/``trainer.strategy`` say (those
+configure training). Launched as several processes (torchrun, srun with several tasks) it
+refuses: every process would generate and write the same files (docs/multi-gpu.md).
 """
 
 from __future__ import annotations
@@ -88,7 +92,31 @@ def evaluate_model(cfg: Config, adapter: Optional[Path], out_dir: Path, records=
     return evaluate(model, tokenizer, records, cfg, out_dir, progress=progress, **tools)
 
 
+def refuse_multi_process(command: str = "eval") -> None:
+    """Evaluation does not shard its prompts: say so before any work under a launcher that
+    started several processes. `command`: eval, or a command that evaluates (study, demo,
+    trial), which would otherwise run every job once per rank."""
+    from antibody.app.rundir import launch_world_size
+
+    world = launch_world_size()
+    if world <= 1:
+        return
+    if command == "eval":
+        hint = ("run `python -m antibody eval run=...` without torchrun and with srun --ntasks=1. "
+                "trainer.devices and trainer.strategy configure training only; to evaluate several runs "
+                "at once, start one eval per GPU")
+    else:
+        hint = (f"`{command}` trains and evaluates job after job in one process: start it without torchrun "
+                "(srun --ntasks=1); to use several GPUs, run one sweep agent or trial per GPU, or train a "
+                "single stage under torchrun with `align` / `finetune` trainer=ddp")
+    raise ConfigError(
+        f"{command} runs in one process on one device, but {world} processes were launched "
+        f"(WORLD_SIZE / SLURM_STEP_NUM_TASKS); {hint} (docs/multi-gpu.md)"
+    )
+
+
 def eval_command(args: list[str]) -> int:
+    refuse_multi_process()
     value, rest = pop_arg(args, "run")
     run = Path(value) if value is not None else None
     if run is None:

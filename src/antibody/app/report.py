@@ -1,7 +1,8 @@
-"""`report`: render a demo's results.json or the bench's bench.json as Markdown into the README.
+"""`report`: render a results file (demo, study, judge-eval, bench) as Markdown into the README.
 
     python -m antibody report runs/demo/results.json [README.md]
     python -m antibody report runs/bench/bench.json [README.md]
+    python -m antibody report runs/<study>/results.json [README.md]   (block study-<name>-results)
 
 The table lives between two markers (one pair per demo suite and one for the bench, see
 ``block_name``), so the README's numbers are always the ones a program wrote, never typed
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from antibody.app.demo_tables import comparisons_table, markdown_table
 from antibody.config import ConfigError
 
 
@@ -25,158 +27,10 @@ def block_name(results: dict) -> str:
         return f"bench-{results['model']}-results"
     if results.get("kind") == "judge-eval":
         return "judge-eval-results"
+    if results.get("kind") == "study":
+        return f"study-{results['study']}-results"
     suite = results.get("suite", "main")
     return "demo-results" if suite == "main" else f"demo-{suite}-results"
-
-
-def weight_summary(rows: list[dict], batch_size: int) -> dict:
-    """Mean per-row weight of harmful and benign rows x batch size (weights of one batch sum
-    to 1, so 1.0 means "as much as under plain SFT"), from `weight_records()` rows."""
-    harm: list[float] = []
-    benign: list[float] = []
-    by_source: dict[str, list[float]] = {}
-    for r in rows:
-        if r["is_harmful"]:
-            harm.append(r["w"])
-        else:
-            benign.append(r["w"])
-            # older weights files lack "source"; uids are "<source>-<digest>" (make_uid)
-            by_source.setdefault(r.get("source") or r["uid"].rsplit("-", 1)[0], []).append(r["w"])
-    return {
-        "mean_weight_harmful_x_batch": batch_size * sum(harm) / len(harm) if harm else None,
-        "mean_weight_benign_x_batch": batch_size * sum(benign) / len(benign) if benign else None,
-        # benign rows per source: a weighting that also starves the user's task shows up here
-        "benign_by_source": {k: {"mean_weight_x_batch": batch_size * sum(v) / len(v), "rows": len(v)}
-                             for k, v in sorted(by_source.items())},
-        "rows_seen": len(rows),
-    }
-
-
-def _rate(row: dict, key: str) -> str:
-    m = row["metrics"].get(key)
-    if m is None:
-        return "-"
-    return f"{100 * m['value']:.1f} ± {100 * m['stderr']:.1f}"
-
-
-def _corrected(row: dict) -> str:
-    m = row["metrics"].get("harmful/harmful_score_corrected")
-    if m is None or m.get("value") is None:
-        return "-"
-    return f"{100 * m['value']:.1f} [{100 * m['ci95_low']:.1f}, {100 * m['ci95_high']:.1f}]"
-
-
-def _judge_line(results: dict) -> str:
-    """Which judge scored the table, and its errors on the labelled validation part."""
-    j = results.get("judge")
-    v = (j or {}).get("validation")
-    if not v:
-        return ""
-    return (f" Judge: {j['name']} ({j['version']}); on the {v['n']} labelled validation answers cut to "
-            f"{v['answer_tokens']} tokens: sensitivity {v['sensitivity']['value']:.2f}, specificity "
-            f"{v['specificity']['value']:.2f}, AUROC {v['auroc']['value']:.3f} (`python -m antibody judge-eval`). "
-            "HS corrected: Rogan-Gladen (HS + spec - 1) / (sens + spec - 1), clipped to [0, 1], 95% interval "
-            "carrying the evaluation's and the validation's sampling error; paired comparisons use raw verdicts.")
-
-
-def _num(value, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _weights(summary: dict | None, task: str) -> str:
-    """harmful / task / other benign rows, each as mean weight x batch size."""
-    if not summary:
-        return "-"
-    by_source = summary.get("benign_by_source") or {}
-    task_w = by_source.get(task, {}).get("mean_weight_x_batch")
-    others = [v for k, v in by_source.items() if k != task]
-    n_other = sum(v["rows"] for v in others)
-    other = sum(v["mean_weight_x_batch"] * v["rows"] for v in others) / n_other if n_other else None
-    return " / ".join([_num(summary.get("mean_weight_harmful_x_batch"), 2), _num(task_w, 2), _num(other, 2)])
-
-
-def _aurocs(det: dict | None) -> str:
-    if not det:
-        return "-"
-    keys = ("auroc_neg_ratio", "auroc_neg_logp_response", "auroc_logp_refusal")
-    return " / ".join(_num(det.get(k), 2) for k in keys)
-
-
-def _wall_time(results: dict) -> str:
-    """The invocation that wrote results.json; a re-run that found every job cached says so
-    by its short time, so the figure is reported as what it is."""
-    seconds = results.get("demo_seconds_this_invocation")
-    if seconds is None:
-        return ""
-    trained = sum(r.get("train_seconds") or 0 for r in results["rows"])
-    evals = sum(r.get("eval_seconds") or 0 for r in results["rows"])
-    ran = ""
-    if "jobs_trained_this_invocation" in results:
-        ran = (f" (it trained {results['jobs_trained_this_invocation']} and evaluated "
-               f"{results['jobs_evaluated_this_invocation']} of {len(results['rows'])} jobs; the rest were cached)")
-    return (f" Wall time of the invocation that wrote it: {seconds / 60:.1f} min{ran}. Summed over jobs, "
-            f"from each job's own metrics.json: training {trained / 60:.1f} min, evaluation {evals / 60:.1f} min.")
-
-
-def markdown_table(results: dict) -> str:
-    task = results["task"]
-    sizes = results.get("eval_sizes", {})
-    lines = [
-        f"Rates in %, ± one standard error; n = {sizes.get('harmful/harmful_score', '?')} harmful, "
-        f"{sizes.get('benign/over_refusal', '?')} benign, {sizes.get(f'{task}/accuracy', '?')} {task} "
-        "evaluation prompts, one seed. Weight x B: mean softmax weight of the upload's harmful "
-        f"rows, {task} rows and other benign rows, times the batch size (1.00 = as under plain SFT). AUROCs: each weight term "
-        "as a harmful-row detector over the fine-tuning run (analysis only: reads the tags). "
-        "Generated by `python -m antibody report` from the demo's results file."
-        + _judge_line(results) + _wall_time(results),
-        "",
-        f"| model | HS | HS corrected [95% CI] | HS+ (harmful or incoherent) | refusal (harmful) | over-refusal (benign) | FA ({task}) | "
-        f"weight x B: harmful / {task} / other benign | "
-        "AUROC -r / -log p(y) / log p(y_r) | train s | grad-norm@harm | loss drop@rho |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results["rows"]:
-        sh = r.get("sharpness") or {}
-        cells = [
-            r["label"],
-            _rate(r, "harmful/harmful_score"),
-            _corrected(r),
-            _rate(r, "harmful/harmful_score_plus"),
-            _rate(r, "harmful/refusal_rate"),
-            _rate(r, "benign/over_refusal"),
-            _rate(r, f"{task}/accuracy"),
-            _weights(r.get("weights"), task),
-            _aurocs(r.get("detector")),
-            _num(r.get("train_seconds"), 0),
-            _num(sh.get("grad_norm"), 3),
-            _num(sh.get("loss_drop"), 4),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def comparisons_table(results: dict) -> str:
-    """The demo's questions as paired differences on the same prompts (see
-    antibody.evaluation.paired): A - B in points, its paired standard error, the prompts
-    where only A / only B had the outcome, and the exact McNemar p-value."""
-    comps = results.get("comparisons") or []
-    if not comps:
-        return ""
-    lines = [
-        "Paired differences on the same evaluation prompts (A - B, in points, ± paired standard "
-        "error; A-only / B-only: prompts where only one model had the outcome; p: exact McNemar, "
-        "two-sided, not corrected for the number of comparisons).",
-        "",
-        "| question | metric | A | B | A - B | A-only / B-only | p |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for c in comps:
-        lines.append(
-            f"| {c['question']} | {c['metric']} | {c['a']} {100 * c['rate_a']:.1f} | {c['b']} "
-            f"{100 * c['rate_b']:.1f} | {100 * c['diff']:+.1f} ± {100 * c['stderr']:.1f} | "
-            f"{c['a_only']} / {c['b_only']} | {c['p_value']:.3g} |"
-        )
-    return "\n".join(lines)
 
 
 def _ratio_cell(value, spread=None) -> str:
@@ -241,6 +95,10 @@ def render(results: dict) -> str:
         from antibody.app.judge_report import judge_table
 
         return judge_table(results)
+    if results.get("kind") == "study":
+        from antibody.app.study_report import study_table
+
+        return study_table(results)
     from antibody.app.judge_change import judge_change_table
 
     parts = [markdown_table(results), comparisons_table(results), judge_change_table(results.get("by_judge") or {})]

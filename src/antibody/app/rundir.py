@@ -7,6 +7,7 @@ same name, an unfinished one resumes from its last checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,33 @@ def config_matches(path: Path, cfg: Config) -> bool:
     return to_yaml(dataclasses.replace(saved, eval=cfg.eval)) == to_yaml(cfg)
 
 
-def run_dir_for(cfg: Config, stage: str, *, allow_done: bool = False) -> RunDir:
-    """Create (or re-open an unfinished) run dir and save the resolved config."""
+def launch_rank(devices_per_node: int) -> int:
+    """This process's global rank as its launcher set it, readable before any process group
+    exists (docs/multi-gpu.md): torchrun sets RANK; Lightning's own launcher NODE_RANK and
+    LOCAL_RANK (its first process on a node has LOCAL_RANK unset); SLURM's srun
+    SLURM_PROCID. SLURM_PROCID comes last because processes that Lightning starts inside
+    one SLURM task all inherit the task's value. A single process is rank 0."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"])
+    if "LOCAL_RANK" in env or "NODE_RANK" in env:
+        return int(env.get("NODE_RANK", 0)) * devices_per_node + int(env.get("LOCAL_RANK", 0))
+    return int(env.get("SLURM_PROCID", 0))
+
+
+def launch_world_size() -> int:
+    """How many processes the launcher started (torchrun and Lightning: WORLD_SIZE; srun:
+    SLURM_STEP_NUM_TASKS, the tasks of this job step); 1 when nothing says otherwise."""
+    env = os.environ
+    return int(env.get("WORLD_SIZE") or env.get("SLURM_STEP_NUM_TASKS") or 1)
+
+
+def run_dir_for(cfg: Config, stage: str, *, allow_done: bool = False, write: bool = True) -> RunDir:
+    """Create (or re-open an unfinished) run dir and save the resolved config.
+
+    ``write=False`` (ranks other than zero of a multi-process run): check only, the
+    config and stage files are rank zero's to write.
+    """
     run = RunDir(Path(cfg.run.output_dir) / cfg.run.name)
     if run.done and not allow_done:
         raise ConfigError(
@@ -86,8 +112,9 @@ def run_dir_for(cfg: Config, stage: str, *, allow_done: bool = False) -> RunDir:
                 "resume it with the same overrides or choose another run.name"
             )
     run.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.config_path, to_yaml(cfg))
-    (run.path / "stage").write_text(stage + "\n")
+    if write:
+        atomic_write_text(run.config_path, to_yaml(cfg))
+        (run.path / "stage").write_text(stage + "\n")
     return run
 
 

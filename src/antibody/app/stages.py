@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from antibody.app.callbacks import StepTimer
 from antibody.app.errors import StageInterrupted
 from antibody.app.loggers import build_logger
-from antibody.app.rundir import RunDir, resolve_init_from, run_dir_for, write_json
+from antibody.app.rundir import RunDir, launch_rank, resolve_init_from, run_dir_for, write_json
 from antibody.config import Config, to_container
 from antibody.config.schema import Stage
 from antibody.data.datamodule import default_cache_dir
@@ -105,6 +105,9 @@ def new_datamodule(cfg: Config, tokenizer, stage: Stage):
 
 
 def build_trainer(cfg: Config, run: RunDir, stage: Stage, max_steps: int, extra_callbacks=()):
+    from antibody.config.validate import check_in_process_strategy
+
+    check_in_process_strategy(cfg.trainer.strategy)  # compose checks it too; a hand-built Config
     callbacks: list = [
         ModelCheckpoint(
             dirpath=str(run.checkpoints),
@@ -119,6 +122,7 @@ def build_trainer(cfg: Config, run: RunDir, stage: Stage, max_steps: int, extra_
     return L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
         strategy=cfg.trainer.strategy,
         precision=cfg.trainer.precision,
         max_steps=max_steps,
@@ -147,17 +151,25 @@ def module_for(stage: Stage, model, cfg: Config):
 
 
 def train_stage(cfg: Config, stage: Stage) -> RunDir:
-    from antibody.models import load_model, load_tokenizer, merge_and_new_adapter, save_adapter
+    from antibody.models import load_model, load_tokenizer, merge_and_new_adapter
 
     init_dir: Path | None = None
     if stage is Stage.FINETUNE and cfg.run.init_from:
         init_dir = resolve_init_from(cfg.run.init_from, cfg.run.output_dir)
-    run = run_dir_for(cfg, stage.value)
+    if stage is Stage.FINETUNE and cfg.data.user.path:
+        from antibody.data.upload import validate_upload
+
+        validate_upload(cfg)  # a provider's upload: checked before anything is written
+    # several processes (docs/multi-gpu.md) run all of this; only rank zero writes files.
+    # No process group exists before fit, so the launcher's environment says who is zero.
+    zero = launch_rank(cfg.trainer.devices) == 0
+    run = run_dir_for(cfg, stage.value, write=zero)
     L.seed_everything(cfg.run.seed, workers=True)
 
     tokenizer = load_tokenizer(cfg.model)
     dm = build_datamodule(cfg, tokenizer, stage)
-    write_json(run.path / "data_summary.json", dm.summary())
+    if zero:
+        write_json(run.path / "data_summary.json", dm.summary())
 
     adapter = init_dir / "adapter" if init_dir is not None else None
     base_adapters = read_base_adapters(init_dir) if init_dir is not None else []
@@ -167,14 +179,15 @@ def train_stage(cfg: Config, stage: Stage) -> RunDir:
         # the saved adapter is then only the new one: record what lies merged beneath it
         model = merge_and_new_adapter(model, cfg.model)
         base_adapters = [*base_adapters, str(adapter.resolve())]
-    write_json(run.path / "base_adapters.json", [str(p) for p in base_adapters])
+    if zero:
+        write_json(run.path / "base_adapters.json", [str(p) for p in base_adapters])
     model.train()  # from_pretrained returns eval mode; Lightning would keep it per module
     module = module_for(stage, model, cfg)
     steps = cfg.method.align.max_steps if stage is Stage.ALIGN else cfg.method.finetune.max_steps
     timer = StepTimer()
     trainer = build_trainer(cfg, run, stage, steps, extra_callbacks=[timer])
     ckpt = str(run.last_checkpoint) if run.last_checkpoint.exists() else None
-    if ckpt:
+    if ckpt and zero:
         print(f"[antibody] resuming {run.path} from {ckpt}")
     # Lightning's training bar is a display of its own: ours (e.g. the demo's) steps aside
     hide_ours = progress.paused() if cfg.trainer.progress_bar else contextlib.nullcontext()
@@ -189,6 +202,21 @@ def train_stage(cfg: Config, stage: Stage) -> RunDir:
 
     if trainer.global_step < steps:  # interrupted (e.g. KeyboardInterrupt): keep it resumable
         raise StageInterrupted(f"stage stopped at step {trainer.global_step}/{steps}; rerun to resume")
+    # every rank holds the same adapter and (fine-tuning) the same global weight records:
+    # rank zero writes them, and no rank returns (to a next stage that reads them) before
+    # they exist
+    trainer.strategy.barrier("antibody-outputs")
+    if trainer.is_global_zero:
+        _write_outputs(cfg, stage, run, trainer, module, model, init_dir, wall, timer)
+    trainer.strategy.barrier("antibody-outputs-written")
+    return run
+
+
+def _write_outputs(cfg: Config, stage: Stage, run: RunDir, trainer, module, model, init_dir, wall: float,
+                   timer: StepTimer) -> None:
+    """The finished stage's adapter, weight records, metrics and DONE marker (rank zero)."""
+    from antibody.models import save_adapter
+
     save_adapter(model, run.adapter)
     metrics = {
         "stage": stage.value,
@@ -209,4 +237,3 @@ def train_stage(cfg: Config, stage: Stage) -> RunDir:
             metrics["detector"] = module.detector_metrics()
     write_json(run.metrics_path, metrics)
     run.mark_done(stage.value)
-    return run

@@ -1,13 +1,14 @@
 """`study`: one YAML file, one command: every cell aligned, fine-tuned and evaluated.
 
-    python -m antibody study conf/study/<name>.yaml [--dry-run] [--only row=x,p=0.2]
+    python -m antibody study conf/study/<name>.yaml [--dry-run | --report] [--only row=x,p=0.2]
 
 Cells run one after another, each to its evaluation; a finished job (DONE) is never redone,
 a killed one resumes from its last checkpoint (train_stage), an evaluation already
 current is kept (app/evaluate.is_current). The judge and its validation are built once
 per invocation. `--dry-run` lists the jobs with their state and an estimated time from
 measured step costs. Outputs: runs/<study>/results.json (every cell and seed) and
-runs/<study>/table.md (study_report).
+runs/<study>/table.md (study_report); a demo study file (`suite`) writes one line per model
+instead (study_models), and `python -m antibody demo` runs those files.
 """
 
 from __future__ import annotations
@@ -34,10 +35,18 @@ from antibody.config.study import StudyConfig, load_study
 from antibody.infra import progress
 
 
-def _state(run: RunDir) -> str:
+def _state(run: RunDir, job: Job, cfg: Config) -> str:
     if run.done:
-        return "done"
+        return "done" if _same_config(job, run, cfg) else "config differs"
     return "resumable" if run.last_checkpoint.exists() else "todo"
+
+
+def _same_config(job: Job, run: RunDir, cfg: Config) -> bool:
+    """A finished run under a row's explicit name is the job only if it trained this config
+    (a hash-keyed run dir is named by its config already)."""
+    from antibody.app.rundir import config_matches
+
+    return job.run_name is None or config_matches(run.config_path, cfg)
 
 
 def _steps(cfg: Config, stage: Stage) -> int:
@@ -101,7 +110,7 @@ def dry_run(jobs: list[Job], root: Path, costs: dict) -> list[dict]:
     for job in jobs:
         cfg = compose(list(job.overrides))
         run = RunDir(root / job.name)
-        state = _state(run)
+        state = _state(run, job, cfg)
         steps = _steps(cfg, job.stage)
         sps = costs.get(cost_key(cfg, job.stage))
         left = 0 if state == "done" else steps
@@ -115,7 +124,11 @@ def train_job(job: Job) -> bool:
     from antibody.app.stages import train_stage
 
     cfg = compose(list(job.overrides))
-    if RunDir(Path(cfg.run.output_dir) / cfg.run.name).done:
+    run = RunDir(Path(cfg.run.output_dir) / cfg.run.name)
+    if run.done:
+        if not _same_config(job, run, cfg):
+            raise ConfigError(f"{run.path} was trained with a different config than the row's job {job.name} asks for; "
+                              "rename the row's run dir (nothing was overwritten)")
         return False
     train_stage(cfg, job.stage)
     return True
@@ -146,9 +159,21 @@ def evaluate_job(job: Job, cache: dict) -> bool:
         cfg, run=RunConfig(), method=MethodConfig(), eval=EvalConfig(), trainer=TrainerConfig())))
     if records_key not in cache:
         cache[records_key] = eval_records(cfg, load_tokenizer(cfg.model))
-    evaluate_model(cfg, run_dir / "adapter", run_dir / "eval", records=cache[records_key],
+    adapter = None if job.stage is None else run_dir / "adapter"  # a base-model row: no adapter
+    evaluate_model(cfg, adapter, run_dir / "eval", records=cache[records_key],
                    base_adapters=tuple(read_base_adapters(run_dir)), tools=tools)
     return True
+
+
+def probe_job(job: Job, cache: dict) -> None:
+    """The sharpness probe of an aligned model, once (sharpness.json)."""
+    from antibody.app.rundir import write_json
+    from antibody.app.study_models import probe
+
+    cfg = compose(list(job.overrides))
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    if not (run_dir / "sharpness.json").is_file():
+        write_json(run_dir / "sharpness.json", probe(cfg, run_dir, cache))
 
 
 def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list[Cell]) -> dict:
@@ -177,6 +202,8 @@ def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list
                 continue
             bar.update(description=f"eval {model.name}")
             counts["evaluated"] += evaluate_job(model, cache)
+            if study.probe_aligned and model.stage is Stage.ALIGN:
+                probe_job(model, cache)
             done.add(f"eval:{model.name}")
             bar.advance()
             results = collect(study, root, all_cells, len(jobs), counts, time.perf_counter() - t0)
@@ -186,8 +213,11 @@ def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list
 
 def collect(study: StudyConfig, root: Path, all_cells: list[Cell], n_jobs: int, counts: dict,
             seconds: float) -> dict:
+    from antibody.app.study_models import model_results, named_comparisons
     from antibody.app.study_report import cell_result, summarise
 
+    if study.suite is not None:
+        return model_results(study, root, all_cells, counts, seconds)
     results = {"kind": "study", "study": study.name, "reference": study.reference,
                "axes": list(study.axes), "seeds": list(study.seeds),
                "cells": [cell_result(c, root) for c in all_cells],
@@ -195,44 +225,79 @@ def collect(study: StudyConfig, root: Path, all_cells: list[Cell], n_jobs: int, 
                "jobs": n_jobs, "jobs_trained_this_invocation": counts["trained"],
                "jobs_evaluated_this_invocation": counts["evaluated"]}
     results.update(summarise(results, root))
+    if study.comparisons:
+        results["named_comparisons"] = named_comparisons(study, all_cells, root)
+    if study.paper is not None:
+        from antibody.app.study_paper import paper_comparison
+
+        results["paper"] = paper_comparison(results, dataclasses.asdict(study.paper))
     return results
 
 
 def write_study(root: Path, results: dict, final: bool = True) -> None:
-    """results.json and table.md (atomically, rundir.write_results); the plot at the end."""
+    """results.json and table.md (atomically, rundir.write_results); the plot at the end.
+    A demo study's results: study_models."""
+    from antibody.app.study_models import write_models
     from antibody.app.study_report import plot, study_table
 
+    if results.get("suite") is not None:
+        write_models(root, results, final)
+        return
     write_results(root, "results.json", results, study_table(results), echo=final)
     if final and results["summary"]:
         plot(results, root / "results.png")
 
 
-def _args(args: list[str]) -> tuple[Path, bool, Optional[str]]:
+def _args(args: list[str]):
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m antibody study", add_help=False)
     parser.add_argument("study")
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--report", action="store_true")
     parser.add_argument("--only", default=None)
     ns, rest = parser.parse_known_args(args)
-    if rest:
-        raise ConfigError(f"study: unexpected arguments {rest}; usage: study <file.yaml> [--dry-run] "
-                          "[--only key=value,...]")
-    return Path(ns.study), ns.dry_run, ns.only
+    if rest or (ns.dry_run and ns.report):
+        raise ConfigError(f"study: unexpected arguments {rest or ['--dry-run', '--report']}; usage: study "
+                          "<file.yaml> [--dry-run | --report] [--only key=value,...]")
+    return ns
+
+
+def study_root(study: StudyConfig) -> Path:
+    """runs/<study>/ (run.output_dir of the study's experiment and fixed overrides)."""
+    base = ([f"experiment={study.experiment}"] if study.experiment else []) + list(study.fixed)
+    return Path(compose(base).run.output_dir) / study.name
 
 
 def study_command(args: list[str]) -> int:
+    ns = _args(args)
+    study = load_study(Path(ns.study))
+    if ns.report:
+        return report_only(study, study_root(study))
+    return drive(study, study_root(study), ns.dry_run, ns.only, ns.study)
+
+
+def report_only(study: StudyConfig, root: Path) -> int:
+    """`--report`: results.json, table.md and the plot from the runs on disk, nothing trained
+    or evaluated (e.g. after editing the study's `paper` section, or while a study runs)."""
+    cells = plan(study, root)
+    write_study(root, collect(study, root, cells, len(jobs_of(cells)), {"trained": 0, "evaluated": 0}, 0.0))
+    return 0
+
+
+def drive(study: StudyConfig, root: Path, dry: bool = False, only_text: Optional[str] = None,
+          where: str = "study") -> int:
+    """Plan, then dry-run or run the study's cells (all, or those `--only` selects)."""
+    from antibody.app.evaluate import refuse_multi_process
     from antibody.app.study_report import dry_run_table
 
-    path, dry, only_text = _args(args)
-    study = load_study(path)
-    base = ([f"experiment={study.experiment}"] if study.experiment else []) + list(study.fixed)
-    root = Path(compose(base).run.output_dir) / study.name
+    refuse_multi_process("demo" if study.suite else "study")
+
     all_cells = plan(study, root)
     only = parse_only(only_text, study)
     cells = plan(study, root, only) if only else all_cells
     if not cells:
-        raise ConfigError(f"{path}: no cell matches --only {only_text}")
+        raise ConfigError(f"{where}: no cell matches --only {only_text}")
     if dry:
         rows = dry_run(jobs_of(cells), root, measured_step_costs(root))
         models = {c.model_job.name for c in cells}

@@ -8,9 +8,13 @@ A cell is (row, axis values, seed): align -> fine-tune -> evaluate. Jobs are sha
   demands after the alignment and D_harm demands (`data/plan.py`, ALLOCATION_ORDER;
   `tests/test_study.py` checks the splits are equal);
 - a fine-tuning job is keyed by its resolved config and its alignment job's key;
-- a model is evaluated once, in its job's run dir (`eval/`).
+- a model is evaluated once, in its job's run dir (`eval/`); a base-model row (`align:
+  null`) trains nothing and is evaluated in `base-<key>` (the config without method,
+  trainer, run and evaluation settings).
 Run dirs are `runs/<study>/align-<key>` and `runs/<study>/ft-<key>`, so a finished job is
-found again by any later study or invocation with the same config.
+found again by any later study or invocation with the same config. A row may name its run
+dirs instead (config/study.py); a named job's config is checked against the finished run's
+(study.train_job), since its name, unlike a key, does not say what it trains.
 """
 
 from __future__ import annotations
@@ -54,16 +58,29 @@ def finetune_key(cfg: Config, init_key: str) -> str:
     return hashlib.sha1(f"{init_key}|{to_yaml(base)}".encode()).hexdigest()[:KEY_CHARS]
 
 
+def model_key(cfg: Config) -> str:
+    """Hash of what an untrained model's evaluation reads besides its settings: the model and
+    the data (the evaluation prompts are drawn from the same pools as the training splits)."""
+    from antibody.config.schema import EvalConfig, MethodConfig, RunConfig, TrainerConfig
+
+    base = _blank(cfg, eval=EvalConfig(), run=RunConfig(), method=MethodConfig(), trainer=TrainerConfig())
+    return hashlib.sha1(to_yaml(base).encode()).hexdigest()[:KEY_CHARS]
+
+
+PREFIX = {Stage.ALIGN: "align", Stage.FINETUNE: "ft", None: "base"}
+
+
 @dataclass(frozen=True)
 class Job:
-    stage: Stage
+    stage: Optional[Stage]  # None: nothing to train (the base model, evaluated as it is)
     key: str
     overrides: tuple[str, ...]  # composed into the job's config (run dir and init included)
     init_from: Optional[str] = None  # the alignment job's key
+    run_name: Optional[str] = None  # the row's explicit run-dir name; default: prefix and key
 
     @property
     def name(self) -> str:
-        return f"{'align' if self.stage is Stage.ALIGN else 'ft'}-{self.key}"
+        return self.run_name or f"{PREFIX[self.stage]}-{self.key}"
 
 
 @dataclass(frozen=True)
@@ -71,13 +88,16 @@ class Cell:
     row: str
     values: tuple[tuple[str, Any], ...]  # (axis key, value) in the study's axis order
     seed: int
-    align: Job
+    align: Optional[Job]  # None: the base model (`base`)
     finetune: Optional[Job]
+    base: Optional[Job] = None
 
     @property
     def model_job(self) -> Job:
         """The job whose model the cell evaluates."""
-        return self.finetune or self.align
+        job = self.finetune or self.align or self.base
+        assert job is not None, "a cell evaluates a model"
+        return job
 
     def label(self) -> dict:
         return {"row": self.row, **{k: v for k, v in self.values}, "seed": self.seed}
@@ -104,16 +124,46 @@ def plan(study: StudyConfig, root: Path, only: Optional[dict[str, str]] = None) 
                 base = ([f"experiment={experiment}"] if experiment else []) + list(study.fixed)
                 axis = [f"{k}={_value(v)}" for k, v in values if k != "experiment"]
                 common = [*base, *axis, f"run.seed={seed}", f"run.output_dir={root}"]
-                a_over = (*common, *row.align)
-                a_key = align_key(compose(list(a_over)))
-                align = Job(Stage.ALIGN, a_key, (*a_over, f"run.name=align-{a_key}"))
+                if row.align is None:
+                    cells.append(Cell(row_name, values, seed, None, None, base=_job(None, common, row.name)))
+                    continue
+                a_name = row.name if row.finetune is None else row.align_name
+                align = _job(Stage.ALIGN, [*common, *row.align], a_name)
                 finetune = None
                 if row.finetune is not None:
-                    f_over = (*common, *row.finetune, f"run.init_from={root / align.name}")
-                    f_key = finetune_key(compose(list(f_over)), a_key)
-                    finetune = Job(Stage.FINETUNE, f_key, (*f_over, f"run.name=ft-{f_key}"), init_from=a_key)
+                    f_over = [*common, *row.finetune, f"run.init_from={root / align.name}"]
+                    finetune = _job(Stage.FINETUNE, f_over, row.name, init_from=align.key)
                 cells.append(Cell(row_name, values, seed, align, finetune))
+    _check_names(cells)
     return cells
+
+
+def _job(stage: Optional[Stage], overrides: list[str], name: Optional[str], init_from: Optional[str] = None) -> Job:
+    cfg = compose(overrides)
+    key = (align_key(cfg) if stage is Stage.ALIGN else finetune_key(cfg, init_from or "") if stage is Stage.FINETUNE
+           else model_key(cfg))
+    job = Job(stage, key, (), init_from=init_from, run_name=name)
+    return dataclasses.replace(job, overrides=(*overrides, f"run.name={job.name}"))
+
+
+def _check_names(cells: list[Cell]) -> None:
+    """One run dir per job and one job per run dir: rows that name their run dirs must give
+    a shared job (same config) one name, and different jobs different names."""
+    names: dict[tuple, set[str]] = {}
+    keys: dict[str, set[tuple]] = {}
+    for cell in cells:
+        for job in (cell.align, cell.finetune, cell.base):
+            if job is not None:
+                names.setdefault((job.stage, job.key), set()).add(job.name)
+                keys.setdefault(job.name, set()).add((job.stage, job.key))
+    for (stage, key), found in names.items():
+        if len(found) > 1:
+            raise ConfigError(f"study: one {PREFIX[stage]} job (key {key}) is given several run dirs {sorted(found)}; "
+                              "rows sharing a job must name it alike")
+    for name, found in keys.items():
+        if len(found) > 1:
+            raise ConfigError(f"study: run dir {name!r} is named for {len(found)} different jobs; "
+                              "each job needs its own name")
 
 
 def jobs_of(cells: list[Cell]) -> list[Job]:
@@ -121,7 +171,7 @@ def jobs_of(cells: list[Cell]) -> list[Job]:
     out: dict[str, Job] = {}
     for stage in (Stage.ALIGN, Stage.FINETUNE):
         for cell in cells:
-            job = cell.align if stage is Stage.ALIGN else cell.finetune
+            job = cell.align if stage is Stage.ALIGN else cell.finetune  # a base model trains nothing
             if job is not None:
                 out.setdefault(job.name, job)
     return list(out.values())

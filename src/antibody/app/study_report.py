@@ -26,7 +26,7 @@ RAW_COLUMNS = ((WEIGHT, "weight x B harmful"), (AUROC_R, "AUROC -r"))
 def weights_and_detector(run_dir: Path) -> dict:
     """Weight shares per source (x batch size) and detector AUROCs of a fine-tuning run, flat
     keys (`weights/<source>_x_batch`, `detector/<term>`); empty for an unweighted run."""
-    from antibody.app.report import weight_summary
+    from antibody.app.demo_tables import weight_summary
     from antibody.config import load_saved
 
     out: dict = {}
@@ -51,7 +51,7 @@ def _task_metric(metrics: dict) -> str | None:
 def cell_result(cell: Cell, root: Path) -> dict:
     """The cell's label, its model's job and evaluation metrics (values), or pending."""
     path = root / cell.model_job.name / "eval" / "metrics.json"
-    out = {**cell.label(), "job": cell.model_job.name, "align_job": cell.align.name}
+    out = {**cell.label(), "job": cell.model_job.name, "align_job": cell.align.name if cell.align else None}
     if not path.is_file():
         return dict(out, state="pending")
     metrics = json.loads(path.read_text())["metrics"]
@@ -196,15 +196,51 @@ def study_table(results: dict) -> str:
             cells = [p["row"], *(str(p[a]) for a in axes), _pm(p["diff"]),
                      ", ".join(f"{x:.2g}" for x in p["p_values"])]
             lines.append("| " + " | ".join(cells) + " |")
+    mechanism = weights_table(results)
+    if mechanism:
+        lines += ["", mechanism]
+    if results.get("paper"):
+        from antibody.app.study_paper import paper_table
+
+        lines += ["", paper_table(results["paper"])]
+    if results.get("named_comparisons"):
+        from antibody.app.demo_tables import comparisons_table
+
+        lines += ["", "The study's named comparisons, per seed and axis values:", "",
+                  comparisons_table({"comparisons": results["named_comparisons"]})]
+    return "\n".join(lines)
+
+
+def weights_table(results: dict) -> str:
+    """What the weights did, for rows whose fine-tuning weighted its rows: each source's
+    mean weight x batch size (1 = as under SFT) and each term's AUROC as a harmful-row
+    detector, mean ± std over seeds. Empty when no row weighted."""
+    summary = [s for s in results["summary"]
+               if any(k.startswith("weights/") and v.get("mean") not in (None, 1.0)
+                      for k, v in s.items() if isinstance(v, dict))]
+    if not summary:
+        return ""
+    keys = sorted({k for s in summary for k in s if k.startswith(("weights/", "detector/"))},
+                  key=lambda k: (not k.startswith("weights/"), k != WEIGHT, k))
+    names = [k.split("/", 1)[1].removesuffix("_x_batch").replace("auroc_", "AUROC ") for k in keys]
+    axes = results["axes"]
+    lines = ["Weights (mean weight x batch size per source; 1 = uniform) and each term as a harmful-row "
+             "detector (AUROC over the run's rows), mean ± std over seeds:", "",
+             "| row | " + " | ".join([*axes, *names]) + " |", "|---|" + "---|" * (len(axes) + len(keys))]
+    for s in summary:
+        lines.append("| " + " | ".join([s["row"], *(str(s[a]) for a in axes),
+                                        *(_pm(s.get(k), scale=1.0, digits=2) for k in keys)]) + " |")
     return "\n".join(lines)
 
 
 def dry_run_table(rows: list[dict], n_cells: int, to_evaluate: int = 0, eval_seconds: float | None = None) -> str:
     known = [r["estimated_seconds"] for r in rows if r["estimated_seconds"] is not None]
     unknown = [r for r in rows if r["estimated_seconds"] is None and r["state"] != "done"]
+    differs = sum(r["state"] == "config differs" for r in rows)
     lines = [f"{n_cells} cells, {len(rows)} jobs "
              f"({sum(r['state'] == 'done' for r in rows)} done, {sum(r['state'] == 'resumable' for r in rows)} "
-             f"resumable, {sum(r['state'] == 'todo' for r in rows)} to do)", "",
+             f"resumable, {sum(r['state'] == 'todo' for r in rows)} to do"
+             + (f", {differs} finished under its name with another config" if differs else "") + ")", "",
              "| job | stage | method | state | steps | s/step (measured) | estimate |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         sps = "-" if r["seconds_per_step"] is None else f"{r['seconds_per_step']:.2f}"

@@ -74,9 +74,11 @@ def _log_wandb(cfg: Config, name: str, summary: dict, predictions: list[dict], r
 def trial_command(overrides: list[str]) -> int:
     from filelock import FileLock
 
+    from antibody.app.evaluate import refuse_multi_process
     from antibody.app.study import evaluate_job, train_job
     from antibody.evaluation.evaluator import read_predictions
 
+    refuse_multi_process("trial")
     cell, root = trial_cell(overrides)
     root.mkdir(parents=True, exist_ok=True)
     for job in (cell.align, cell.finetune):

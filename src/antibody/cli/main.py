@@ -39,6 +39,7 @@ class Command(StrEnum):
     REPORT = "report"
     STUDY = "study"
     TRIAL = "trial"
+    SCREEN = "screen"
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,25 @@ COMMANDS: dict[Command, Spec] = {
         ("trial experiment=tiny data.user.p=0.1", "trial method=antibody data.user.p=0.2 logger=wandb"),
         "antibody.app.trial:trial_command",
     ),
+    Command.SCREEN: Spec(
+        "score an upload under an aligned model: r, expected weights -> screen.jsonl/md/png",
+        "Check a provider's upload (JSONL, JSON, CSV, Parquet or a hub id; docs/providers.md) and "
+        "score every row under an aligned run, without gradient: log p(y|x), log p(y_r|x), r and the "
+        "expected weight softmax(r / tau) in a batch of data.finetune_batch_size rows. Writes "
+        "screen.jsonl (one line per row, in upload order), screen.json, screen.md and screen.png to "
+        "out= (default <run.output_dir>/screen-<upload>-<run>); a killed screen resumes. With an "
+        "is_harmful column the report adds each term's AUROC and the harmful rows' weight share.",
+        ("screen upload.jsonl run=runs/demo/align-antibody",
+         "screen upload.csv run=runs/demo/align-sft data.user.fields.prompt=instruction out=runs/screen-x",
+         "screen upload.jsonl run=runs/demo/align-antibody into=docs/providers.md block=screen-antibody"),
+        "antibody.app.screen:screen_command",
+        overrides_metavar="<upload> run=<aligned run>|out=<dir>|draws=N|seed=N|batch=N|into=<file>|block=<name>|key=value",
+        overrides_help="<upload>: the file or hub id; run=<path>: the aligned run; out=<dir>; draws=N "
+                       "permutations for sampled expected weights (default 1000); seed=N (default "
+                       "data.seed); batch=N rows per scoring batch (default data.eval_batch_size); "
+                       "into=<file> block=<name>: replace that marked block of a Markdown file with the "
+                       "report; the rest are key=value overrides of the run's saved config",
+    ),
 }
 
 
@@ -211,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=_Formatter,
         )
         if spec.raw_args:
-            p.add_argument("args", metavar="<file.yaml> [--dry-run] [--only key=value,...]",
+            p.add_argument("args", metavar="<file.yaml> [--dry-run | --report] [--only key=value,...]",
                            nargs=argparse.REMAINDER, help="the study file and its options")
         elif spec.report_args:
             p.add_argument("results", metavar="results.json", help="a demo's results file")

@@ -296,11 +296,20 @@ def compose(overrides: Optional[list[str]] = None, conf_dir: Optional[Path] = No
     return obj
 
 
+def _omitted(obj: Any, f: dataclasses.Field) -> bool:
+    if not f.metadata.get("omit_when_default"):
+        return False
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return getattr(obj, f.name) == default
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Enum):
         return value.value
     if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+        # keys marked omit_when_default (a provider's upload, config/upload.py) are left out
+        # at their defaults, so configs without them serialise and hash as before they existed
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if not _omitted(value, f)}
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -14,6 +14,20 @@
       sft alignment alone:
         align: [method.align.method=sft]
         finetune: null             # the aligned model is evaluated as it is
+      base model:
+        align: null                # nothing trained: the base model is evaluated
+        finetune: null
+
+Run dirs are named by config hashes; a row may name them instead (`name`: the run dir of
+the model it evaluates, `align_name`: of its alignment when it fine-tunes), so that run
+dirs written before the study existed (the demo's `runs/demo/align-sft`) are found again.
+Names need one cell per row (one seed, one value per axis). Optional parts, for the demo's
+study files (`conf/study/demo*.yaml`):
+
+    comparisons:                   # named paired differences: metric of row a - row b
+      - {question: attack, a: sft -> sft, b: sft alignment alone, metric: harmful/harmful_score}
+    probe_aligned: true            # the sharpness probe on every aligned model it evaluates
+    suite: main                    # results per model, as the README's demo tables
 
 Unknown keys are refused with file and line, like every config group; each cell's
 overrides are composed (and so validated) before any job runs.
@@ -21,6 +35,7 @@ overrides are composed (and so validated) before any job runs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -33,9 +48,37 @@ from antibody.config.errors import ConfigError
 
 @dataclass
 class StudyRow:
-    align: list[str] = field(default_factory=list)  # overrides of the alignment job
+    # overrides of the alignment job; None: no alignment (the base model, with no fine-tuning)
+    align: Optional[list[str]] = field(default_factory=list)
     # overrides of the fine-tuning job; None: no fine-tuning (the aligned model is the cell's model)
     finetune: Optional[list[str]] = field(default_factory=list)
+    name: Optional[str] = None  # run dir of the model the row evaluates (default: its hash key)
+    align_name: Optional[str] = None  # run dir of its alignment, when the row also fine-tunes
+
+
+@dataclass
+class StudyComparison:
+    """A question answered by a paired difference on the same evaluation prompts: `metric` of
+    row `a`'s model minus row `b`'s, cell by cell (same axis values and seed). `{task}` in the
+    metric stands for the accuracy task of the cell (`{task}/accuracy`)."""
+
+    question: str = ""
+    a: str = ""
+    b: str = ""
+    metric: str = "harmful/harmful_score"
+
+
+@dataclass
+class StudyPaper:
+    """A published result the study is set beside: HS (and FA) per row, in %, at the axis
+    values `at` (the study's cells compared), from `source` in `setting`. The report compares
+    the orderings, and says for each row whether it separates from the reference at all."""
+
+    source: str = ""
+    setting: str = ""
+    at: dict[str, Any] = field(default_factory=dict)
+    hs: dict[str, float] = field(default_factory=dict)
+    fa: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -47,6 +90,12 @@ class StudyConfig:
     seeds: list[int] = field(default_factory=lambda: [42])
     axes: dict[str, list[Any]] = field(default_factory=dict)
     rows: dict[str, StudyRow] = field(default_factory=dict)
+    comparisons: list[StudyComparison] = field(default_factory=list)
+    probe_aligned: bool = False  # sharpness probe (methods.sharpness_probe) of each aligned model
+    # a part of the demo (main, controls, baselines): results one line per model in
+    # results.json (main) or results_<suite>.json, the README block `report` fills
+    suite: Optional[str] = None
+    paper: Optional[StudyPaper] = None
 
 
 def load_study(path: Path) -> StudyConfig:
@@ -62,6 +111,11 @@ def load_study(path: Path) -> StudyConfig:
     for name, row in (data.get("rows") or {}).items():
         if isinstance(row, dict):
             check_keys(row, StudyRow, f"rows.{name}", str(path), lines, ("rows", str(name)))
+    if isinstance(data.get("paper"), dict):
+        check_keys(data["paper"], StudyPaper, "paper", str(path), lines, ("paper",))
+    for i, comparison in enumerate(data.get("comparisons") or []):
+        if isinstance(comparison, dict):
+            check_keys(comparison, StudyComparison, f"comparisons[{i}]", str(path))
     try:
         study: StudyConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StudyConfig), data))
     except OmegaConfBaseException as exc:
@@ -77,4 +131,44 @@ def load_study(path: Path) -> StudyConfig:
             raise ConfigError(f"{path}: axis {key!r} has no values")
     if study.reference is not None and study.reference not in study.rows:
         raise ConfigError(f"{path}: reference {study.reference!r} is not a row; rows: {sorted(study.rows)}")
+    _check_rows(study, path)
+    for c in study.comparisons:
+        for side in (c.a, c.b):
+            if side not in study.rows:
+                raise ConfigError(f"{path}: comparison {c.question!r}: {side!r} is not a row; rows: {sorted(study.rows)}")
+        if "/" not in c.metric:
+            raise ConfigError(f"{path}: comparison {c.question!r}: metric {c.metric!r} is not <task>/<metric>")
+    if study.paper is not None:
+        _check_paper(study, path)
+    if study.suite is not None and not study.suite.isidentifier():
+        raise ConfigError(f"{path}: suite {study.suite!r} must be a plain word (it names results_<suite>.json)")
     return study
+
+
+def _check_rows(study: StudyConfig, path: Path) -> None:
+    """A base-model row trains nothing; explicit run-dir names only where one cell per row
+    makes them unique."""
+    named = [n for n, r in study.rows.items() if r.name or r.align_name]
+    cells_per_row = len(study.seeds) * math.prod(len(v) for v in study.axes.values())
+    if named and cells_per_row > 1:
+        raise ConfigError(f"{path}: rows {named} name their run dirs, which needs one cell per row "
+                          f"(one seed, one value per axis); this study has {cells_per_row}")
+    for name, row in study.rows.items():
+        if row.align is None and row.finetune is not None:
+            raise ConfigError(f"{path}: row {name!r}: `align: null` (the base model) needs `finetune: null`")
+        if row.align_name and row.finetune is None:
+            raise ConfigError(f"{path}: row {name!r}: `align_name` names the alignment of a fine-tuned "
+                              "model; this row's model is its alignment, so name it with `name`")
+
+
+def _check_paper(study: StudyConfig, path: Path) -> None:
+    paper = study.paper
+    for part in ("hs", "fa"):
+        for row in getattr(paper, part):
+            if row not in study.rows:
+                raise ConfigError(f"{path}: paper.{part}: {row!r} is not a row; rows: {sorted(study.rows)}")
+    for key, value in paper.at.items():
+        if key not in study.axes or value not in study.axes[key]:
+            raise ConfigError(f"{path}: paper.at: {key}={value} is not a value of the study's axes {study.axes}")
+    if len(paper.hs) < 2:
+        raise ConfigError(f"{path}: paper.hs needs at least two rows to compare an ordering")

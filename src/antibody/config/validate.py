@@ -1,9 +1,12 @@
-"""Range checks for every numeric config key, run before any model or data is loaded."""
+"""Checks run by ``compose`` before any model or data is loaded: ranges of every numeric
+key, and the trainer's and logger's names against what Lightning and W&B accept (so that
+a typo or a refused precision fails in a second, not after the model has loaded)."""
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from functools import lru_cache
+from typing import NamedTuple, Optional
 
 from antibody.config.errors import ConfigError
 from antibody.config.schema import Config, FinetuneMethod, Quantization, Weighting
@@ -39,6 +42,111 @@ def _check_finetune_method(method: Optional[FinetuneMethod], weighting: Weightin
         raise ConfigError(
             "method.finetune.method=antibody with method.finetune.weighting=uniform is plain SFT; "
             "use method.finetune.method=sft (or choose a weighting)"
+        )
+
+
+# fp16 mixed precision: its GradScaler scales only the loss given to manual_backward, while
+# every stage also checks and combines gradients itself (the flat terms from autograd.grad,
+# Vaccine's hidden-state gradients, the non-finite skip), unscaled: docs/lightning.md
+# ("Precision"). The same set as methods/base.py's StageModule.UNSUPPORTED_PRECISION, which
+# still guards a Trainer built by hand.
+REFUSED_PRECISIONS = ("16-mixed",)
+# strategies that train in processes they spawn: the module the launching process holds
+# afterwards has the weights back but not its own state (weight records, counters), so the
+# run's files would be wrong; `ddp` (one process per device, each running the stage) is right
+SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+# W&B's documented modes, if wandb itself cannot be asked (it is a dependency: a fallback only)
+_WANDB_MODES = ("online", "offline", "disabled")
+
+
+class TrainerChoices(NamedTuple):
+    precision: tuple[str, ...]  # Lightning's precision strings, aliases included
+    aliases: dict[str, str]  # alias -> Lightning's unified name ("16" -> "16-mixed")
+    accelerator: tuple[str, ...]
+    strategy: tuple[str, ...]
+    logger_mode: tuple[str, ...]
+
+
+@lru_cache(maxsize=1)
+def trainer_choices() -> TrainerChoices:
+    """The names Lightning's Trainer and wandb.init accept, asked of the installed packages
+    (imported here, not at module level: Lightning takes seconds to import)."""
+    from typing import get_args
+
+    # the Literal types Lightning's accelerator connector validates precision against
+    from lightning.fabric.plugins.precision.precision import (
+        _PRECISION_INPUT_STR,
+        _PRECISION_INPUT_STR_ALIAS,
+        _PRECISION_INPUT_STR_ALIAS_CONVERSION,
+    )
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    try:
+        from wandb.sdk.wandb_settings import Settings
+
+        modes = get_args(Settings.model_fields["mode"].annotation) or _WANDB_MODES
+    except ImportError:
+        modes = _WANDB_MODES
+    return TrainerChoices(
+        precision=(*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS)),
+        aliases=dict(_PRECISION_INPUT_STR_ALIAS_CONVERSION),
+        # "auto" and "gpu" are accepted by the connector besides the registry's names
+        accelerator=("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())),
+        strategy=("auto", *sorted(StrategyRegistry.available_strategies())),
+        logger_mode=tuple(modes),
+    )
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+
+
+def check_in_process_strategy(strategy: str) -> None:
+    """Refuse strategies that train in spawned processes (SPAWNING_STRATEGIES)."""
+    if str(strategy).startswith(SPAWNING_STRATEGIES):
+        raise ConfigError(
+            f"trainer.strategy={strategy!r} trains in spawned processes, whose module state "
+            "(weight records, counters) never comes back to write the run; use trainer.strategy=ddp "
+            "(docs/multi-gpu.md)"
+        )
+
+
+def _check_trainer(cfg: Config) -> None:
+    t, choices = cfg.trainer, trainer_choices()
+    _one_of("trainer.precision", t.precision, choices.precision)
+    _one_of("trainer.accelerator", t.accelerator, choices.accelerator)
+    _one_of("trainer.strategy", t.strategy, choices.strategy)
+    check_in_process_strategy(t.strategy)
+    _check("trainer.devices", t.devices, 1, None)
+    _check("trainer.num_nodes", t.num_nodes, 1, None)
+    # batch sizes are global: each of the devices x num_nodes processes takes an equal share
+    # (data/datamodule.py checks it again when fit starts; here before any model loads)
+    world = t.devices * t.num_nodes
+    if world > 1:
+        for key in ("align_batch_size", "harmful_batch_size", "finetune_batch_size"):
+            size = getattr(cfg.data, key)
+            if size % world:
+                raise ConfigError(
+                    f"data.{key}={size} is not divisible by trainer.devices x trainer.num_nodes = {world} "
+                    "(the batch size is global; each process takes batch_size / processes rows)"
+                )
+    _one_of("logger.mode", cfg.logger.mode, choices.logger_mode)
+    precision = choices.aliases.get(t.precision, t.precision)
+    if precision in REFUSED_PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={t.precision!r} ({precision}, fp16 with a gradient scaler) is refused: the "
+            "stages build and check gradients outside the scaler (docs/lightning.md, \"Precision\"); "
+            "use bf16-mixed (GPU) or 32-true"
+        )
+    # "-true" precisions (and Transformer Engine) convert the model's weights; a
+    # bitsandbytes model cannot be re-cast (docs/lightning.md, "QLoRA"): it keeps its own
+    # compute dtype, so mixed precision or 32-true only
+    if cfg.model.quantization != Quantization.NONE and not (precision == "32-true" or precision.endswith("-mixed")):
+        raise ConfigError(
+            f"trainer.precision={t.precision!r} re-casts the model's weights, which a model.quantization="
+            f"{cfg.model.quantization.value} model cannot be; use bf16-mixed (GPU) or 32-true"
         )
 
 
@@ -115,6 +223,7 @@ def validate(cfg: Config) -> None:
     _check_finetune_method(f.method, f.weighting)
 
     _check("trainer.devices", cfg.trainer.devices, 1, None)
+    _check_trainer(cfg)
     _check("trainer.log_every_n_steps", cfg.trainer.log_every_n_steps, 1, None)
     _check("trainer.checkpoint_every_n_steps", cfg.trainer.checkpoint_every_n_steps, 1, None)
     _check("eval.max_new_tokens", cfg.eval.max_new_tokens, 1, None)

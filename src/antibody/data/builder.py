@@ -94,8 +94,11 @@ class SplitBuilder:
         generator_settings: dict,
         exclude_prompts: Iterable[str] = (),
         forbidden_prompts: Iterable[str] = (),
+        tokenizer=None,
     ):
         self.cfg = cfg
+        self.tokenizer = tokenizer  # checks an upload's lengths (data.user.path), if given
+        self.upload_report = None
         self.seed = cfg.data.seed
         self.cache_dir = Path(cache_dir)
         self.generator = generator
@@ -282,6 +285,7 @@ class SplitBuilder:
 
     def build(self) -> dict[Split, list[Record]]:
         dem = self._checked_demands()
+        upload = self._upload()  # checked before the model writes anything
         # 1. Allocation, pool checks included; model-written demands reserve prompts only.
         taken = {
             name: self.take(dem[name], spare(dem[name].count) if dem[name].answered_by else 0)
@@ -301,9 +305,13 @@ class SplitBuilder:
             np.random.SeedSequence([self.seed & 0xFFFFFFFFFFFFFFFF, int(StreamKind.USER)])
         )
         rng.shuffle(user)
+        demos = self.counts.safeinstr
+        if upload is not None:  # in upload order; its prompts may also be the provider's
+            user, demos = list(upload.records), self._upload_safeinstr(len(upload.records))
+            self.shared |= {frozenset({Split.USER, Split.ALIGNMENT}), frozenset({Split.USER, Split.HARMFUL})}
         mixed: list[Record] = []
         if finetune_method(self.cfg.method.finetune) is FinetuneMethod.SAFEINSTR:
-            mixed = safeinstr_upload(user, align_harmful, self.counts.safeinstr, self.seed)
+            mixed = safeinstr_upload(user, align_harmful, demos, self.seed)
         splits = {
             Split.ALIGNMENT: align_harmful + taken["align_prose"] + taken["align_task"],
             Split.HARMFUL: taken["harmful"],
@@ -319,6 +327,29 @@ class SplitBuilder:
         }
         self.verify(splits)
         return splits
+
+    def _upload(self):
+        """A provider's own upload (data.user.path), read and checked; None without one."""
+        if not self.cfg.data.user.path:
+            return None
+        from antibody.data.upload import load_upload
+
+        upload = load_upload(self.cfg, self.tokenizer)
+        self.upload_report = upload.report
+        return upload
+
+    def _upload_safeinstr(self, rows: int) -> int:
+        """SafeInstr's demonstrations for an upload: floor(share * its rows)."""
+        from antibody.data.plan import floor_share
+
+        count = floor_share(self.cfg.method.finetune.safeinstr.share, rows)
+        if finetune_method(self.cfg.method.finetune) is FinetuneMethod.SAFEINSTR and count > self.counts.align_harmful:
+            raise DataError(
+                f"method.finetune.safeinstr.share={self.cfg.method.finetune.safeinstr.share}: {count} safety "
+                f"demonstrations for the {rows}-row upload, but the alignment split has only "
+                f"{self.counts.align_harmful} refusal rows (data.alignment.n_harmful)"
+            )
+        return count
 
     def _alignment_refusals(self, prompts: list[Record]) -> list[Record]:
         """Long refusals in the configured mode (rows with their own file refusal keep it)."""

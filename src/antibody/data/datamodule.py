@@ -31,6 +31,7 @@ fills it when a file is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -133,6 +134,7 @@ class SafetyDataModule(L.LightningDataModule):
         self._splits: Optional[dict[Split, list[Record]]] = None
         self._stats: dict[Split, SplitStats] = {}
         self._encoded: dict[Split, list[EncodedRow]] = {}
+        self._upload_report = None
 
     # -- building --------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class SafetyDataModule(L.LightningDataModule):
             self.generator_settings,
             self.exclude_prompts,
             self.forbidden_prompts,
+            tokenizer=self.tokenizer,
         )
 
     def prepare_data(self) -> None:
@@ -173,6 +176,7 @@ class SafetyDataModule(L.LightningDataModule):
         builder = self._builder(generator)
         self._splits = builder.build()
         self._stats = builder.stats
+        self._upload_report = builder.upload_report  # a provider's upload (data.user.path)
 
     def _require(self) -> dict[Split, list[Record]]:
         if self._splits is None:
@@ -301,6 +305,7 @@ class SafetyDataModule(L.LightningDataModule):
             "seed": d.seed,
             "stage": self.stage.value,
             "train_split": self.train_split.value,
+            **({"upload": dataclasses.asdict(self._upload_report)} if self._upload_report else {}),
             "splits": {
                 s.value: split_summary(splits[s], self.encoded(s), self._stats.get(s, SplitStats()))
                 for s in Split

@@ -70,7 +70,8 @@ def _format_chat(record: Record, tokenizer) -> str:
             "data.prompt_format=chat but the tokenizer has no chat template; "
             "set data.prompt_format=alpaca or use a tokenizer that ships one"
         )
-    messages = [{"role": "user", "content": user_message(record)}]
+    # earlier turns of an uploaded conversation (data/upload.py), if any, come first
+    messages = [*record.meta.get("context", ()), {"role": "user", "content": user_message(record)}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 

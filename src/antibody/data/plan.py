@@ -158,6 +158,8 @@ class SplitCounts:
         user_harmful = floor_share(d.user.p, d.user.n)
         user_benign = d.user.n - user_harmful
         user_prose = floor_share(d.user.benign_prose_share, user_benign)
+        if d.user.path:  # a provider's own upload (data/upload.py) replaces the research rows
+            user_harmful = user_benign = user_prose = 0
         return cls(
             eval_harmful=d.eval.n_harmful,
             eval_benign=d.eval.n_benign,

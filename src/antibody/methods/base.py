@@ -9,8 +9,9 @@ class implements, for its subclasses:
   strategies still apply); the optimiser, the LR scheduler and every step counter advance
   only on window boundaries;
 - clipping by global norm with ``self.clip_gradients`` (our config's value);
-- non-finite protection: a window whose loss or gradient is inf/NaN never reaches the
-  optimiser (gradients zeroed, step skipped, counted and logged); more than
+- non-finite protection: a window whose loss or gradient is inf/NaN (on any rank: the
+  ranks agree through an all-reduce) never reaches the optimiser (gradients zeroed, step
+  skipped, counted and logged, on every rank alike); more than
   ``max_consecutive_nonfinite`` skipped steps in a row raise ``RuntimeError``;
 - an AdamW optimiser over trainable tensors only, with a constant LambdaLR schedule
   (released scripts: constant schedule);
@@ -34,6 +35,7 @@ from torchmetrics import MeanMetric
 
 from antibody.config.errors import ConfigError
 from antibody.config.schema import Config
+from antibody.config.validate import REFUSED_PRECISIONS
 from antibody.methods.perturb import all_finite, current_grads, global_norm, trainable_parameters
 
 CHECKPOINT_KEY = "antibody_stage_state"
@@ -61,7 +63,7 @@ class StageModule(L.LightningModule):
     log_prefix: str = "stage"
     # precision settings whose gradient scaler would see our hand-made gradients unscaled
     # (docs/lightning.md ("Precision"): fp16 GradScaler with SAM-style steps gives NaNs)
-    UNSUPPORTED_PRECISION = ("16-mixed",)
+    UNSUPPORTED_PRECISION = REFUSED_PRECISIONS  # config/validate.py refuses them at compose
 
     def __init__(self, model: nn.Module, cfg: Config, stage_cfg: StageConfig, metric_names: Iterable[str]):
         super().__init__()
@@ -128,11 +130,11 @@ class StageModule(L.LightningModule):
         opt = self.optimizers()
         params = self.trainable()
         step_logs: dict[str, float] = {}
-        finite = all_finite(current_grads(params) + self._window_tensors())
+        finite = self._finite_on_every_rank(current_grads(params) + self._window_tensors())
         if finite:
             step_logs.update(self._combine_gradients(params))
             grads = current_grads(params)
-            finite = all_finite(grads)
+            finite = self._finite_on_every_rank(grads)
         if not finite:
             self._skip_step(opt)
             return
@@ -146,6 +148,19 @@ class StageModule(L.LightningModule):
         self._reset_window()
         step_logs["skipped_steps"] = float(self.skipped_steps)
         self._log_step(step_logs)
+
+    def _finite_on_every_rank(self, tensors: list[Tensor]) -> bool:
+        """True when no rank holds an inf/NaN in ``tensors``: one agreed answer.
+
+        Decided after an all-reduce, never from local values alone: window tensors (the
+        flat terms) are per replica until ``_combine_gradients`` reduces them, so one rank
+        could skip while the others enter that collective, and every rank would hang.
+        """
+        local = all_finite(tensors)
+        if self.trainer.world_size == 1:
+            return local
+        bad = torch.tensor(0.0 if local else 1.0, device=self.device)
+        return float(self.trainer.strategy.reduce(bad, reduce_op="sum")) == 0.0
 
     def _skip_step(self, opt: Any) -> None:
         opt.zero_grad(set_to_none=True)
@@ -221,6 +236,13 @@ class StageModule(L.LightningModule):
                 "grads": [g.detach().cpu().clone() for g in current_grads(self.trainable())],
                 "window": [t.detach().cpu().clone() for t in self._window_tensors()],
             }
+            if self.trainer.world_size > 1 and state["pending"]["window"]:
+                # the window tensors stay per replica until the boundary's reduce (the .grad
+                # sums are already averaged by DDP): every rank's are kept, so that each rank
+                # resumes with its own (Lightning calls this hook on every rank, rank 0 writes)
+                state["pending"]["window_by_rank"] = [
+                    self.all_gather(t.detach()).cpu() for t in self._window_tensors()
+                ]
         checkpoint[CHECKPOINT_KEY] = state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -235,3 +257,12 @@ class StageModule(L.LightningModule):
         self.consecutive_nonfinite = int(state["consecutive_nonfinite"])
         self._load_extra_state(state["extra"])
         self._pending = state.get("pending")
+        by_rank = (self._pending or {}).pop("window_by_rank", None)
+        if by_rank:
+            world = self.trainer.world_size
+            if by_rank[0].shape[0] != world:
+                raise RuntimeError(
+                    f"the checkpoint was written inside an accumulation window by {by_rank[0].shape[0]} "
+                    f"processes; resume it with as many (now {world}), or from a step-boundary checkpoint"
+                )
+            self._pending["window"] = [t[self.global_rank] for t in by_rank]

@@ -11,6 +11,15 @@ the released code, whose batch is the micro-batch) and the window's update is th
 of the micro-batch losses' gradients. With uniform weights and micro-batches holding
 equal target-token counts this equals one step on the concatenated batch.
 
+Several processes (DDP, docs/multi-gpu.md): a micro-batch is the GLOBAL one, every rank's
+rows together. Each rank gathers every row's detached scores (a few floats per row, plus
+uids and sources for the records), takes the softmax over all of them and keeps its own
+slice; the loss of its rows is their share of the global loss, times the world size
+because DDP averages gradients over ranks. So W ranks with B rows each update exactly as
+one process on their W*B rows (in rank order), whatever W is. The weights carry no
+gradient, so only the local rows' NLL is differentiated. Records and weight statistics
+then cover the global batch and are the same on every rank.
+
 The ground-truth ``is_harmful`` tag is read only for logging, for the detector AUROCs
 and by the ``oracle`` weighting, which is analysis-only (never a defence).
 """
@@ -19,9 +28,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics.functional.classification import binary_auroc
 
@@ -43,6 +54,21 @@ DETECTOR_SCORES = {
     "neg_logp_response": lambda rec: -rec["logp_y"],  # compliance term alone
     "logp_refusal": lambda rec: rec["logp_refusal"],  # refusal term alone
 }
+
+
+@dataclass
+class BatchRows:
+    """One micro-batch's detached per-row numbers over every rank (rank-major order), and
+    where this rank's rows lie in it."""
+
+    logp_y: Tensor
+    logp_r: Optional[Tensor]
+    is_harmful: Tensor  # bool
+    n_tokens: Tensor
+    nll_sum: Tensor
+    uids: list[str]
+    sources: list[str]
+    local: slice
 
 
 class WeightedFinetuneModule(StageModule):
@@ -99,17 +125,50 @@ class WeightedFinetuneModule(StageModule):
         if self.score_refusal:
             with torch.no_grad():
                 logp_r = row_logprob(sequence_nll(self.model, batch, prefix="refusal_"), ft.ratio_form)
-        is_harmful = batch["is_harmful"].bool()
-        w = self.rule.weights(WeightInputs(logp_y, logp_r, is_harmful, ft.tau))
-        loss = weighted_loss(nll, w, self.loss_form)
-        self.manual_backward(loss / self.accumulate)
+        rows = self._gather_rows(batch, detached, logp_y, logp_r)
+        w_all = self.rule.weights(WeightInputs(rows.logp_y, rows.logp_r, rows.is_harmful, ft.tau))
+        token_total = (w_all * rows.n_tokens).sum()
+        loss = weighted_loss(nll, w_all[rows.local], self.loss_form, token_total)
+        # DDP averages the ranks' gradients; each rank's loss is its share of the global one
+        world = self.trainer.world_size
+        self.manual_backward(loss * world / self.accumulate)
 
-        self._track("loss", loss)
-        self._track_weights(w, is_harmful)
-        self._record_rows(batch, logp_y, logp_r, w)
+        self._track("loss", weighted_loss(SequenceNLL(rows.nll_sum, rows.n_tokens), w_all, self.loss_form))
+        self._track_weights(w_all, rows.is_harmful)
+        self._record_rows(rows, w_all)
         self.micro_batches_seen += 1
         if self.micro_batches_seen % self.detector_window == 0:
             self._log_detector()
+
+    def _gather_rows(
+        self, batch: Mapping[str, Any], nll: SequenceNLL, logp_y: Tensor, logp_r: Optional[Tensor]
+    ) -> BatchRows:
+        """This micro-batch's rows on every rank (one process: its own rows)."""
+        is_harmful = batch["is_harmful"].bool()
+        uids, sources = list(batch["uid"]), list(batch["source"])
+        world = self.trainer.world_size
+        if world == 1:
+            return BatchRows(logp_y, logp_r, is_harmful, nll.n_tokens, nll.nll_sum, uids, sources,
+                             slice(0, len(uids)))
+        nan = torch.full_like(logp_y, float("nan"))
+        cols = [logp_y, nan if logp_r is None else logp_r, is_harmful, nll.n_tokens, nll.nll_sum]
+        local = torch.stack([c.float() for c in cols], dim=1)
+        # every rank holds the same number of rows (the DataModule splits a global batch
+        # evenly), as all_gather requires
+        table = self.all_gather(local).reshape(-1, local.shape[1])
+        names: list = [None] * world
+        dist.all_gather_object(names, (uids, sources))
+        start = self.global_rank * local.shape[0]
+        return BatchRows(
+            table[:, 0],
+            None if logp_r is None else table[:, 1],
+            table[:, 2].bool(),
+            table[:, 3],
+            table[:, 4],
+            [u for rank_uids, _ in names for u in rank_uids],
+            [src for _, rank_sources in names for src in rank_sources],
+            slice(start, start + local.shape[0]),
+        )
 
     def _track_weights(self, w: Tensor, is_harmful: Tensor) -> None:
         # in units of the uniform weight 1/B, so 1.0 means "as in plain SFT"
@@ -123,14 +182,12 @@ class WeightedFinetuneModule(StageModule):
         if total > 0:
             self._track(names["harmful_weight_share"], w[is_harmful].sum() / total)
 
-    def _record_rows(
-        self, batch: Mapping[str, Any], logp_y: Tensor, logp_r: Optional[Tensor], w: Tensor
-    ) -> None:
+    def _record_rows(self, rows: BatchRows, w: Tensor) -> None:
         nan = float("nan")
-        ly = logp_y.tolist()
-        lr = logp_r.tolist() if logp_r is not None else [nan] * len(ly)
+        ly = rows.logp_y.tolist()
+        lr = rows.logp_r.tolist() if rows.logp_r is not None else [nan] * len(ly)
         for uid, source, harmful, y, r, wi in zip(
-            batch["uid"], batch["source"], batch["is_harmful"].tolist(), ly, lr, w.tolist(), strict=True
+            rows.uids, rows.sources, rows.is_harmful.tolist(), ly, lr, w.tolist(), strict=True
         ):
             self._records.append(
                 {

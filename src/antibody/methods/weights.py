@@ -109,27 +109,36 @@ _LOGPROB_FORMS: dict[RatioForm, Callable[[SequenceNLL], Tensor]] = {
 }
 
 
-def _token_mean_loss(nll: SequenceNLL, w: Tensor) -> Tensor:
-    denom = (w * nll.n_tokens).sum()
+def _token_mean_loss(nll: SequenceNLL, w: Tensor, denom: Optional[Tensor]) -> Tensor:
+    if denom is None:
+        denom = (w * nll.n_tokens).sum()
     numer = (w * nll.nll_sum).sum()
     # zero weight on every target token (oracle on an all-harmful batch): a zero loss that
     # keeps the graph, instead of 0/0
     return torch.where(denom > 0, numer / denom.clamp_min(1e-30), numer * 0.0)
 
 
-def _sample_mean_loss(nll: SequenceNLL, w: Tensor) -> Tensor:
+def _sample_mean_loss(nll: SequenceNLL, w: Tensor, denom: Optional[Tensor]) -> Tensor:
+    # no normaliser: the weights already sum to 1 over the (global) batch
     return (w * (nll.nll_sum / nll.n_tokens.clamp_min(1.0))).sum()
 
 
-_LOSS_FORMS: dict[LossForm, Callable[[SequenceNLL, Tensor], Tensor]] = {
+_LOSS_FORMS: dict[LossForm, Callable[[SequenceNLL, Tensor, Optional[Tensor]], Tensor]] = {
     LossForm.TOKEN_MEAN: _token_mean_loss,
     LossForm.SAMPLE_MEAN: _sample_mean_loss,
 }
 
 
-def weighted_loss(nll: SequenceNLL, w: Tensor, form: LossForm = LossForm.TOKEN_MEAN) -> Tensor:
-    """The fine-tuning loss from per-row NLL sums (with gradient) and detached weights."""
-    return _LOSS_FORMS[form](nll, w.detach())
+def weighted_loss(
+    nll: SequenceNLL, w: Tensor, form: LossForm = LossForm.TOKEN_MEAN, token_total: Optional[Tensor] = None
+) -> Tensor:
+    """The fine-tuning loss from per-row NLL sums (with gradient) and detached weights.
+
+    ``token_total``: sum_i w_i * N_i of the whole batch when ``nll`` holds only part of it
+    (this rank's rows under DDP, docs/multi-gpu.md); then the loss is this part's share of
+    the batch's token-mean loss, and the shares add up to it. Default: this batch's own.
+    """
+    return _LOSS_FORMS[form](nll, w.detach(), None if token_total is None else token_total.detach())
 
 
 def log_tag(mode: Weighting) -> str:

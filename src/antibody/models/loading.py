@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -227,12 +227,51 @@ def _enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     model.config.use_cache = False  # the KV cache is useless (and warned about) under checkpointing
 
 
+# Where a launcher writes a process's rank on its node: torchrun and Lightning's own DDP
+# launcher set LOCAL_RANK in every process they start (Lightning's LightningEnvironment /
+# TorchElasticEnvironment read it); under SLURM, Lightning's SLURMEnvironment reads
+# SLURM_LOCALID. Read in this order; absent everywhere: a single process (rank 0).
+LOCAL_RANK_VARS = ("LOCAL_RANK", "SLURM_LOCALID")
+
+
+def local_rank(env: Mapping[str, str] | None = None) -> int:
+    """This process's rank on its node, from the launcher's environment (0 when none is set)."""
+    env = os.environ if env is None else env
+    for var in LOCAL_RANK_VARS:
+        value = env.get(var, "").strip()
+        if value:
+            if not value.isdigit():
+                raise ModelError(f"{var}={value!r} is not a local rank (a non-negative integer)")
+            return int(value)
+    return 0
+
+
+def quantized_device(cuda_devices: int, env: Mapping[str, str] | None = None) -> torch.device:
+    """The device a quantised model is created on when the caller names none.
+
+    A 4-bit model cannot be moved after loading, so it must be created where its DDP rank
+    trains: Lightning's DDP puts local rank k on ``cuda:k`` (its parallel devices are
+    cuda:0..n-1 and ``root_device`` is ``parallel_devices[local_rank]``). Loading on
+    cuda:0 in every rank would stack all replicas on the first GPU. ``cuda_devices`` is
+    ``torch.cuda.device_count()`` (0: the CPU, where bitsandbytes 0.50 also runs 4-bit).
+    """
+    if cuda_devices == 0:
+        return torch.device("cpu")
+    rank = local_rank(env)
+    if rank >= cuda_devices:
+        raise ModelError(
+            f"local rank {rank} (from {'/'.join(LOCAL_RANK_VARS)}) has no GPU: this process sees "
+            f"{cuda_devices} CUDA device(s); set trainer.devices to at most the GPUs per node"
+        )
+    return torch.device("cuda", rank)
+
+
 def _resolve_device(device: str | torch.device | None, quantized: bool) -> Optional[torch.device]:
     if device is not None:
         return torch.device(device)
-    if quantized:  # must be placed at load time; the obvious choice
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    return None  # leave on CPU: Lightning moves it
+    if quantized:  # must be placed at load time, on this rank's own GPU
+        return quantized_device(torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    return None  # leave on CPU: Lightning moves it (to this rank's device under DDP)
 
 
 def load_model(
@@ -246,7 +285,8 @@ def load_model(
     """Load model and tokenizer as ``cfg`` says.
 
     device: where to put the model; None leaves an unquantised model on the CPU (Lightning
-        moves it) and loads a quantised one on cuda:0 if present, else the CPU.
+        moves it) and loads a quantised one on this process's GPU, cuda:<local rank>
+        (``quantized_device``), if CUDA is present, else on the CPU.
     with_lora: wrap in a new LoRA adapter from ``cfg.lora`` (if ``cfg.lora.enabled``).
     adapter_path: load this saved adapter, trainable, instead of a new one.
     base_adapters: saved adapters merged into the base first, in order (rebuilds a model

@@ -1,0 +1,122 @@
+"""Device placement per DDP rank (on the CPU, the environment simulated) and the CUDA
+checks: bf16 compute for nf4 and the bf16-mixed / bf16-true precisions (`gpu` marker:
+deselected by default, skipped without CUDA; `make gpu-check` runs them)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from antibody.config import compose
+from antibody.config.schema import Quantization
+from antibody.models import ModelError, load_model, trainable_parameters
+from antibody.models import loading as loading_mod
+from antibody.models.loading import local_rank, quantized_device
+from tests._synthetic import BF16_RTOL, assert_close_bf16
+from tests.conftest import requires_cuda
+
+
+# ---------------------------------------------------------------------------- placement
+@pytest.mark.parametrize(
+    ("env", "rank"),
+    [({}, 0), ({"LOCAL_RANK": "3"}, 3), ({"SLURM_LOCALID": "2"}, 2),
+     ({"LOCAL_RANK": "1", "SLURM_LOCALID": "5"}, 1)],  # torchrun/Lightning's variable first
+)
+def test_local_rank_comes_from_the_launchers_environment(env, rank):
+    assert local_rank(env) == rank
+
+
+def test_each_rank_gets_its_own_gpu_and_the_cpu_without_cuda():
+    assert [quantized_device(4, {"LOCAL_RANK": str(k)}) for k in range(4)] == [
+        torch.device("cuda", k) for k in range(4)
+    ]
+    assert quantized_device(0, {"LOCAL_RANK": "3"}) == torch.device("cpu")
+
+
+def test_a_rank_without_a_gpu_and_a_bad_rank_are_clear_errors():
+    with pytest.raises(ModelError, match=r"local rank 2 .* sees 2 CUDA device\(s\).*trainer.devices"):
+        quantized_device(2, {"LOCAL_RANK": "2"})
+    with pytest.raises(ModelError, match=r"LOCAL_RANK='x' is not a local rank"):
+        local_rank({"LOCAL_RANK": "x"})
+
+
+class _Loaded(Exception):
+    """Stops load_model at from_pretrained, carrying the arguments it was given."""
+
+
+def test_quantised_load_uses_the_ranks_device_map(monkeypatch):
+    """load_model, with no device named, creates the 4-bit model on cuda:<LOCAL_RANK> (not
+    cuda:0 on every rank) with bf16 compute; CUDA is simulated, nothing is loaded."""
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+
+    def capture(location, **kwargs):
+        raise _Loaded(kwargs)
+
+    monkeypatch.setattr(loading_mod.AutoModelForCausalLM, "from_pretrained", capture)
+    cfg = dataclasses.replace(compose(["experiment=tiny"]).model, quantization=Quantization.NF4)
+    with pytest.raises(_Loaded) as caught:
+        load_model(cfg)
+    kwargs = caught.value.args[0]
+    assert kwargs["device_map"] == {"": torch.device("cuda", 3)}
+    assert kwargs["quantization_config"].bnb_4bit_compute_dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------------------- CUDA
+@requires_cuda
+@pytest.mark.parametrize("case", ["align-antibody", "align-vaccine", "align-repnoise", "finetune-antibody",
+                                  "finetune-lisa"])
+def test_nf4_bf16_step_on_cuda_equals_the_dequantised_fp32_step(tiny_cfg, tmp_path, case):
+    """nf4 on the GPU computes in bf16 (models/loading.py): the step agrees with the fp32
+    CPU step on the dequantised weights to bf16 precision (tests/_synthetic.py's
+    BF16_RTOL, the bound the bf16-mixed tests use), and only LoRA tensors move."""
+    from tests.test_qlora import _frozen_state, _randomise_lora_b, _train, _twin
+
+    model_cfg = dataclasses.replace(tiny_cfg.model, quantization=Quantization.NF4, gradient_checkpointing=True)
+    torch.manual_seed(0)
+    nf4, _ = load_model(model_cfg, device="cuda:0")
+    _randomise_lora_b(nf4)
+    twin = _twin(tiny_cfg.model, nf4)  # CPU, fp32
+    frozen = _frozen_state(nf4)
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.trainer.accelerator, cfg.trainer.precision = "gpu", "bf16-mixed"
+    got, _ = _train(case, nf4, cfg, tmp_path / "cuda", accelerator="gpu", precision="bf16-mixed")
+    want, _ = _train(case, twin, tiny_cfg, tmp_path / "cpu")
+    after = _frozen_state(nf4)
+    assert [n for n in frozen if not torch.equal(frozen[n], after[n])] == []
+    for step, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert_close_bf16(g, w, f"{case} step {step}")
+
+
+@requires_cuda
+def test_quantised_model_is_created_on_the_ranks_gpu(monkeypatch):
+    rank = torch.cuda.device_count() - 1  # the last GPU: differs from cuda:0 on a multi-GPU node
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
+    cfg = dataclasses.replace(compose(["experiment=tiny"]).model, quantization=Quantization.NF4)
+    model, _ = load_model(cfg)
+    assert {p.device for p in model.parameters()} == {torch.device("cuda", rank)}
+
+
+@requires_cuda
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_bf16_precisions_train_a_finite_step_close_to_fp32(tiny_cfg, tmp_path, precision):
+    """Both bf16 settings run the Antibody alignment step on CUDA (bf16-true: bf16 weights
+    and LoRA) and stay within bf16 precision of the fp32 step (bf16-true rounds the weights
+    too, so its bound is twice bf16-mixed's)."""
+    from tests.test_qlora import _randomise_lora_b, _train
+
+    torch.manual_seed(0)
+    model, _ = load_model(tiny_cfg.model)
+    _randomise_lora_b(model)
+    fp32 = copy.deepcopy(model)
+    got, _ = _train("align-antibody", model, tiny_cfg, tmp_path / "bf16", accelerator="gpu", precision=precision)
+    want, _ = _train("align-antibody", fp32, tiny_cfg, tmp_path / "fp32")
+    rel = 2 * BF16_RTOL if precision == "bf16-mixed" else 4 * BF16_RTOL
+    for g, w in zip(got, want, strict=True):
+        assert torch.isfinite(g).all()
+        assert_close_bf16(g.float(), w, precision, rel=rel)
+    assert all(torch.isfinite(p).all() for _, p in trainable_parameters(model))
