@@ -245,3 +245,22 @@ def test_a_bad_upload_writes_nothing(tmp_path):
     with pytest.raises(DataError, match=r"bad.jsonl: unknown column 'output'"):
         train_stage(cfg, Stage.FINETUNE)
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_detector_window_is_one_pass_over_the_upload_not_data_user_n(tmp_path, fake):
+    """Weighted fine-tuning logs detector AUROCs once per pass over the upload: an upload's
+    pass is ceil(its rows / B) micro-batches, whatever data.user.n says."""
+    from antibody.app.stages import module_config
+    from tests.test_formatting import build_tiny_tokenizer
+
+    path = write_jsonl(tmp_path / "u.jsonl", ROWS * 7)  # 21 rows
+    over = (f"data.user.path={path}", *FIELDS, "data.user.duplicates=keep", "data.finetune_batch_size=4",
+            "data.user.n=100")
+    dm = build_dm(tmp_path, fake, *over, tokenizer=build_tiny_tokenizer())
+    cfg = dm.cfg
+    assert module_config(cfg, Stage.FINETUNE, dm).method.finetune.detector_window == 6  # ceil(21 / 4)
+    assert module_config(cfg, Stage.ALIGN, dm) is cfg
+    pinned = compose(["experiment=tiny", *over, "method.finetune.detector_window=2"])
+    assert module_config(pinned, Stage.FINETUNE, dm).method.finetune.detector_window == 2  # set: kept
+    research = compose(["experiment=tiny"])
+    assert module_config(research, Stage.FINETUNE, dm) is research  # no upload: data.user.n as before

@@ -104,6 +104,21 @@ def new_datamodule(cfg: Config, tokenizer, stage: Stage):
     return dm
 
 
+def module_config(cfg: Config, stage: Stage, dm) -> Config:
+    """The config the stage's module gets: a provider's upload (data.user.path) has its own
+    row count, not data.user.n, so the detector window (one pass over the upload, in
+    micro-batches) is sized from the user split the DataModule built."""
+    import dataclasses
+    import math
+
+    ft = cfg.method.finetune
+    if stage is not Stage.FINETUNE or not cfg.data.user.path or ft.detector_window is not None:
+        return cfg
+    window = math.ceil(len(dm.records(train_split_for(cfg, stage))) / cfg.data.finetune_batch_size)
+    return dataclasses.replace(cfg, method=dataclasses.replace(
+        cfg.method, finetune=dataclasses.replace(ft, detector_window=max(1, window))))
+
+
 def build_trainer(cfg: Config, run: RunDir, stage: Stage, max_steps: int, extra_callbacks=()):
     from antibody.config.validate import check_in_process_strategy
 
@@ -182,7 +197,7 @@ def train_stage(cfg: Config, stage: Stage) -> RunDir:
     if zero:
         write_json(run.path / "base_adapters.json", [str(p) for p in base_adapters])
     model.train()  # from_pretrained returns eval mode; Lightning would keep it per module
-    module = module_for(stage, model, cfg)
+    module = module_for(stage, model, module_config(cfg, stage, dm))
     steps = cfg.method.align.max_steps if stage is Stage.ALIGN else cfg.method.finetune.max_steps
     timer = StepTimer()
     trainer = build_trainer(cfg, run, stage, steps, extra_callbacks=[timer])
