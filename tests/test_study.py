@@ -419,3 +419,19 @@ def test_a_named_run_trained_with_another_config_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="trained with a different config"):
         study_app.train_job(job)
     assert study_app.dry_run([job], root, {})[0]["state"] == "config differs"
+
+
+def test_step_costs_tell_repnoise_with_and_without_the_logit_lens_apart():
+    """A dry run prices a job by finished runs with the same passes per step: RepNoise
+    without the logit lens is not priced at the lens's cost."""
+    from antibody.app.study import cost_key
+
+    base = ["experiment=tiny", "method=repnoise"]
+    with_lens = cost_key(compose(base), Stage.ALIGN)
+    without = cost_key(compose([*base, "method.align.repnoise.logit_lens=false"]), Stage.ALIGN)
+    assert with_lens != without and with_lens[:-1] == without[:-1]
+    sft = compose(["experiment=tiny", "method=sft"])
+    assert cost_key(sft, Stage.ALIGN)[-1] is None
+    assert cost_key(sft, Stage.FINETUNE) == cost_key(compose(["experiment=tiny", "method=repnoise",
+                                                              "method.finetune.merge_then_new_adapter=false"]),
+                                                     Stage.FINETUNE)

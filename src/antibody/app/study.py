@@ -75,10 +75,17 @@ def measured_eval_seconds(root: Path, model_name: str) -> float | None:
 
 
 def cost_key(cfg: Config, stage: Stage) -> tuple:
-    """What a step's cost depends on: stage, method, model, sequence length and batch sizes."""
+    """What a step's cost depends on: stage, method, model, sequence length and batch sizes,
+    and the method settings that change the passes a step makes (RepNoise's logit lens:
+    `make bench` measured 9.82x an SFT step with it, 2.45x without)."""
+    from antibody.config.schema import AlignMethod
+
     d = cfg.data
     batch = (d.align_batch_size, d.harmful_batch_size) if stage is Stage.ALIGN else (d.finetune_batch_size,)
-    return (stage.value, _method(cfg, stage), cfg.model.name, d.max_length, *batch)
+    passes = None
+    if stage is Stage.ALIGN and cfg.method.align.method is AlignMethod.REPNOISE:
+        passes = ("logit_lens", cfg.method.align.repnoise.logit_lens)
+    return (stage.value, _method(cfg, stage), cfg.model.name, d.max_length, *batch, passes)
 
 
 def measured_step_costs(root: Path) -> dict[tuple, float]:
