@@ -23,6 +23,8 @@ from antibody.config import compose
 from antibody.config.schema import AlignMethod, LambdaMode
 from antibody.methods import flat_align
 from antibody.methods.flat_align import FlatAlignModule
+from antibody.methods.repnoise import RepNoiseAlignModule
+from antibody.methods.vaccine import VaccineAlignModule
 from antibody.methods.weighted_finetune import WeightedFinetuneModule
 from tests._synthetic import GradCapture, align_item, finetune_item, list_loader, tiny_lora_model, trainable
 
@@ -125,11 +127,17 @@ def fit(module, items: list[dict], max_steps: int) -> dict:
     }
 
 
+# the alignment module of each method the DDP tests run
+ALIGN_MODULES = {AlignMethod.ANTIBODY: FlatAlignModule, AlignMethod.BOOSTER: FlatAlignModule,
+                 AlignMethod.VACCINE: VaccineAlignModule, AlignMethod.REPNOISE: RepNoiseAlignModule}
+
+
 def align(method: AlignMethod, rank: int) -> dict:
     items = [align_shard(it, rank, k) for k, it in enumerate(align_items(ALIGN_STEPS))]
-    module = FlatAlignModule(tiny_lora_model(), align_cfg(method))
+    module = ALIGN_MODULES[method](tiny_lora_model(), align_cfg(method))
     out = fit(module, items, ALIGN_STEPS)
-    out["lambda_ema"], out["lambda_updates"] = module.lambda_state.ema, module.lambda_state.updates
+    if isinstance(module, FlatAlignModule):
+        out["lambda_ema"], out["lambda_updates"] = module.lambda_state.ema, module.lambda_state.updates
     return out
 
 
@@ -151,6 +159,8 @@ def nan_align(rank: int) -> dict:
 SCENARIOS = {
     "align_antibody": lambda rank: align(AlignMethod.ANTIBODY, rank),
     "align_booster": lambda rank: align(AlignMethod.BOOSTER, rank),
+    "align_vaccine": lambda rank: align(AlignMethod.VACCINE, rank),
+    "align_repnoise": lambda rank: align(AlignMethod.REPNOISE, rank),
     "finetune": finetune,
     "nan_align": nan_align,
 }

@@ -23,7 +23,6 @@ import torch
 from safetensors.torch import load_file
 
 from antibody.config.schema import AlignMethod
-from antibody.methods.flat_align import FlatAlignModule
 from antibody.methods.perturb import NORM_EPS
 from antibody.methods.weighted_finetune import WeightedFinetuneModule
 from tests import _ddp_worker as W
@@ -37,7 +36,7 @@ RTOL, ATOL = 1e-5, 1e-7
 # r is a difference of two such numbers, so it is compared absolutely, at 4 ulps
 LOGP_ATOL = 2e-6
 REPO = Path(__file__).resolve().parents[1]
-SCENARIOS = ["align_antibody", "align_booster", "finetune", "nan_align"]
+SCENARIOS = ["align_antibody", "align_booster", "align_vaccine", "align_repnoise", "finetune", "nan_align"]
 
 
 def torchrun(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
@@ -84,20 +83,26 @@ def test_ranks_hold_identical_parameters(ranks, scenario):
 
 
 def _align_reference(method: AlignMethod, items: list[dict], steps: int, root) -> tuple[list, list]:
-    """One process accumulating the ranks' micro-batches: rank 0's, then rank 1's, per step."""
+    """One process accumulating the ranks' micro-batches: rank 0's, then rank 1's, per step.
+    RepNoise draws its noise from the item's position, which is the same on every rank (the
+    worker's item k): the reference keeps it, so each replica's noise is the one it drew."""
     micro = []
-    for it in items:
-        micro += [W.align_shard(it, r, len(micro) + r) for r in range(W.WORLD)]
-    module = FlatAlignModule(tiny_lora_model(), W.align_cfg(method, accumulate=W.WORLD))
+    for k, it in enumerate(items):
+        micro += [W.align_shard(it, r, k if method is AlignMethod.REPNOISE else len(micro) + r)
+                  for r in range(W.WORLD)]
+    module = W.ALIGN_MODULES[method](tiny_lora_model(), W.align_cfg(method, accumulate=W.WORLD))
     capture = GradCapture()
     trainer(steps, root, callbacks=[capture]).fit(module, train_dataloaders=list_loader(micro))
     return [p.detach() for p in trainable(module.model)], capture.grads
 
 
-@pytest.mark.parametrize("method", [AlignMethod.ANTIBODY, AlignMethod.BOOSTER])
+@pytest.mark.parametrize("method", [AlignMethod.ANTIBODY, AlignMethod.BOOSTER, AlignMethod.VACCINE,
+                                    AlignMethod.REPNOISE])
 def test_align_equals_one_process_accumulating_the_replicas(ranks, method, tmp_path):
     """Documented: flat terms per replica, averaged over ranks before lambda_t; g_a averaged
-    by DDP. So W ranks x N micro-batches = one process with N*W micro-batches per window."""
+    by DDP. So W ranks x N micro-batches = one process with N*W micro-batches per window.
+    Vaccine's perturbation and RepNoise's MMD term are per replica in the same way (each
+    from its own rows), and RepNoise's two backward passes are each averaged by DDP."""
     got = ranks[0][f"align_{method.value}"]
     params, grads = _align_reference(method, W.align_items(W.ALIGN_STEPS), W.ALIGN_STEPS, tmp_path)
     assert len(grads) == len(got["grads"]) == W.ALIGN_STEPS
