@@ -14,15 +14,18 @@ import os
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from antibody.config import compose
-from antibody.config.schema import AlignMethod, LambdaMode
+from antibody.config.baselines import LisaConfig
+from antibody.config.schema import AlignMethod, FinetuneMethod, LambdaMode, Weighting
 from antibody.methods import flat_align
 from antibody.methods.flat_align import FlatAlignModule
+from antibody.methods.lisa import LisaFinetuneModule
 from antibody.methods.repnoise import RepNoiseAlignModule
 from antibody.methods.vaccine import VaccineAlignModule
 from antibody.methods.weighted_finetune import WeightedFinetuneModule
@@ -35,6 +38,7 @@ ALIGN_STEPS = 3
 FINETUNE_STEPS = 2
 FINETUNE_ACCUMULATE = 2  # the softmax spans one global micro-batch, not the window
 NAN_AT = 1  # the item whose harmful loss is NaN on rank 1 only
+LISA_STEPS = 8  # two cycles of 2 guide + 2 user steps, the proximal term on from the start
 
 
 def rows(batch: dict, sl: slice) -> dict:
@@ -77,6 +81,28 @@ def finetune_cfg():
     cfg = compose(["experiment=tiny"])
     cfg.method.finetune.accumulate_grad_batches = FINETUNE_ACCUMULATE
     return cfg
+
+
+def lisa_cfg():
+    cfg = compose(["experiment=tiny"])
+    f = cfg.method.finetune
+    f.method, f.weighting, f.weight_decay, f.lr = FinetuneMethod.LISA, Weighting.UNIFORM, 0.0, 1e-2
+    f.lisa = LisaConfig(rho=0.5, align_steps=2, user_steps=2, min_cycles=1, proximal_after=0.0)
+    return cfg
+
+
+def lisa_items(module: LisaFinetuneModule, rank: Optional[int]) -> list[dict]:
+    """Lisa's items (guide or user batch per position, as its plan says), global rows, or
+    rank `rank`'s share of them."""
+    items = []
+    for position in range(LISA_STEPS):
+        ((stream, index),) = module.stream_plan.at(position).items()
+        batch = finetune_item(0 if stream.value == "user" else 1, index, WORLD * FINETUNE_ROWS)
+        del batch["position"]
+        if rank is not None:
+            batch = rows(batch, rank_rows(rank, FINETUNE_ROWS))
+        items.append({stream.value: batch, "position": position})
+    return items
 
 
 class NaNOnRankOne(FlatAlignModule):
@@ -149,6 +175,11 @@ def finetune(rank: int) -> dict:
     return out
 
 
+def lisa(rank: int) -> dict:
+    module = LisaFinetuneModule(tiny_lora_model(), lisa_cfg(), max_steps=LISA_STEPS)
+    return fit(module, lisa_items(module, rank), LISA_STEPS)
+
+
 def nan_align(rank: int) -> dict:
     # one window more than the steps: the NaN window is skipped by every rank
     items = [align_shard(it, rank, k) for k, it in enumerate(align_items(ALIGN_STEPS + 1))]
@@ -162,6 +193,7 @@ SCENARIOS = {
     "align_vaccine": lambda rank: align(AlignMethod.VACCINE, rank),
     "align_repnoise": lambda rank: align(AlignMethod.REPNOISE, rank),
     "finetune": finetune,
+    "lisa": lisa,
     "nan_align": nan_align,
 }
 

@@ -36,7 +36,7 @@ RTOL, ATOL = 1e-5, 1e-7
 # r is a difference of two such numbers, so it is compared absolutely, at 4 ulps
 LOGP_ATOL = 2e-6
 REPO = Path(__file__).resolve().parents[1]
-SCENARIOS = ["align_antibody", "align_booster", "align_vaccine", "align_repnoise", "finetune", "nan_align"]
+SCENARIOS = ["align_antibody", "align_booster", "align_vaccine", "align_repnoise", "finetune", "lisa", "nan_align"]
 
 
 def torchrun(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
@@ -177,6 +177,24 @@ def test_finetune_equals_one_process_on_the_global_batch(ranks, tmp_path):
     torch.testing.assert_close(column(got["records"], "w"), column(want, "w"), rtol=RTOL, atol=ATOL)
     for key in ("r", "logp_y", "logp_refusal"):
         torch.testing.assert_close(column(got["records"], key), column(want, key), rtol=0, atol=LOGP_ATOL)
+    for g, w in zip(got["grads"], capture.grads, strict=True):
+        assert_params_close(g, w)
+    assert_params_close(got["params"], [p.detach() for p in trainable(module.model)])
+
+
+def test_lisa_equals_one_process_on_the_global_batch(ranks, tmp_path):
+    """Lisa's guide and user steps are weighted fine-tuning steps (the global semantics) and
+    its proximal pull is added after the reduce, on the same parameters and anchors on
+    every rank: 2 ranks x 3 rows = one process on the 6-row batches, through two cycles
+    with the proximal term on."""
+    from antibody.methods.lisa import LisaFinetuneModule
+
+    module = LisaFinetuneModule(tiny_lora_model(), W.lisa_cfg(), max_steps=W.LISA_STEPS)
+    capture = GradCapture()
+    trainer(W.LISA_STEPS, tmp_path, callbacks=[capture]).fit(
+        module, train_dataloaders=list_loader(W.lisa_items(module, None)))
+    got = ranks[0]["lisa"]
+    assert len(got["grads"]) == len(capture.grads) == W.LISA_STEPS
     for g, w in zip(got["grads"], capture.grads, strict=True):
         assert_params_close(g, w)
     assert_params_close(got["params"], [p.detach() for p in trainable(module.model)])

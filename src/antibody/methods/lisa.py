@@ -177,9 +177,10 @@ class LisaFinetuneModule(WeightedFinetuneModule):
                 f"{sorted(k for k in item if k != 'position')}: the DataModule must honour stream_plan"
             )
         if state is LisaState.GUIDE:
-            loss = sequence_nll(self.model, item[key]).token_mean()
-            self.manual_backward(loss / self.accumulate)
-            self._track("guide_loss", loss)
+            nll = sequence_nll(self.model, item[key])
+            # the token mean over the global batch under DDP (docs/multi-gpu.md)
+            self.manual_backward(self.global_token_mean(nll) / self.accumulate)
+            self._track("guide_loss", nll.token_mean())
         else:
             super()._accumulate_micro_batch(item[key])
 

@@ -140,6 +140,17 @@ class WeightedFinetuneModule(StageModule):
         if self.micro_batches_seen % self.detector_window == 0:
             self._log_detector()
 
+    def global_token_mean(self, nll: SequenceNLL) -> Tensor:
+        """Token-mean NLL over the global micro-batch (every rank's rows), as this rank's
+        share of it times the world size, since DDP averages the ranks' gradients: W ranks
+        take the step of one process on their rows together (a mean of per-rank token
+        means would weight a rank's tokens by 1 / its own token count)."""
+        world = self.trainer.world_size
+        if world == 1:
+            return nll.token_mean()
+        total = self.all_gather(nll.n_tokens.sum().detach()).sum()
+        return nll.nll_sum.sum() / total.clamp_min(1.0) * world
+
     def _gather_rows(
         self, batch: Mapping[str, Any], nll: SequenceNLL, logp_y: Tensor, logp_r: Optional[Tensor]
     ) -> BatchRows:
