@@ -13,6 +13,7 @@ from antibody.config import ConfigError, DataError, compose, load_saved, to_yaml
 from antibody.config.schema import Stage
 from antibody.data.sources import refusal_for
 from antibody.data.upload import load_upload
+from tests.test_datamodule import MIX
 from tests.test_datamodule import build as build_dm
 
 ROWS = [
@@ -37,6 +38,19 @@ def error_of(path, *overrides, tokenizer=None) -> str:
     with pytest.raises((DataError, ConfigError)) as exc:
         load_upload(cfg_for(path, *overrides), tokenizer)
     return str(exc.value)
+
+
+def build_upload_dm(tmp_path, fake, *overrides, tokenizer):
+    """test_datamodule's DataModule with an upload: its mix minus the research-upload keys,
+    which compose refuses beside data.user.path."""
+    from antibody.data.datamodule import SafetyDataModule
+
+    mix = [m for m in MIX if not m.startswith("data.user.")]
+    cfg = compose(["experiment=tiny", f"run.output_dir={tmp_path / 'runs'}", *mix, *overrides])
+    dm = SafetyDataModule(cfg, tokenizer, stage="finetune", generator=fake.generator, cache_dir=tmp_path)
+    dm.prepare_data()
+    dm.setup()
+    return dm
 
 
 # -- the keys of existing runs -------------------------------------------------------------
@@ -226,7 +240,7 @@ def test_upload_replaces_the_research_upload_and_leaves_other_splits(tmp_path, f
     path = write_jsonl(tmp_path / "u.jsonl", ROWS)
     tok = build_tiny_tokenizer()
     plain = build_dm(tmp_path, fake, tokenizer=tok)
-    dm = build_dm(tmp_path, fake, f"data.user.path={path}", *FIELDS, tokenizer=tok)
+    dm = build_upload_dm(tmp_path, fake, f"data.user.path={path}", *FIELDS, tokenizer=tok)
     assert [r.instruction for r in dm.records("user")] == [r["instruction"] for r in ROWS]  # upload order
     for split in ("alignment", "harmful", "eval_harmful", "eval_benign", "eval_task"):
         assert [r.uid for r in dm.records(split)] == [r.uid for r in plain.records(split)], split
@@ -249,14 +263,13 @@ def test_a_bad_upload_writes_nothing(tmp_path):
 
 def test_the_detector_window_is_one_pass_over_the_upload_not_data_user_n(tmp_path, fake):
     """Weighted fine-tuning logs detector AUROCs once per pass over the upload: an upload's
-    pass is ceil(its rows / B) micro-batches, whatever data.user.n says."""
+    pass is ceil(its rows / B) micro-batches, whatever data.user.n (tiny: 20) says."""
     from antibody.app.stages import module_config
     from tests.test_formatting import build_tiny_tokenizer
 
     path = write_jsonl(tmp_path / "u.jsonl", ROWS * 7)  # 21 rows
-    over = (f"data.user.path={path}", *FIELDS, "data.user.duplicates=keep", "data.finetune_batch_size=4",
-            "data.user.n=100")
-    dm = build_dm(tmp_path, fake, *over, tokenizer=build_tiny_tokenizer())
+    over = (f"data.user.path={path}", *FIELDS, "data.user.duplicates=keep", "data.finetune_batch_size=4")
+    dm = build_upload_dm(tmp_path, fake, *over, tokenizer=build_tiny_tokenizer())
     cfg = dm.cfg
     assert module_config(cfg, Stage.FINETUNE, dm).method.finetune.detector_window == 6  # ceil(21 / 4)
     assert module_config(cfg, Stage.ALIGN, dm) is cfg
@@ -264,3 +277,12 @@ def test_the_detector_window_is_one_pass_over_the_upload_not_data_user_n(tmp_pat
     assert module_config(pinned, Stage.FINETUNE, dm).method.finetune.detector_window == 2  # set: kept
     research = compose(["experiment=tiny"])
     assert module_config(research, Stage.FINETUNE, dm) is research  # no upload: data.user.n as before
+
+
+@pytest.mark.parametrize("key", ["data.user.p=0.1", "data.user.n=50", "data.user.benign_prose_share=0.2",
+                                 "data.user.harmful_answer_source=generated_harmful"])
+def test_research_upload_keys_beside_a_file_are_refused_at_compose(tmp_path, key):
+    path = write_jsonl(tmp_path / "u.jsonl", ROWS)
+    with pytest.raises(ConfigError, match=rf"{key.split('=')[0]} has no effect with data.user.path="):
+        compose(["experiment=tiny", f"data.user.path={path}", *FIELDS, key])
+    compose(["experiment=demo", f"data.user.path={path}", *FIELDS])  # the experiment's own n and p: fine

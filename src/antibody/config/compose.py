@@ -286,6 +286,7 @@ def compose(overrides: Optional[list[str]] = None, conf_dir: Optional[Path] = No
     from antibody.config.validate import validate
 
     validate(obj)
+    _check_upload_overrides(obj, dotlist)
     # the probe backbone names a model option: a typo fails here, before any work
     _check_probe_model(conf_dir, obj)
     from antibody.data.sizes import size_problems
@@ -294,6 +295,25 @@ def compose(overrides: Optional[list[str]] = None, conf_dir: Optional[Path] = No
     if problems:
         raise ConfigError("; ".join(problems))
     return obj
+
+
+# what only the research upload reads: with a provider's file they would be silently ignored
+_RESEARCH_UPLOAD_KEYS = ("n", "p", "harmful_answer_source", "benign_prose_share")
+
+
+def _check_upload_overrides(cfg: Config, dotlist: list[str]) -> None:
+    """A command line that sets a research-upload key beside data.user.path is refused: the
+    file's rows are the upload, so the key would change nothing (experiment files may keep
+    their n and p: only what the caller typed is checked)."""
+    if not cfg.data.user.path:
+        return
+    for item in dotlist:
+        key = item.split("=", 1)[0]
+        if key in {f"data.user.{k}" for k in _RESEARCH_UPLOAD_KEYS}:
+            raise ConfigError(
+                f"command line: {key} has no effect with data.user.path={cfg.data.user.path} (the file's rows "
+                "are the upload; n, p and the sources describe the research upload only): drop one of them"
+            )
 
 
 def _omitted(obj: Any, f: dataclasses.Field) -> bool:
