@@ -51,7 +51,8 @@ def test_ranks_tau_discordant_pairs_and_separation():
     assert rows["a"]["hs"]["mean"] == pytest.approx(60.0)
     # the paper's rank among all four of its rows (d: 5.0 is second), ours among the three evaluated
     assert {k: r["paper_rank"] for k, r in rows.items()} == {"b": 1, "c": 3, "a": 4}
-    assert rows["b"]["rank"] == 1
+    # here a and c tie at 60%: they share rank 2.5
+    assert {k: r["rank"] for k, r in rows.items()} == {"b": 1, "a": 2.5, "c": 2.5}
     # paper: b < c < a; here: b < a = c (a tie). Pairs (b, c), (b, a) concordant, (c, a) tied here:
     # tau-b = (2 - 0) / sqrt((3 - 0) * (3 - 1)) by its definition
     assert out["kendall_tau"]["tau"] == pytest.approx(2 / math.sqrt(6))
@@ -61,7 +62,7 @@ def test_ranks_tau_discordant_pairs_and_separation():
     assert rows["b"]["diff_to_reference"]["mean"] == pytest.approx(-20.0)
     assert "separates" not in rows["a"]  # the reference itself
     table = paper_table(out)
-    assert "| c | 9.00 | 3 | 60.0 ± 3.0 |" in table and "**no**" in table and "Not evaluated yet: `d`" in table
+    assert "| c | 9.00 | 3 | 60.0 ± 3.0 | 2.5 |" in table and "**no**" in table and "Not evaluated yet: `d`" in table
 
 
 def test_discordant_pairs_are_listed():

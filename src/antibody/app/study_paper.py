@@ -69,12 +69,12 @@ def paper_comparison(results: dict, paper: dict) -> dict:
         rows.append(entry)
     out: dict[str, Any] = {"source": paper.get("source"), "setting": paper.get("setting"), "at": at,
                            "reference": results.get("reference"), "rows": rows, "pending": pending}
-    # the paper's rank among all its rows; ours among the rows evaluated so far
-    paper_order = sorted(paper["hs"], key=paper["hs"].get)
-    for r in rows:
-        r["paper_rank"] = paper_order.index(r["row"]) + 1
-    for rank, r in enumerate(sorted(rows, key=lambda r: r["hs"]["mean"]), start=1):
-        r["rank"] = rank
+    # the paper's rank among all its rows; ours among the rows evaluated so far; ties share
+    # the mean of their ranks (two rows at the same HS are not ordered)
+    paper_ranks = dict(zip(paper["hs"], stats.rankdata(list(paper["hs"].values())), strict=True))
+    ours = stats.rankdata([r["hs"]["mean"] for r in rows]) if rows else []
+    for r, rank in zip(rows, ours, strict=True):
+        r["paper_rank"], r["rank"] = float(paper_ranks[r["row"]]), float(rank)
     if len(rows) >= 2:
         tau = stats.kendalltau([r["paper_hs"] for r in rows], [r["hs"]["mean"] for r in rows])
         out["kendall_tau"] = {"tau": float(tau.statistic), "p_value": float(tau.pvalue), "rows": len(rows)}
@@ -110,7 +110,7 @@ def paper_table(cmp: dict) -> str:
             diff = f"{d['mean']:+.1f}{ci}"
             sep = {True: "yes", False: "**no**", None: "-"}[r.get("separates")]
         paper_fa = "-" if r["paper_fa"] is None else f"{r['paper_fa']:.2f}"
-        lines.append(f"| {r['row']} | {r['paper_hs']:.2f} | {r['paper_rank']} | {_num(r['hs'])} | {r['rank']} | "
+        lines.append(f"| {r['row']} | {r['paper_hs']:.2f} | {r['paper_rank']:g} | {_num(r['hs'])} | {r['rank']:g} | "
                      f"{diff} | {sep} | {paper_fa} | {_num(r['fa'])} |")
     if cmp.get("kendall_tau"):
         k = cmp["kendall_tau"]
