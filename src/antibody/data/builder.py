@@ -257,27 +257,28 @@ class SplitBuilder:
         ):
             if name is SourceName.BENIGN_PROSE:
                 raise ConfigError(f"{key}=benign_prose is benign; choose a harmful answer source")
-        self._check_safeinstr()
+        self._check_safeinstr(self.counts.safeinstr, self.cfg.data.user.n, "data.user.n")
         # the task's held-out rows, if the source tags any; else its one pool is split by prompt
         task_rows = self.rows(cfg.task.name)
         if not any(held_out(r) for r in task_rows):
             dem["eval_task"].kind = PoolKind.TASK_EVAL
         return dem
 
-    def _check_safeinstr(self) -> None:
-        """SafeInstr's demonstration count against its source, before anything is built."""
-        f, c, n = self.cfg.method.finetune, self.counts, self.cfg.data.user.n
+    def _check_safeinstr(self, count: int, rows: int, what: str) -> None:
+        """SafeInstr's demonstration count (floor(share * rows), rows = `what`: data.user.n,
+        or an upload's row count) against its source, before anything is built."""
+        f, c = self.cfg.method.finetune, self.counts
         key = f"method.finetune.safeinstr.share={f.safeinstr.share}"
-        if finetune_method(f) is FinetuneMethod.SAFEINSTR and c.safeinstr == 0:
+        if finetune_method(f) is FinetuneMethod.SAFEINSTR and count == 0:
             # small pipeline checks (tiny, demo_quick) must still run, but the run is then
             # plain SFT on a reshuffled upload, and the log must say so
-            least = math.ceil(10_000 / n) / 10_000
-            msg = "%s: floor(share * data.user.n=%d) = 0 demonstrations, so this SafeInstr run is SFT"
-            log.warning(msg + " (share >= %s gives one)", key, n, least)
-        if c.safeinstr > c.align_harmful:
-            largest = math.floor(10_000 * c.align_harmful / n) / 10_000
+            least = math.ceil(10_000 / rows) / 10_000
+            msg = "%s: floor(share * %s=%d) = 0 demonstrations, so this SafeInstr run is SFT"
+            log.warning(msg + " (share >= %s gives one)", key, what, rows, least)
+        if count > c.align_harmful:
+            largest = math.floor(10_000 * c.align_harmful / rows) / 10_000
             raise DataError(
-                f"{key}: SafeInstr mixes floor(share * data.user.n={n}) = {c.safeinstr} safety "
+                f"{key}: SafeInstr mixes floor(share * {what}={rows}) = {count} safety "
                 "demonstrations into the upload, taken from the alignment split's harmful-prompt -> "
                 f"refusal rows, but it has only {c.align_harmful} (data.alignment.n_harmful); lower "
                 f"the share to at most {largest} or raise data.alignment.n_harmful"
@@ -339,16 +340,13 @@ class SplitBuilder:
         return upload
 
     def _upload_safeinstr(self, rows: int) -> int:
-        """SafeInstr's demonstrations for an upload: floor(share * its rows)."""
+        """SafeInstr's demonstrations for an upload: floor(share * its rows), checked."""
         from antibody.data.plan import floor_share
 
+        if finetune_method(self.cfg.method.finetune) is not FinetuneMethod.SAFEINSTR:
+            return 0
         count = floor_share(self.cfg.method.finetune.safeinstr.share, rows)
-        if finetune_method(self.cfg.method.finetune) is FinetuneMethod.SAFEINSTR and count > self.counts.align_harmful:
-            raise DataError(
-                f"method.finetune.safeinstr.share={self.cfg.method.finetune.safeinstr.share}: {count} safety "
-                f"demonstrations for the {rows}-row upload, but the alignment split has only "
-                f"{self.counts.align_harmful} refusal rows (data.alignment.n_harmful)"
-            )
+        self._check_safeinstr(count, rows, "the upload's rows")
         return count
 
     def _alignment_refusals(self, prompts: list[Record]) -> list[Record]:
