@@ -106,7 +106,7 @@ def test_too_few_refusal_rows_names_the_share(tmp_path, fake):
 
 def test_a_share_below_one_row_warns_and_trains_on_the_users_rows(tmp_path, fake, caplog):
     # 0.03 * 20 < 1: small pipeline checks still run, and the log says the run is SFT
-    with caplog.at_level("WARNING", logger="antibody.data.builder"):
+    with caplog.at_level("WARNING", logger="antibody.data.safeinstr"):
         dm = build(tmp_path, fake, *SAFEINSTR)
     assert "method.finetune.safeinstr.share=0.03" in caplog.text and "share >= 0.05 gives one" in caplog.text
     mixed = dm.records(Split.USER_SAFEINSTR)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +55,8 @@ from antibody.data.plan import (
     plan_demands,
     spare,
 )
-from antibody.data.records import Record, make_uid, normalise_text
+from antibody.data.records import Record, normalise_text
+from antibody.data.safeinstr import check_safeinstr_count, safeinstr_upload
 from antibody.data.sources import alignment_refusals, load_source, model_written_sources, source_prompts
 from antibody.data.sources.registry import SourceContext, TextGenerator
 from antibody.data.streams import StreamKind
@@ -257,32 +257,12 @@ class SplitBuilder:
         ):
             if name is SourceName.BENIGN_PROSE:
                 raise ConfigError(f"{key}=benign_prose is benign; choose a harmful answer source")
-        self._check_safeinstr(self.counts.safeinstr, self.cfg.data.user.n, "data.user.n")
+        check_safeinstr_count(self.cfg, self.counts.align_harmful, self.counts.safeinstr, self.cfg.data.user.n, "data.user.n")
         # the task's held-out rows, if the source tags any; else its one pool is split by prompt
         task_rows = self.rows(cfg.task.name)
         if not any(held_out(r) for r in task_rows):
             dem["eval_task"].kind = PoolKind.TASK_EVAL
         return dem
-
-    def _check_safeinstr(self, count: int, rows: int, what: str) -> None:
-        """SafeInstr's demonstration count (floor(share * rows), rows = `what`: data.user.n,
-        or an upload's row count) against its source, before anything is built."""
-        f, c = self.cfg.method.finetune, self.counts
-        key = f"method.finetune.safeinstr.share={f.safeinstr.share}"
-        if finetune_method(f) is FinetuneMethod.SAFEINSTR and count == 0:
-            # small pipeline checks (tiny, demo_quick) must still run, but the run is then
-            # plain SFT on a reshuffled upload, and the log must say so
-            least = math.ceil(10_000 / rows) / 10_000
-            msg = "%s: floor(share * %s=%d) = 0 demonstrations, so this SafeInstr run is SFT"
-            log.warning(msg + " (share >= %s gives one)", key, what, rows, least)
-        if count > c.align_harmful:
-            largest = math.floor(10_000 * c.align_harmful / rows) / 10_000
-            raise DataError(
-                f"{key}: SafeInstr mixes floor(share * {what}={rows}) = {count} safety "
-                "demonstrations into the upload, taken from the alignment split's harmful-prompt -> "
-                f"refusal rows, but it has only {c.align_harmful} (data.alignment.n_harmful); lower "
-                f"the share to at most {largest} or raise data.alignment.n_harmful"
-            )
 
     def build(self) -> dict[Split, list[Record]]:
         dem = self._checked_demands()
@@ -346,7 +326,7 @@ class SplitBuilder:
         if finetune_method(self.cfg.method.finetune) is not FinetuneMethod.SAFEINSTR:
             return 0
         count = floor_share(self.cfg.method.finetune.safeinstr.share, rows)
-        self._check_safeinstr(count, rows, "the upload's rows")
+        check_safeinstr_count(self.cfg, self.counts.align_harmful, count, rows, "the upload's rows")
         return count
 
     def _alignment_refusals(self, prompts: list[Record]) -> list[Record]:
@@ -373,29 +353,3 @@ class SplitBuilder:
                         raise DataError(
                             f"split '{split.value}': row {rec.uid} ({rec.source}) has an empty {field_name}"
                         )
-
-
-# SafeInstr's own seed stream (ours): any constant distinct from the StreamKind values
-_SAFEINSTR_SEED_KEY = 0x5AFE
-
-
-def safeinstr_upload(user: list[Record], refusals: list[Record], count: int, seed: int) -> list[Record]:
-    """SafeInstr's mixed upload: the user's rows plus `count` of the provider's safety
-    demonstrations, shuffled together (seeded by data.seed).
-
-    The demonstrations are alignment-split rows: a harmful prompt the provider aligned on,
-    answered with its refusal. They are tagged ``is_harmful=False`` and source
-    ``safeinstr`` (they teach safe behaviour), so the harmful-row statistics stay about the
-    user's harmful rows; ``meta`` keeps the original uid and prompt source. The builder
-    checks ``count`` against the refusal rows before anything is built.
-    """
-    rng = np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, _SAFEINSTR_SEED_KEY]))
-    picked = [refusals[i] for i in rng.permutation(len(refusals))[:count].tolist()]
-    meta = [{**r.meta, "from_uid": r.uid, "prompt_source": r.source} for r in picked]
-    demos = [
-        dataclasses.replace(r, uid=make_uid("safeinstr", r.uid), source="safeinstr", is_harmful=False, meta=m)
-        for r, m in zip(picked, meta, strict=True)
-    ]
-    mixed = list(user) + demos
-    rng.shuffle(mixed)  # type: ignore[arg-type]
-    return mixed
