@@ -208,7 +208,8 @@ def test_summary_is_mean_and_sample_std_over_seeds_and_pairs_by_seed(tmp_path):
         assert by_row[row]["harmful/harmful_score"]["mean"] == pytest.approx(statistics.fmean(hs))
         assert by_row[row]["harmful/harmful_score"]["std"] == pytest.approx(statistics.stdev(hs))
         assert by_row[row]["FA"]["mean"] == pytest.approx(statistics.fmean(fas[row, s] for s in (1, 2, 3)))
-    from antibody.app.study_report import plot, study_table
+    from antibody.app.study_plots import plot
+    from antibody.app.study_report import study_table
 
     results = {"study": "fake", "axes": ["data.user.p"], "cells": cells, "reference": "ref", "jobs": 6, **out}
     plot(results, tmp_path / "results.png")
@@ -218,6 +219,45 @@ def test_summary_is_mean_and_sample_std_over_seeds_and_pairs_by_seed(tmp_path):
     diffs = [(sum(outcomes["new", s]) - sum(outcomes["ref", s])) / 4 for s in (1, 2, 3)]
     assert paired["row"] == "new" and paired["diff"]["mean"] == pytest.approx(statistics.fmean(diffs))
     assert paired["diff"]["std"] == pytest.approx(statistics.stdev(diffs)) and len(paired["p_values"]) == 3
+
+
+def test_a_studys_plots_reach_the_readme_as_committed_files(tmp_path):
+    """runs/ is never committed, so `report` copies the study's plots to docs/figures/ beside
+    the README and shows them in the block; the weights plot exists only while a row weights."""
+    from antibody.app.study_plots import write_figures
+
+    study = tmp_path / "runs" / "fake"
+    cells = [_fake_cell(study, f"{r}-{s}", r, s, [True, s == 2, False], 0.1 * s) for r in ("ref", "new") for s in (1, 2)]
+    results = {"kind": "study", "study": "fake", "axes": ["data.user.p"], "seeds": [1, 2], "cells": cells,
+               "reference": "ref", "jobs": 4}
+    results.update(summarise(results, study))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- study-fake-results:start -->\nold\n<!-- study-fake-results:end -->\n")
+    figures = tmp_path / "docs" / "figures"
+
+    def report(res: dict) -> str:
+        (study / "results.json").write_text(json.dumps(res))
+        write_figures(res, study)
+        assert main(["report", str(study / "results.json"), str(readme)]) == 0
+        return readme.read_text()
+
+    text = report(results)
+    assert "![study fake: results](docs/figures/study-fake-results.png)" in text and "weights.png" not in text
+    assert (figures / "study-fake-results.png").read_bytes() == (study / "results.png").read_bytes()
+    assert not (figures / "study-fake-weights.png").exists()
+    # a weighted row: its sources' weights and the detector's AUROC get their own plot
+    weighted = json.loads(json.dumps(results))
+    row = next(s for s in weighted["summary"] if s["row"] == "new")
+    row["weights/harmful_x_batch"] = {"mean": 0.2, "std": 0.05, "seeds": 2}
+    row["weights/benign_prose_x_batch"] = {"mean": 1.6, "std": 0.1, "seeds": 2}
+    row["detector/auroc_neg_ratio"] = {"mean": 0.7, "std": 0.02, "seeds": 2}
+    text = report(weighted)
+    assert "![study fake: weights](docs/figures/study-fake-weights.png)" in text
+    assert (figures / "study-fake-weights.png").read_bytes() == (study / "weights.png").read_bytes()
+    # and when no row weights any more, the old plot goes from the study and from the README
+    text = report(results)
+    assert "weights.png" not in text and not (figures / "study-fake-weights.png").exists()
+    assert not (study / "weights.png").exists() and text.count("study-fake-results:start") == 1
 
 
 PAPER = sorted((Path(__file__).parent.parent / "conf" / "experiment" / "paper").glob("*.yaml"))

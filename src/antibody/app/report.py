@@ -2,7 +2,8 @@
 
     python -m antibody report runs/demo/results.json [README.md]
     python -m antibody report runs/bench/bench.json [README.md]
-    python -m antibody report runs/<study>/results.json [README.md]   (block study-<name>-results)
+    python -m antibody report runs/<study>/results.json [README.md]   (block study-<name>-results;
+                                                                   its plots go to docs/figures/)
 
 The table lives between two markers (one pair per demo suite and one for the bench, see
 ``block_name``), so the README's numbers are always the ones a program wrote, never typed
@@ -115,6 +116,27 @@ def update_readme(readme: Path, table: str, block: str = "demo-results") -> None
     readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
 
 
+def study_figures(folder: Path, readme: Path, study: str) -> str:
+    """A study's plots (study_plots.FIGURES found in its folder) copied beside the README as
+    docs/figures/study-<name>-<plot>.png, since runs/ is never committed; returns the
+    Markdown image lines that show them in the README's block."""
+    import shutil
+
+    from antibody.app.study_plots import FIGURES
+
+    lines = []
+    target = readme.parent / "docs" / "figures"
+    for figure in FIGURES:
+        if (folder / figure).is_file():
+            name = f"study-{study}-{figure}"
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / figure, target / name)
+            lines.append(f"![study {study}: {Path(figure).stem}](docs/figures/{name})")
+        else:  # a plot the study no longer draws must not be shown from an old copy
+            (target / f"study-{study}-{figure}").unlink(missing_ok=True)
+    return "".join(f"\n\n{line}" for line in lines)
+
+
 def report_command(args: list[str]) -> int:
     if not args:
         raise ConfigError("report: usage: python -m antibody report <results.json> [README.md]")
@@ -124,6 +146,8 @@ def report_command(args: list[str]) -> int:
     results = json.loads(path.read_text())
     table = render(results)
     if len(args) > 1:
+        if results.get("kind") == "study":
+            table += study_figures(path.parent, Path(args[1]), results["study"])
         update_readme(Path(args[1]), table, block_name(results))
         print(f"[antibody] updated {args[1]}")
     else:

@@ -242,17 +242,18 @@ def collect(study: StudyConfig, root: Path, all_cells: list[Cell], n_jobs: int, 
 
 
 def write_study(root: Path, results: dict, final: bool = True) -> None:
-    """results.json and table.md (atomically, rundir.write_results); the plot at the end.
+    """results.json and table.md (atomically, rundir.write_results); the plots at the end.
     A demo study's results: study_models."""
     from antibody.app.study_models import write_models
-    from antibody.app.study_report import plot, study_table
+    from antibody.app.study_plots import write_figures
+    from antibody.app.study_report import study_table
 
     if results.get("suite") is not None:
         write_models(root, results, final)
         return
     write_results(root, "results.json", results, study_table(results), echo=final)
     if final and results["summary"]:
-        plot(results, root / "results.png")
+        write_figures(results, root)
 
 
 def _args(args: list[str]):

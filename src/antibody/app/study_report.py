@@ -124,49 +124,6 @@ def _pm(stat: dict | None, scale: float = 100.0, digits: int = 1) -> str:
     return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['std']:.{digits}f}"
 
 
-def plot(results: dict, path: Path) -> None:
-    """HS and FA per row (mean ± std over seeds): against the axis when exactly one numeric
-    axis has several values, else as bars; a third panel with the harmful weight share."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    summary = results["summary"]
-    varying = [a for a in results["axes"] if len({str(s[a]) for s in summary}) > 1]
-    numeric = len(varying) == 1 and all(isinstance(s[varying[0]], (int, float)) for s in summary)
-    panels = [(HS, "Harmful Score (%)", 100.0), ("FA", "Fine-tune Accuracy (%)", 100.0)]
-    if any(WEIGHT in s for s in summary):
-        panels.append((WEIGHT, "harmful weight x batch (1 = SFT)", 1.0))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
-    rows = list(dict.fromkeys(s["row"] for s in summary))
-    for ax, (key, title, scale) in zip(np.atleast_1d(axes), panels, strict=True):
-        for i, row in enumerate(rows):
-            pts = sorted((s[varying[0]] if numeric else i, s.get(key)) for s in summary if s["row"] == row)
-            pts = [(x, m) for x, m in pts if m and m.get("mean") is not None]
-            if not pts:
-                continue
-            xs = [x for x, _ in pts]
-            ys = [scale * m["mean"] for _, m in pts]
-            err = [scale * (m["std"] or 0.0) for _, m in pts]
-            if numeric:
-                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=row)
-            else:
-                ax.bar(xs, ys, yerr=err, capsize=3, label=row)
-        ax.set_title(title)
-        if numeric:
-            ax.set_xlabel(varying[0])
-        else:
-            ax.set_xticks(range(len(rows)))
-            ax.set_xticklabels(rows, rotation=30, ha="right", fontsize=7)
-    np.atleast_1d(axes)[0].legend(fontsize=7)
-    fig.suptitle(f"study {results['study']}: mean ± std over seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def study_table(results: dict) -> str:
     axes = results["axes"]
     present = [(k, name) for k, name in COLUMNS if any(k in s for s in results["summary"])]
@@ -211,18 +168,32 @@ def study_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def weighted_rows(results: dict) -> list[dict]:
+    """The summary rows whose fine-tuning weighted its rows (some source's weight x B is not 1)."""
+    return [s for s in results["summary"]
+            if any(k.startswith("weights/") and v.get("mean") not in (None, 1.0)
+                   for k, v in s.items() if isinstance(v, dict))]
+
+
+def weight_keys(summary: list[dict]) -> list[str]:
+    """The weights/ keys (harmful first) then the detector/ keys present in these rows."""
+    return sorted({k for s in summary for k in s if k.startswith(("weights/", "detector/"))},
+                  key=lambda k: (not k.startswith("weights/"), k != WEIGHT, k))
+
+
+def weight_key_name(key: str) -> str:
+    return key.split("/", 1)[1].removesuffix("_x_batch").replace("auroc_", "AUROC ")
+
+
 def weights_table(results: dict) -> str:
     """What the weights did, for rows whose fine-tuning weighted its rows: each source's
     mean weight x batch size (1 = as under SFT) and each term's AUROC as a harmful-row
     detector, mean ± std over seeds. Empty when no row weighted."""
-    summary = [s for s in results["summary"]
-               if any(k.startswith("weights/") and v.get("mean") not in (None, 1.0)
-                      for k, v in s.items() if isinstance(v, dict))]
+    summary = weighted_rows(results)
     if not summary:
         return ""
-    keys = sorted({k for s in summary for k in s if k.startswith(("weights/", "detector/"))},
-                  key=lambda k: (not k.startswith("weights/"), k != WEIGHT, k))
-    names = [k.split("/", 1)[1].removesuffix("_x_batch").replace("auroc_", "AUROC ") for k in keys]
+    keys = weight_keys(summary)
+    names = [weight_key_name(k) for k in keys]
     axes = results["axes"]
     lines = ["Weights (mean weight x batch size per source; 1 = uniform) and each term as a harmful-row "
              "detector (AUROC over the run's rows), mean ± std over seeds:", "",

@@ -1,0 +1,114 @@
+"""A study's plots, written beside its results.json: `results.png` (HS and FA per row, and
+the harmful rows' weight) and, when some row weighted its upload, `weights.png` (each
+source's weight x batch size and each term's AUROC as a harmful-row detector)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from antibody.app.study_report import HS, WEIGHT, weight_key_name, weight_keys, weighted_rows
+
+FIGURES = ("results.png", "weights.png")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on CI or a cluster node
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot(results: dict, path: Path) -> None:
+    """HS and FA per row (mean ± std over seeds): against the axis when exactly one numeric
+    axis has several values, else as bars; a third panel with the harmful weight share."""
+    import numpy as np
+
+    plt = _pyplot()
+    summary = results["summary"]
+    varying = [a for a in results["axes"] if len({str(s[a]) for s in summary}) > 1]
+    numeric = len(varying) == 1 and all(isinstance(s[varying[0]], (int, float)) for s in summary)
+    panels = [(HS, "Harmful Score (%)", 100.0), ("FA", "Fine-tune Accuracy (%)", 100.0)]
+    if any(WEIGHT in s for s in summary):
+        panels.append((WEIGHT, "harmful weight x batch (1 = SFT)", 1.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
+    rows = list(dict.fromkeys(s["row"] for s in summary))
+    for ax, (key, title, scale) in zip(np.atleast_1d(axes), panels, strict=True):
+        for i, row in enumerate(rows):
+            pts = sorted((s[varying[0]] if numeric else i, s.get(key)) for s in summary if s["row"] == row)
+            pts = [(x, m) for x, m in pts if m and m.get("mean") is not None]
+            if not pts:
+                continue
+            xs = [x for x, _ in pts]
+            ys = [scale * m["mean"] for _, m in pts]
+            err = [scale * (m["std"] or 0.0) for _, m in pts]
+            if numeric:
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=row)
+            else:
+                ax.bar(xs, ys, yerr=err, capsize=3, label=row)
+        ax.set_title(title)
+        if numeric:
+            ax.set_xlabel(varying[0])
+        else:
+            ax.set_xticks(range(len(rows)))
+            ax.set_xticklabels(rows, rotation=30, ha="right", fontsize=7)
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.suptitle(f"study {results['study']}: mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _label(s: dict, axes: list[str], summary: list[dict]) -> str:
+    varying = [a for a in axes if len({str(x[a]) for x in summary}) > 1]
+    return s["row"] + "".join(f"\n{a.rsplit('.', 1)[-1]}={s[a]}" for a in varying)
+
+
+def weights_plot(results: dict, path: Path) -> bool:
+    """Grouped bars per weighted row (and axis values): each source's mean weight x batch size
+    (1 = uniform, as under SFT) and each detector term's AUROC (0.5 = chance), mean ± std over
+    seeds. Returns False, writing nothing, when no row weighted its upload."""
+    import numpy as np
+
+    summary = weighted_rows(results)
+    if not summary:
+        return False
+    plt = _pyplot()
+    keys = weight_keys(summary)
+    panels = [([k for k in keys if k.startswith("weights/")], "mean weight x batch size", 1.0),
+              ([k for k in keys if k.startswith("detector/")], "harmful-row detector AUROC", 0.5)]
+    panels = [p for p in panels if p[0]]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 1.1 * len(summary) + 3), 4.6 * len(panels)),
+                             squeeze=False)
+    x = np.arange(len(summary))
+    for ax, (group, title, level) in zip(axes[:, 0], panels, strict=True):
+        width = 0.8 / len(group)
+        for j, key in enumerate(group):
+            stats = [s.get(key) or {} for s in summary]
+            ys = [st.get("mean") if st.get("mean") is not None else np.nan for st in stats]
+            err = [st.get("std") or 0.0 for st in stats]
+            ax.bar(x + (j - (len(group) - 1) / 2) * width, ys, width, yerr=err, capsize=2,
+                   label=weight_key_name(key))
+        ax.axhline(level, color="grey", lw=0.8, ls="--")  # uniform weight / chance
+        ax.set_title(title)
+        ax.set_xticks(x)
+        ax.set_xticklabels([_label(s, results["axes"], summary) for s in summary], rotation=30, ha="right",
+                           fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not on them
+    fig.suptitle(f"study {results['study']}: what the weights did, mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_figures(results: dict, root: Path) -> list[Path]:
+    """The study's plots into its folder; a stale weights.png (no weighted row now) is removed."""
+    plot(results, root / FIGURES[0])
+    written = [root / FIGURES[0]]
+    if weights_plot(results, root / FIGURES[1]):
+        written.append(root / FIGURES[1])
+    else:
+        (root / FIGURES[1]).unlink(missing_ok=True)
+    return written
