@@ -221,6 +221,30 @@ def test_summary_is_mean_and_sample_std_over_seeds_and_pairs_by_seed(tmp_path):
     assert paired["diff"]["std"] == pytest.approx(statistics.stdev(diffs)) and len(paired["p_values"]) == 3
 
 
+def test_the_studys_compute_counts_each_finished_job_once(tmp_path):
+    """Training minutes are steps x the run's median s/step (a run resumed across sessions
+    counts whole), evaluation minutes the models' wall times; shared alignments count once."""
+    from antibody.app.study_report import compute, compute_line
+
+    runs = {"align-a": ("align", 40, 6.0, 2), "ft-1": ("finetune", 30, 4.0, 2), "ft-2": ("finetune", 30, 5.0, 16),
+            "align-b": ("align", 40, 9.0, 2)}  # align-b: unfinished, no metrics.json
+    for name, (stage, steps, sps, cpus) in runs.items():
+        (tmp_path / name / "eval").mkdir(parents=True)
+        if name != "align-b":
+            (tmp_path / name / "metrics.json").write_text(json.dumps(
+                {"stage": stage, "steps": steps, "seconds_per_step": sps, "cpu_count": cpus}))
+    (tmp_path / "ft-1" / "eval" / "metrics.json").write_text(json.dumps({"eval_seconds": 120.0}))
+    (tmp_path / "align-a" / "eval" / "metrics.json").write_text(json.dumps({"eval_seconds": 60.0}))
+    cells = [{"job": "ft-1", "align_job": "align-a"}, {"job": "ft-2", "align_job": "align-a"},
+             {"job": "align-a", "align_job": "align-a"}, {"job": "ft-3", "align_job": "align-b"}]
+    cost = compute({"cells": cells}, tmp_path)
+    assert cost["train"]["align"] == {"jobs": 1, "minutes": pytest.approx(40 * 6.0 / 60)}
+    assert cost["train"]["finetune"] == {"jobs": 2, "minutes": pytest.approx((30 * 4.0 + 30 * 5.0) / 60)}
+    assert cost["eval"] == {"jobs": 2, "minutes": pytest.approx(3.0)} and cost["cpu_counts"] == [2, 16]
+    total = 40 * 6.0 / 60 + (30 * 4.0 + 30 * 5.0) / 60 + 3.0
+    assert f"{total:.1f} min in all, on machines with 2/16 CPU cores" in compute_line(cost)
+
+
 def test_a_studys_plots_reach_the_readme_as_committed_files(tmp_path):
     """runs/ is never committed, so `report` copies the study's plots to docs/figures/ beside
     the README and shows them in the block; the weights plot exists only while a row weights."""

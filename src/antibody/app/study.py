@@ -221,7 +221,7 @@ def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list
 def collect(study: StudyConfig, root: Path, all_cells: list[Cell], n_jobs: int, counts: dict,
             seconds: float) -> dict:
     from antibody.app.study_models import model_results, named_comparisons
-    from antibody.app.study_report import cell_result, summarise
+    from antibody.app.study_report import cell_result, compute, summarise
 
     if study.suite is not None:
         return model_results(study, root, all_cells, counts, seconds)
@@ -232,6 +232,7 @@ def collect(study: StudyConfig, root: Path, all_cells: list[Cell], n_jobs: int, 
                "jobs": n_jobs, "jobs_trained_this_invocation": counts["trained"],
                "jobs_evaluated_this_invocation": counts["evaluated"]}
     results.update(summarise(results, root))
+    results["compute"] = compute(results, root)
     if study.comparisons:
         results["named_comparisons"] = named_comparisons(study, all_cells, root)
     if study.paper is not None:

@@ -116,6 +116,40 @@ def summarise(results: dict, root: Path) -> dict:
     return {"summary": summary, "comparisons": comparisons, "paired": sorted(paired, key=lambda x: str(x))}
 
 
+def compute(results: dict, root: Path) -> dict:
+    """What the study's finished jobs cost on the machines that ran them: training minutes per
+    stage (steps x the run's median s/step, so a run resumed across sessions counts whole)
+    and evaluation minutes (each evaluated model's wall time), and the CPU counts seen."""
+    names = {c[k] for c in results["cells"] for k in ("job", "align_job") if c.get(k)}
+    out: dict = {"train": {}, "eval": {"jobs": 0, "minutes": 0.0}, "cpu_counts": []}
+    cpus = set()
+    for name in sorted(names):
+        path = root / name / "metrics.json"
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        if data.get("seconds_per_step") and data.get("steps") and data.get("stage"):
+            stage = out["train"].setdefault(data["stage"], {"jobs": 0, "minutes": 0.0})
+            stage["jobs"] += 1
+            stage["minutes"] += data["steps"] * data["seconds_per_step"] / 60
+            if data.get("cpu_count"):
+                cpus.add(data["cpu_count"])
+        evaluated = root / name / "eval" / "metrics.json"
+        if evaluated.is_file() and json.loads(evaluated.read_text()).get("eval_seconds"):
+            out["eval"]["jobs"] += 1
+            out["eval"]["minutes"] += json.loads(evaluated.read_text())["eval_seconds"] / 60
+    out["cpu_counts"] = sorted(cpus)
+    return out
+
+
+def compute_line(cost: dict) -> str:
+    parts = [f"{v['jobs']} {stage} jobs {v['minutes']:.1f} min" for stage, v in sorted(cost["train"].items())]
+    parts.append(f"{cost['eval']['jobs']} evaluations {cost['eval']['minutes']:.1f} min")
+    total = sum(v["minutes"] for v in cost["train"].values()) + cost["eval"]["minutes"]
+    cores = "/".join(str(c) for c in cost["cpu_counts"]) or "?"
+    return (f"Compute of the finished jobs (training: steps x each run's median s/step; evaluation: wall time; "
+            f"measured while other work may have shared the machine): {', '.join(parts)}; {total:.1f} min in all, "
+            f"on machines with {cores} CPU cores.")
+
+
 def _pm(stat: dict | None, scale: float = 100.0, digits: int = 1) -> str:
     if not stat or stat.get("mean") is None:
         return "-"
@@ -144,6 +178,8 @@ def study_table(results: dict) -> str:
     pending = [c for c in results["cells"] if c["state"] != "evaluated"]
     if pending:
         lines += ["", f"{len(pending)} of {len(results['cells'])} cells pending (not run yet)."]
+    if results.get("compute"):
+        lines += ["", compute_line(results["compute"])]
     if results.get("paired"):
         lines += ["", f"Paired HS differences to `{results['reference']}` on the same prompts (points, mean ± std "
                   "over seeds; exact McNemar p per seed):", "",
