@@ -246,8 +246,9 @@ def test_the_studys_compute_counts_each_finished_job_once(tmp_path):
 
 
 def test_a_studys_plots_reach_the_readme_as_committed_files(tmp_path):
-    """runs/ is never committed, so `report` copies the study's plots to docs/figures/ beside
+    """runs/ is never committed, so `report` copies the study's plots into FIGURES_DIR beside
     the README and shows them in the block; the weights plot exists only while a row weights."""
+    from antibody.app.report import FIGURES_DIR, figure_name
     from antibody.app.study_plots import write_figures
 
     study = tmp_path / "runs" / "fake"
@@ -257,7 +258,9 @@ def test_a_studys_plots_reach_the_readme_as_committed_files(tmp_path):
     results.update(summarise(results, study))
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- study-fake-results:start -->\nold\n<!-- study-fake-results:end -->\n")
-    figures = tmp_path / "docs" / "figures"
+    figures = tmp_path / FIGURES_DIR
+    shown = {f: f"![study fake: {f}]({(FIGURES_DIR / figure_name('fake', f + '.png')).as_posix()})"
+             for f in ("results", "weights")}
 
     def report(res: dict) -> str:
         (study / "results.json").write_text(json.dumps(res))
@@ -266,9 +269,9 @@ def test_a_studys_plots_reach_the_readme_as_committed_files(tmp_path):
         return readme.read_text()
 
     text = report(results)
-    assert "![study fake: results](docs/figures/study-fake-results.png)" in text and "weights.png" not in text
-    assert (figures / "study-fake-results.png").read_bytes() == (study / "results.png").read_bytes()
-    assert not (figures / "study-fake-weights.png").exists()
+    assert shown["results"] in text and "weights.png" not in text
+    assert (figures / figure_name("fake", "results.png")).read_bytes() == (study / "results.png").read_bytes()
+    assert not (figures / figure_name("fake", "weights.png")).exists()
     # a weighted row: its sources' weights and the detector's AUROC get their own plot
     weighted = json.loads(json.dumps(results))
     row = next(s for s in weighted["summary"] if s["row"] == "new")
@@ -276,11 +279,11 @@ def test_a_studys_plots_reach_the_readme_as_committed_files(tmp_path):
     row["weights/benign_prose_x_batch"] = {"mean": 1.6, "std": 0.1, "seeds": 2}
     row["detector/auroc_neg_ratio"] = {"mean": 0.7, "std": 0.02, "seeds": 2}
     text = report(weighted)
-    assert "![study fake: weights](docs/figures/study-fake-weights.png)" in text
-    assert (figures / "study-fake-weights.png").read_bytes() == (study / "weights.png").read_bytes()
+    assert shown["weights"] in text
+    assert (figures / figure_name("fake", "weights.png")).read_bytes() == (study / "weights.png").read_bytes()
     # and when no row weights any more, the old plot goes from the study and from the README
     text = report(results)
-    assert "weights.png" not in text and not (figures / "study-fake-weights.png").exists()
+    assert "weights.png" not in text and not (figures / figure_name("fake", "weights.png")).exists()
     assert not (study / "weights.png").exists() and text.count("study-fake-results:start") == 1
 
 

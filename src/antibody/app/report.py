@@ -3,7 +3,7 @@
     python -m antibody report runs/demo/results.json [README.md]
     python -m antibody report runs/bench/bench.json [README.md]
     python -m antibody report runs/<study>/results.json [README.md]   (block study-<name>-results;
-                                                                   its plots go to docs/figures/)
+                                                                   its plots go to FIGURES_DIR)
 
 The table lives between two markers (one pair per demo suite and one for the bench, see
 ``block_name``), so the README's numbers are always the ones a program wrote, never typed
@@ -116,24 +116,32 @@ def update_readme(readme: Path, table: str, block: str = "demo-results") -> None
     readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
 
 
+# where `report` puts a study's plots, relative to the README (runs/ is never committed)
+FIGURES_DIR = Path("docs", "figures")
+
+
+def figure_name(study: str, figure: str) -> str:
+    return f"study-{study}-{figure}"
+
+
 def study_figures(folder: Path, readme: Path, study: str) -> str:
-    """A study's plots (study_plots.FIGURES found in its folder) copied beside the README as
-    docs/figures/study-<name>-<plot>.png, since runs/ is never committed; returns the
-    Markdown image lines that show them in the README's block."""
+    """A study's plots (study_plots.FIGURES found in its folder) copied beside the README into
+    FIGURES_DIR as study-<name>-<plot>.png; returns the Markdown image lines that show them
+    in the README's block."""
     import shutil
 
     from antibody.app.study_plots import FIGURES
 
     lines = []
-    target = readme.parent / "docs" / "figures"
+    target = readme.parent / FIGURES_DIR
     for figure in FIGURES:
+        name = figure_name(study, figure)
         if (folder / figure).is_file():
-            name = f"study-{study}-{figure}"
             target.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / figure, target / name)
-            lines.append(f"![study {study}: {Path(figure).stem}](docs/figures/{name})")
+            lines.append(f"![study {study}: {Path(figure).stem}]({(FIGURES_DIR / name).as_posix()})")
         else:  # a plot the study no longer draws must not be shown from an old copy
-            (target / f"study-{study}-{figure}").unlink(missing_ok=True)
+            (target / name).unlink(missing_ok=True)
     return "".join(f"\n\n{line}" for line in lines)
 
 
