@@ -196,6 +196,10 @@ def _fake_cell(root: Path, job: str, row: str, seed: int, hs_outcomes: list[bool
             "metrics": {"harmful/harmful_score": hs, "FA": fa}, "n": {"harmful/harmful_score": len(hs_outcomes)}}
 
 
+def _pm_text(values: list[float]) -> str:
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
 def test_summary_is_mean_and_sample_std_over_seeds_and_pairs_by_seed(tmp_path):
     outcomes = {("ref", 1): [1, 1, 0, 0], ("ref", 2): [1, 1, 1, 0], ("ref", 3): [0, 1, 0, 0],
                 ("new", 1): [0, 1, 0, 0], ("new", 2): [0, 0, 0, 0], ("new", 3): [0, 1, 0, 1]}
@@ -219,6 +223,11 @@ def test_summary_is_mean_and_sample_std_over_seeds_and_pairs_by_seed(tmp_path):
     diffs = [(sum(outcomes["new", s]) - sum(outcomes["ref", s])) / 4 for s in (1, 2, 3)]
     assert paired["row"] == "new" and paired["diff"]["mean"] == pytest.approx(statistics.fmean(diffs))
     assert paired["diff"]["std"] == pytest.approx(statistics.stdev(diffs)) and len(paired["p_values"]) == 3
+    # the interval by hand: mean ± t(0.975, 2) x sd / sqrt(3), t(0.975, 2) = 4.302653
+    half = 4.302653 * statistics.stdev(diffs) / 3 ** 0.5
+    assert paired["ci95"] == pytest.approx([statistics.fmean(diffs) - half, statistics.fmean(diffs) + half], abs=1e-6)
+    lo, hi = (100 * x for x in paired["ci95"])
+    assert f"| new | 0.2 | {_pm_text(diffs)} | [{lo:+.1f}, {hi:+.1f}] |" in study_table(results)
 
 
 def test_the_studys_compute_counts_each_finished_job_once(tmp_path):
@@ -268,13 +277,17 @@ def test_a_studys_plots_reach_the_readme_as_committed_files(tmp_path):
         assert main(["report", str(study / "results.json"), str(readme)]) == 0
         return readme.read_text()
 
+    # a uniform weighting's weight x B is not exactly 1 when the last batch is short: no plot
+    for s in results["summary"]:
+        s.update({"weighting": "uniform", "weights/harmful_x_batch": {"mean": 1.01, "std": 0.0, "seeds": 2}})
     text = report(results)
-    assert shown["results"] in text and "weights.png" not in text
+    assert shown["results"] in text and "weights.png" not in text and "Weights (mean weight" not in text
     assert (figures / figure_name("fake", "results.png")).read_bytes() == (study / "results.png").read_bytes()
     assert not (figures / figure_name("fake", "weights.png")).exists()
     # a weighted row: its sources' weights and the detector's AUROC get their own plot
     weighted = json.loads(json.dumps(results))
     row = next(s for s in weighted["summary"] if s["row"] == "new")
+    row["weighting"] = "likelihood_ratio"
     row["weights/harmful_x_batch"] = {"mean": 0.2, "std": 0.05, "seeds": 2}
     row["weights/benign_prose_x_batch"] = {"mean": 1.6, "std": 0.1, "seeds": 2}
     row["detector/auroc_neg_ratio"] = {"mean": 0.7, "std": 0.02, "seeds": 2}

@@ -63,7 +63,20 @@ def cell_result(cell: Cell, root: Path) -> dict:
     if fa:
         sizes["FA"] = metrics[fa].get("n")
     values.update(weights_and_detector(root / cell.model_job.name))
-    return dict(out, state="evaluated", metrics=values, n=sizes, task=fa.split("/")[0] if fa else None)
+    return dict(out, state="evaluated", metrics=values, n=sizes, task=fa.split("/")[0] if fa else None,
+                weighting=_weighting(root / cell.model_job.name))
+
+
+def _weighting(run_dir: Path) -> str | None:
+    """The fine-tuning run's per-row weighting as configured (uniform for SFT, Lisa and
+    SafeInstr), None for a model that was not fine-tuned. Read from its saved config: a
+    uniform weighting's mean weight x B is not exactly 1 when the last batch is short."""
+    from antibody.app.rundir import RunDir
+    from antibody.config import load_saved
+
+    if RunDir(run_dir).stage() == "finetune":
+        return load_saved(run_dir / "config.yaml").method.finetune.weighting.value
+    return None
 
 
 def _group_key(cell: dict, axes: list[str]) -> tuple:
@@ -82,6 +95,7 @@ def summarise(results: dict, root: Path) -> dict:
     """Per (row, axis values): mean and sample std over the evaluated seeds of each metric;
     per non-reference row: the paired HS difference to the reference row on the same
     prompts, seed by seed, and its mean ± std over seeds."""
+    from antibody.app.study_paper import t_interval
     from antibody.evaluation.evaluator import read_predictions
     from antibody.evaluation.paired import paired_difference, paired_outcomes
 
@@ -93,8 +107,9 @@ def summarise(results: dict, root: Path) -> dict:
     summary = []
     for key, cells in groups.items():
         metrics = sorted({m for c in cells for m in c["metrics"]})
-        summary.append({"row": key[0], **dict(zip(axes, key[1:], strict=True)),
-                        "n": cells[0]["n"], **{m: _mean_std([c["metrics"].get(m) for c in cells]) for m in metrics}})
+        summary.append({"row": key[0], **dict(zip(axes, key[1:], strict=True)), "n": cells[0]["n"],
+                        "weighting": cells[0].get("weighting"),
+                        **{m: _mean_std([c["metrics"].get(m) for c in cells]) for m in metrics}})
     comparisons = []
     ref = results.get("reference")
     if ref:
@@ -110,8 +125,10 @@ def summarise(results: dict, root: Path) -> dict:
     paired = []
     for key in {(_group_key(x, axes)) for x in comparisons}:
         diffs = [x for x in comparisons if _group_key(x, axes) == key]
+        ci = t_interval([x["diff"] for x in diffs])
         paired.append({"row": key[0], **dict(zip(axes, key[1:], strict=True)),
                        "diff": _mean_std([x["diff"] for x in diffs]),
+                       "ci95": None if ci is None else list(ci),
                        "p_values": [x["p_value"] for x in sorted(diffs, key=lambda x: x["seed"])]})
     return {"summary": summary, "comparisons": comparisons, "paired": sorted(paired, key=lambda x: str(x))}
 
@@ -182,11 +199,14 @@ def study_table(results: dict) -> str:
         lines += ["", compute_line(results["compute"])]
     if results.get("paired"):
         lines += ["", f"Paired HS differences to `{results['reference']}` on the same prompts (points, mean ± std "
-                  "over seeds; exact McNemar p per seed):", "",
-                  "| row | " + " | ".join(axes) + (" | " if axes else "") + "HS diff | p per seed |",
-                  "|---|" + "---|" * len(axes) + "---|---|"]
+                  "over seeds; the two-sided 95% t interval over seeds, which covers training randomness on these "
+                  "prompts, not prompt sampling; exact McNemar p per seed, which covers the prompts):", "",
+                  "| row | " + " | ".join(axes) + (" | " if axes else "") + "HS diff | 95% t interval | p per seed |",
+                  "|---|" + "---|" * len(axes) + "---|---|---|"]
         for p in results["paired"]:
+            ci = p.get("ci95")
             cells = [p["row"], *(str(p[a]) for a in axes), _pm(p["diff"]),
+                     "-" if ci is None else f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]",
                      ", ".join(f"{x:.2g}" for x in p["p_values"])]
             lines.append("| " + " | ".join(cells) + " |")
     mechanism = weights_table(results)
@@ -205,10 +225,12 @@ def study_table(results: dict) -> str:
 
 
 def weighted_rows(results: dict) -> list[dict]:
-    """The summary rows whose fine-tuning weighted its rows (some source's weight x B is not 1)."""
+    """The summary rows whose fine-tuning weighted its rows: by the configured weighting, or
+    (results written before it was recorded) some source's weight x B is not 1."""
     return [s for s in results["summary"]
-            if any(k.startswith("weights/") and v.get("mean") not in (None, 1.0)
-                   for k, v in s.items() if isinstance(v, dict))]
+            if (s["weighting"] not in (None, "uniform") if "weighting" in s else
+                any(k.startswith("weights/") and v.get("mean") not in (None, 1.0)
+                    for k, v in s.items() if isinstance(v, dict)))]
 
 
 def weight_keys(summary: list[dict]) -> list[str]:
