@@ -257,8 +257,7 @@ def test_the_studys_compute_counts_each_finished_job_once(tmp_path):
 def test_a_studys_plots_reach_the_readme_as_committed_files(tmp_path):
     """runs/ is never committed, so `report` copies the study's plots into FIGURES_DIR beside
     the README and shows them in the block; the weights plot exists only while a row weights."""
-    from antibody.app.report import FIGURES_DIR, figure_name
-    from antibody.app.study_plots import write_figures
+    from antibody.app.study_plots import FIGURES_DIR, figure_name, write_figures
 
     study = tmp_path / "runs" / "fake"
     cells = [_fake_cell(study, f"{r}-{s}", r, s, [True, s == 2, False], 0.1 * s) for r in ("ref", "new") for s in (1, 2)]

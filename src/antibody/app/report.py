@@ -116,35 +116,6 @@ def update_readme(readme: Path, table: str, block: str = "demo-results") -> None
     readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
 
 
-# where `report` puts a study's plots, relative to the README (runs/ is never committed)
-FIGURES_DIR = Path("docs", "figures")
-
-
-def figure_name(study: str, figure: str) -> str:
-    return f"study-{study}-{figure}"
-
-
-def study_figures(folder: Path, readme: Path, study: str) -> str:
-    """A study's plots (study_plots.FIGURES found in its folder) copied beside the README into
-    FIGURES_DIR as study-<name>-<plot>.png; returns the Markdown image lines that show them
-    in the README's block."""
-    import shutil
-
-    from antibody.app.study_plots import FIGURES
-
-    lines = []
-    target = readme.parent / FIGURES_DIR
-    for figure in FIGURES:
-        name = figure_name(study, figure)
-        if (folder / figure).is_file():
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(folder / figure, target / name)
-            lines.append(f"![study {study}: {Path(figure).stem}]({(FIGURES_DIR / name).as_posix()})")
-        else:  # a plot the study no longer draws must not be shown from an old copy
-            (target / name).unlink(missing_ok=True)
-    return "".join(f"\n\n{line}" for line in lines)
-
-
 def report_command(args: list[str]) -> int:
     if not args:
         raise ConfigError("report: usage: python -m antibody report <results.json> [README.md]")
@@ -155,7 +126,9 @@ def report_command(args: list[str]) -> int:
     table = render(results)
     if len(args) > 1:
         if results.get("kind") == "study":
-            table += study_figures(path.parent, Path(args[1]), results["study"])
+            from antibody.app.study_plots import readme_figures
+
+            table += readme_figures(path.parent, Path(args[1]), results["study"])
         update_readme(Path(args[1]), table, block_name(results))
         print(f"[antibody] updated {args[1]}")
     else:

@@ -43,10 +43,8 @@ def paper_comparison(results: dict, paper: dict) -> dict:
 
     at = paper.get("at") or {}
     summary = {s["row"]: s for s in results.get("summary", []) if _matches(s, at) and HS in s}
-    diffs: dict[str, list[float]] = {}
-    for c in results.get("comparisons", []):
-        if _matches(c, at):
-            diffs.setdefault(c["row"], []).append(c["diff"])
+    # the paired differences to the reference and their t intervals, as summarise computed them
+    paired = {p["row"]: p for p in results.get("paired", []) if _matches(p, at)}
     rows, pending = [], []
     for row, paper_hs in paper["hs"].items():
         if row not in summary:
@@ -58,13 +56,12 @@ def paper_comparison(results: dict, paper: dict) -> dict:
                  "seeds": s[HS].get("seeds"),
                  "fa": None if "FA" not in s else {k: None if v is None else 100 * v
                                                    for k, v in s["FA"].items() if k in ("mean", "std")}}
-        d = diffs.get(row)
-        if d:
-            ci = t_interval(d)
-            entry["diff_to_reference"] = {"mean": 100 * statistics.fmean(d),
-                                          "std": 100 * statistics.stdev(d) if len(d) > 1 else None,
+        if row in paired:
+            d, ci = paired[row]["diff"], paired[row].get("ci95")
+            entry["diff_to_reference"] = {"mean": 100 * d["mean"],
+                                          "std": None if d["std"] is None else 100 * d["std"],
                                           "ci95": None if ci is None else [100 * ci[0], 100 * ci[1]],
-                                          "seeds": len(d)}
+                                          "seeds": d["seeds"]}
             entry["separates"] = None if ci is None else not (ci[0] <= 0 <= ci[1])
         rows.append(entry)
     out: dict[str, Any] = {"source": paper.get("source"), "setting": paper.get("setting"), "at": at,

@@ -9,6 +9,8 @@ from pathlib import Path
 from antibody.app.study_report import HS, WEIGHT, weight_key_name, weight_keys, weighted_rows
 
 FIGURES = ("results.png", "weights.png")
+# where `report` puts a study's plots, relative to the README (runs/ is never committed)
+FIGURES_DIR = Path("docs", "figures")
 
 
 def _pyplot():
@@ -27,7 +29,7 @@ def plot(results: dict, path: Path) -> None:
 
     plt = _pyplot()
     summary = results["summary"]
-    varying = [a for a in results["axes"] if len({str(s[a]) for s in summary}) > 1]
+    varying = _varying(results["axes"], summary)
     numeric = len(varying) == 1 and all(isinstance(s[varying[0]], (int, float)) for s in summary)
     panels = [(HS, "Harmful Score (%)", 100.0), ("FA", "Fine-tune Accuracy (%)", 100.0)]
     if any(WEIGHT in s for s in summary):
@@ -60,9 +62,9 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _label(s: dict, axes: list[str], summary: list[dict]) -> str:
-    varying = [a for a in axes if len({str(x[a]) for x in summary}) > 1]
-    return s["row"] + "".join(f"\n{a.rsplit('.', 1)[-1]}={s[a]}" for a in varying)
+def _varying(axes: list[str], summary: list[dict]) -> list[str]:
+    """The axes with more than one value among these summary rows."""
+    return [a for a in axes if len({str(s[a]) for s in summary}) > 1]
 
 
 def weights_plot(results: dict, path: Path) -> bool:
@@ -82,6 +84,8 @@ def weights_plot(results: dict, path: Path) -> bool:
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 1.1 * len(summary) + 3), 4.6 * len(panels)),
                              squeeze=False)
     x = np.arange(len(summary))
+    varying = _varying(results["axes"], summary)
+    labels = [s["row"] + "".join(f"\n{a.rsplit('.', 1)[-1]}={s[a]}" for a in varying) for s in summary]
     for ax, (group, title, level) in zip(axes[:, 0], panels, strict=True):
         width = 0.8 / len(group)
         for j, key in enumerate(group):
@@ -93,8 +97,7 @@ def weights_plot(results: dict, path: Path) -> bool:
         ax.axhline(level, color="grey", lw=0.8, ls="--")  # uniform weight / chance
         ax.set_title(title)
         ax.set_xticks(x)
-        ax.set_xticklabels([_label(s, results["axes"], summary) for s in summary], rotation=30, ha="right",
-                           fontsize=7)
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not on them
     fig.suptitle(f"study {results['study']}: what the weights did, mean ± std over seeds")
     fig.tight_layout()
@@ -103,12 +106,31 @@ def weights_plot(results: dict, path: Path) -> bool:
     return True
 
 
-def write_figures(results: dict, root: Path) -> list[Path]:
+def write_figures(results: dict, root: Path) -> None:
     """The study's plots into its folder; a stale weights.png (no weighted row now) is removed."""
     plot(results, root / FIGURES[0])
-    written = [root / FIGURES[0]]
-    if weights_plot(results, root / FIGURES[1]):
-        written.append(root / FIGURES[1])
-    else:
+    if not weights_plot(results, root / FIGURES[1]):
         (root / FIGURES[1]).unlink(missing_ok=True)
-    return written
+
+
+def figure_name(study: str, figure: str) -> str:
+    return f"study-{study}-{figure}"
+
+
+def readme_figures(folder: Path, readme: Path, study: str) -> str:
+    """The study's plots found in `folder` copied beside the README into FIGURES_DIR as
+    study-<name>-<plot>.png (runs/ is never committed); returns the Markdown image lines that
+    show them in the README's block. A plot the study no longer draws loses its old copy."""
+    import shutil
+
+    lines = []
+    target = readme.parent / FIGURES_DIR
+    for figure in FIGURES:
+        name = figure_name(study, figure)
+        if (folder / figure).is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / figure, target / name)
+            lines.append(f"![study {study}: {Path(figure).stem}]({(FIGURES_DIR / name).as_posix()})")
+        else:
+            (target / name).unlink(missing_ok=True)
+    return "".join(f"\n\n{line}" for line in lines)

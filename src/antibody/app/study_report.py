@@ -23,9 +23,10 @@ WEIGHT, AUROC_R = "weights/harmful_x_batch", "detector/auroc_neg_ratio"
 RAW_COLUMNS = ((WEIGHT, "weight x B harmful"), (AUROC_R, "AUROC -r"))
 
 
-def weights_and_detector(run_dir: Path) -> dict:
+def weights_and_detector(run_dir: Path, cfg=None) -> dict:
     """Weight shares per source (x batch size) and detector AUROCs of a fine-tuning run, flat
-    keys (`weights/<source>_x_batch`, `detector/<term>`); empty for an unweighted run."""
+    keys (`weights/<source>_x_batch`, `detector/<term>`); empty for an unweighted run. `cfg`:
+    the run's saved config when the caller has read it already."""
     from antibody.app.demo_tables import weight_summary
     from antibody.config import load_saved
 
@@ -37,7 +38,7 @@ def weights_and_detector(run_dir: Path) -> dict:
     weights = run_dir / "weights.jsonl"
     if weights.is_file() and (run_dir / "config.yaml").is_file():
         rows = [json.loads(line) for line in weights.read_text().splitlines() if line]
-        w = weight_summary(rows, load_saved(run_dir / "config.yaml").data.finetune_batch_size)
+        w = weight_summary(rows, (cfg or load_saved(run_dir / "config.yaml")).data.finetune_batch_size)
         out[WEIGHT] = w.get("mean_weight_harmful_x_batch")
         for source, v in (w.get("benign_by_source") or {}).items():
             out[f"weights/{source}_x_batch"] = v["mean_weight_x_batch"]
@@ -50,6 +51,9 @@ def _task_metric(metrics: dict) -> str | None:
 
 def cell_result(cell: Cell, root: Path) -> dict:
     """The cell's label, its model's job and evaluation metrics (values), or pending."""
+    from antibody.app.rundir import RunDir
+    from antibody.config import load_saved
+
     path = root / cell.model_job.name / "eval" / "metrics.json"
     out = {**cell.label(), "job": cell.model_job.name, "align_job": cell.align.name if cell.align else None}
     if not path.is_file():
@@ -62,21 +66,13 @@ def cell_result(cell: Cell, root: Path) -> dict:
     sizes = {k: metrics[k].get("n") for k in (HS, OVER) if k in metrics}
     if fa:
         sizes["FA"] = metrics[fa].get("n")
-    values.update(weights_and_detector(root / cell.model_job.name))
+    run_dir = root / cell.model_job.name
+    cfg = load_saved(run_dir / "config.yaml") if RunDir(run_dir).stage() == "finetune" else None
+    values.update(weights_and_detector(run_dir, cfg))
+    # the weighting as configured (uniform for SFT, Lisa and SafeInstr; None: not fine-tuned),
+    # since a uniform weighting's mean weight x B is not exactly 1 when the last batch is short
     return dict(out, state="evaluated", metrics=values, n=sizes, task=fa.split("/")[0] if fa else None,
-                weighting=_weighting(root / cell.model_job.name))
-
-
-def _weighting(run_dir: Path) -> str | None:
-    """The fine-tuning run's per-row weighting as configured (uniform for SFT, Lisa and
-    SafeInstr), None for a model that was not fine-tuned. Read from its saved config: a
-    uniform weighting's mean weight x B is not exactly 1 when the last batch is short."""
-    from antibody.app.rundir import RunDir
-    from antibody.config import load_saved
-
-    if RunDir(run_dir).stage() == "finetune":
-        return load_saved(run_dir / "config.yaml").method.finetune.weighting.value
-    return None
+                weighting=None if cfg is None else cfg.method.finetune.weighting.value)
 
 
 def _group_key(cell: dict, axes: list[str]) -> tuple:
@@ -137,24 +133,26 @@ def compute(results: dict, root: Path) -> dict:
     """What the study's finished jobs cost on the machines that ran them: training minutes per
     stage (steps x the run's median s/step, so a run resumed across sessions counts whole)
     and evaluation minutes (each evaluated model's wall time), and the CPU counts seen."""
+    def read(path: Path) -> dict:
+        return json.loads(path.read_text()) if path.is_file() else {}
+
     names = {c[k] for c in results["cells"] for k in ("job", "align_job") if c.get(k)}
-    out: dict = {"train": {}, "eval": {"jobs": 0, "minutes": 0.0}, "cpu_counts": []}
+    train: dict = {}
+    evaluation = {"jobs": 0, "minutes": 0.0}
     cpus = set()
     for name in sorted(names):
-        path = root / name / "metrics.json"
-        data = json.loads(path.read_text()) if path.is_file() else {}
+        data = read(root / name / "metrics.json")
         if data.get("seconds_per_step") and data.get("steps") and data.get("stage"):
-            stage = out["train"].setdefault(data["stage"], {"jobs": 0, "minutes": 0.0})
+            stage = train.setdefault(data["stage"], {"jobs": 0, "minutes": 0.0})
             stage["jobs"] += 1
             stage["minutes"] += data["steps"] * data["seconds_per_step"] / 60
             if data.get("cpu_count"):
                 cpus.add(data["cpu_count"])
-        evaluated = root / name / "eval" / "metrics.json"
-        if evaluated.is_file() and json.loads(evaluated.read_text()).get("eval_seconds"):
-            out["eval"]["jobs"] += 1
-            out["eval"]["minutes"] += json.loads(evaluated.read_text())["eval_seconds"] / 60
-    out["cpu_counts"] = sorted(cpus)
-    return out
+        seconds = read(root / name / "eval" / "metrics.json").get("eval_seconds")
+        if seconds:
+            evaluation["jobs"] += 1
+            evaluation["minutes"] += seconds / 60
+    return {"train": train, "eval": evaluation, "cpu_counts": sorted(cpus)}
 
 
 def compute_line(cost: dict) -> str:
