@@ -69,6 +69,10 @@ def _log_wandb(cfg: Config, name: str, summary: dict, predictions: list[dict], r
     cols = ["uid", "question", "response", "judge_score", "verdict", "refusal", "incoherent"]
     run.log({"predictions/harmful": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in predictions])})
     run.finish()
+    # finish() returns before wandb-core has closed the run file (its internal log shows the
+    # stream finishing after); teardown waits for it, so the offline run file is complete
+    # when the trial returns and `wandb sync` right after uploads every summary key
+    wandb.teardown()
 
 
 def trial_command(overrides: list[str]) -> int:
