@@ -386,7 +386,7 @@ def test_existing_studies_keep_their_job_names():
     a change to the plan, the keys or the schema must not rename them."""
     pinned = [("embedded_main.yaml", "sft -> sft", 1, "align-09b8a1b4ab31", "ft-79d10635d398"),
               ("embedded_main.yaml", "sft -> benign-only control", 3, "align-4c283099d18d", "ft-19db41a76a68"),
-              ("weighting_mechanism.yaml", "refusals only / ratio", 1, "align-1da5756f5707", "ft-d024338a7c19"),
+              ("weighting_mechanism.yaml", "refusals only / ratio", 1, "align-2397f7df63b2", "ft-7ead27d44812"),
               ("tiny.yaml", "sft alignment alone", 2, "align-1280600bf1b8", None)]
     for file, row, seed, align, finetune in pinned:
         study = load_study(CONF / file)
