@@ -28,8 +28,6 @@ def _results() -> dict:
         "kind": "study", "study": "fake", "reference": "a", "axes": ["data.user.p"], "jobs": 9, "cells": [],
         "summary": [_summary("a", 0.60, 0.02), _summary("b", 0.40, 0.1), _summary("c", 0.60, 0.03),
                     _summary("a", 0.10, 0.02, p=0.05)],
-        "comparisons": [{"row": r, "data.user.p": 0.2, "seed": s, "diff": d}
-                        for r, ds in diffs.items() for s, d in enumerate(ds, start=1)],
         # as study_report.summarise writes them: mean ± sample std and the 95% t interval
         "paired": [{"row": r, "data.user.p": 0.2, "p_values": [1.0] * 3, "ci95": list(t_interval(ds)),
                     "diff": {"mean": statistics.fmean(ds), "std": statistics.stdev(ds), "seeds": 3}}
