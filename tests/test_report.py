@@ -29,6 +29,18 @@ def test_weight_summary_by_source_hand_computed():
     assert s["benign_by_source"]["arithmetic"]["rows"] == 2
     assert math.isclose(s["benign_by_source"]["benign_prose"]["mean_weight_x_batch"], 4 * 0.65)
     assert "generated_harmful" not in s["benign_by_source"] and s["rows_seen"] == 4
+    assert s["harmful_rows_at_least_half"] == 0.0  # 4 x 0.05 = 0.2 < 0.5
+
+
+def test_harmful_spread_separates_runs_with_the_same_mean_weight():
+    """Same mean harmful weight (0.5 x B), one run on a single row, the other on all four."""
+    few = [_w(f"h-{i}", True, w, "harmful") for i, w in enumerate((0.5, 0.0, 0.0, 0.0))]
+    many = [_w(f"h-{i}", True, 0.125, "harmful") for i in range(4)]
+    for rows, spread in ((few, 0.25), (many, 1.0)):
+        s = weight_summary(rows, batch_size=4)
+        assert math.isclose(s["mean_weight_harmful_x_batch"], 0.5)
+        assert s["harmful_rows_at_least_half"] == spread  # 4 x 0.125 = 0.5 counts (>=)
+    assert weight_summary([_w("a-1", False, 0.5, "arithmetic")], 4)["harmful_rows_at_least_half"] is None
 
 
 def _metric(value, n=64):

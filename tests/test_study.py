@@ -347,12 +347,14 @@ def test_weight_shares_and_detector_aurocs_of_a_weighted_run(tmp_path):
     run.mkdir()
     (run / "config.yaml").write_text(to_yaml(cfg))
     (run / "metrics.json").write_text(json.dumps({"detector": {"auroc_neg_ratio": 0.7}}))
-    rows = [("h1", True, "generated_harmful", 0.05), ("a1", False, "arithmetic", 0.30),
+    rows = [("h1", True, "generated_harmful", 0.05), ("h2", True, "generated_harmful", 0.15),
+            ("a1", False, "arithmetic", 0.30),
             ("a2", False, "arithmetic", 0.20), ("p1", False, "benign_prose", 0.45)]
     (run / "weights.jsonl").write_text("".join(json.dumps({"uid": u, "is_harmful": h, "source": s, "w": w}) + "\n"
                                                for u, h, s, w in rows))
     out = weights_and_detector(run)
-    assert out["weights/harmful_x_batch"] == pytest.approx(4 * 0.05)
+    assert out["weights/harmful_x_batch"] == pytest.approx(4 * 0.10)
+    assert out["rows/harmful_at_least_half"] == 0.5  # 4 x 0.15 = 0.6 counts, 4 x 0.05 does not
     assert out["weights/arithmetic_x_batch"] == pytest.approx(4 * 0.25)
     assert out["weights/benign_prose_x_batch"] == pytest.approx(4 * 0.45)
     assert out["detector/auroc_neg_ratio"] == 0.7

@@ -113,10 +113,12 @@ def test_weights_table_shows_every_source_and_term_of_weighted_rows_only():
          "detector/auroc_neg_ratio": stat(0.49, 0.0)},
         {"row": "ab", "data.user.p": 0.2, "weights/harmful_x_batch": stat(0.04, 0.01),
          "weights/arithmetic_x_batch": stat(1.3, 0.1), "detector/auroc_neg_ratio": stat(0.75, 0.02),
+         "rows/harmful_at_least_half": stat(0.05, 0.02),
          "detector/auroc_logp_refusal": stat(0.6, 0.05)}]}
     table = weights_table(results).splitlines()
-    assert table[2] == "| row | data.user.p | harmful | arithmetic | AUROC logp_refusal | AUROC neg_ratio |"
-    assert table[4] == "| ab | 0.2 | 0.04 ± 0.01 | 1.30 ± 0.10 | 0.60 ± 0.05 | 0.75 ± 0.02 |"
+    assert table[2] == ("| row | data.user.p | harmful | arithmetic | harmful rows w x B >= 0.5 | AUROC logp_refusal "
+                        "| AUROC neg_ratio |")
+    assert table[4] == "| ab | 0.2 | 0.04 ± 0.01 | 1.30 ± 0.10 | 0.05 ± 0.02 | 0.60 ± 0.05 | 0.75 ± 0.02 |"
     assert len(table) == 5  # the uniform row is not shown
     results["summary"].pop()
     assert weights_table(results) == ""

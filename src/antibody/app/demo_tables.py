@@ -24,6 +24,11 @@ def weight_summary(rows: list[dict], batch_size: int) -> dict:
         # benign rows per source: a weighting that also starves the user's task shows up here
         "benign_by_source": {k: {"mean_weight_x_batch": batch_size * sum(v) / len(v), "rows": len(v)}
                              for k, v in sorted(by_source.items())},
+        # how the harmful rows' weight is spread: the share of them that kept at least half of a
+        # uniform weight. Two runs with the same mean can differ here (a few rows at full weight
+        # or many at a fraction), and at embedded scale HS followed this more than the mean
+        # (README, "What the weights detect")
+        "harmful_rows_at_least_half": (sum(batch_size * w >= 0.5 for w in harm) / len(harm)) if harm else None,
         "rows_seen": len(rows),
     }
 

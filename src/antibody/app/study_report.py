@@ -20,6 +20,7 @@ COLUMNS = ((HS, "HS"), (HS_CORRECTED, "HS corrected"), (REFUSAL, "refusal"), (HS
 # weighted fine-tuning: the harmful rows' mean weight x batch size (1 = as under SFT) and the
 # -r term as a harmful-row detector (not rates: shown as they are, not in %)
 WEIGHT, AUROC_R = "weights/harmful_x_batch", "detector/auroc_neg_ratio"
+SPREAD = "rows/harmful_at_least_half"  # share of harmful rows with weight x B >= 0.5
 RAW_COLUMNS = ((WEIGHT, "weight x B harmful"), (AUROC_R, "AUROC -r"))
 
 
@@ -40,6 +41,7 @@ def weights_and_detector(run_dir: Path, cfg=None) -> dict:
         rows = [json.loads(line) for line in weights.read_text().splitlines() if line]
         w = weight_summary(rows, (cfg or load_saved(run_dir / "config.yaml")).data.finetune_batch_size)
         out[WEIGHT] = w.get("mean_weight_harmful_x_batch")
+        out[SPREAD] = w.get("harmful_rows_at_least_half")
         for source, v in (w.get("benign_by_source") or {}).items():
             out[f"weights/{source}_x_batch"] = v["mean_weight_x_batch"]
     return {k: v for k, v in out.items() if v is not None}
@@ -232,12 +234,16 @@ def weighted_rows(results: dict) -> list[dict]:
 
 
 def weight_keys(summary: list[dict]) -> list[str]:
-    """The weights/ keys (harmful first) then the detector/ keys present in these rows."""
-    return sorted({k for s in summary for k in s if k.startswith(("weights/", "detector/"))},
-                  key=lambda k: (not k.startswith("weights/"), k != WEIGHT, k))
+    """The weights/ keys (harmful first), the harmful rows' spread, then the detector/ keys
+    present in these rows."""
+    order = ("weights/", "rows/", "detector/")
+    return sorted({k for s in summary for k in s if k.startswith(order)},
+                  key=lambda k: (next(i for i, p in enumerate(order) if k.startswith(p)), k != WEIGHT, k))
 
 
 def weight_key_name(key: str) -> str:
+    if key == SPREAD:
+        return "harmful rows w x B >= 0.5"
     return key.split("/", 1)[1].removesuffix("_x_batch").replace("auroc_", "AUROC ")
 
 
@@ -251,8 +257,9 @@ def weights_table(results: dict) -> str:
     keys = weight_keys(summary)
     names = [weight_key_name(k) for k in keys]
     axes = results["axes"]
-    lines = ["Weights (mean weight x batch size per source; 1 = uniform) and each term as a harmful-row "
-             "detector (AUROC over the run's rows), mean ± std over seeds:", "",
+    lines = ["Weights (mean weight x batch size per source; 1 = uniform), the share of harmful rows that "
+             "kept at least half of a uniform weight, and each term as a harmful-row detector (AUROC over "
+             "the run's rows), mean ± std over seeds:", "",
              "| row | " + " | ".join([*axes, *names]) + " |", "|---|" + "---|" * (len(axes) + len(keys))]
     for s in summary:
         lines.append("| " + " | ".join([s["row"], *(str(s[a]) for a in axes),
