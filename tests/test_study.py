@@ -372,7 +372,10 @@ def test_the_study_notebook_runs_on_a_studys_outputs(tmp_path, monkeypatch):
     cells = [_fake_cell(tmp_path, f"{r}-{s}", r, s, [True, False, s == 2], 0.1 * s)
              for r in ("ref", "new") for s in (1, 2)]
     (tmp_path / "new-1" / "weights.jsonl").write_text("".join(
-        json.dumps({"uid": f"u{i}", "is_harmful": i == 0, "w": w}) + "\n" for i, w in enumerate((0.1, 0.5, 0.4))))
+        json.dumps({"uid": f"{src}-{i}", "source": src, "is_harmful": i == 0, "w": w, "logp_y": ly,
+                    "logp_refusal": lr}) + "\n"
+        for i, (src, w, ly, lr) in enumerate((("harmful", 0.1, -1.0, -2.0), ("arithmetic", 0.5, -3.0, -4.0),
+                                              ("arithmetic", 0.4, -2.0, -5.0)))))
     results = {"study": "fake", "axes": ["data.user.p"], "seeds": [1, 2], "cells": cells, "reference": "ref"}
     results.update(summarise(results, tmp_path))
     (tmp_path / "results.json").write_text(json.dumps(results))
@@ -381,6 +384,8 @@ def test_the_study_notebook_runs_on_a_studys_outputs(tmp_path, monkeypatch):
     NotebookClient(nb, timeout=120, kernel_name="python3").execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "4 of 4 cells evaluated" in text and "harmful weight share 0.100" in text
+    # the per-source terms of r: arithmetic's means over its two rows
+    assert "mean log p(answer) -2.50  mean log p(refusal) -4.50" in text
 
 
 def test_existing_studies_keep_their_job_names():

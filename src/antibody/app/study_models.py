@@ -131,7 +131,8 @@ def named_comparisons(study: StudyConfig, cells: list[Cell], root: Path) -> list
                     raise ConfigError(f"{root / job}: predictions give {key} = {rate:.4f} but metrics.json says "
                                       f"{stored:.4f}; re-run `eval` for that run")
             labels = {} if study.suite else {**dict(a.values), "seed": seed}
-            out.append({"question": comparison.question, "a": ja, "b": jb, "metric": key, **labels,
+            out.append({"question": comparison.question, "a": ja, "b": jb, "row_a": comparison.a,
+                        "row_b": comparison.b, "metric": key, **labels,
                         **diff.to_dict()})
     return out
 

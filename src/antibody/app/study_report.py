@@ -217,10 +217,39 @@ def study_table(results: dict) -> str:
 
         lines += ["", paper_table(results["paper"])]
     if results.get("named_comparisons"):
-        from antibody.app.demo_tables import comparisons_table
+        lines += ["", named_comparisons_table(results)]
+    return "\n".join(lines)
 
-        lines += ["", "The study's named comparisons, per seed and axis values:", "",
-                  comparisons_table({"comparisons": results["named_comparisons"]})]
+
+def named_comparisons_table(results: dict) -> str:
+    """The study file's named comparisons (row a - row b on the same prompts, cell by cell),
+    over seeds per question and axis values: both rows' rates and the paired difference as
+    mean ± std, its 95% t interval over seeds and the exact McNemar p of each seed."""
+    from antibody.app.study_paper import t_interval
+
+    axes = results["axes"]
+    groups: dict[tuple, list[dict]] = {}
+    for c in results["named_comparisons"]:
+        # results written before row names were recorded name the two models' jobs only
+        key = (c["question"], c["metric"], c.get("row_a", c["a"]), c.get("row_b", c["b"]),
+               *(str(c.get(a)) for a in axes))
+        groups.setdefault(key, []).append(c)
+    lines = ["The study's named comparisons: A - B on the same prompts, seed by seed (points, mean ± std over "
+             "seeds; the 95% t interval over seeds; exact McNemar p per seed, not corrected for the number of "
+             "comparisons):", "",
+             "| question | metric | " + " | ".join(axes) + (" | " if axes else "")
+             + "A | B | A - B | 95% t interval | p per seed |",
+             "|---|---|" + "---|" * len(axes) + "---|---|---|---|---|"]
+    for (question, metric, row_a, row_b, *values), cs in groups.items():
+        cs = sorted(cs, key=lambda c: c.get("seed", 0))
+        ci = t_interval([c["diff"] for c in cs])
+        cells = [question, metric, *values,
+                 f"{row_a} {_pm(_mean_std([c['rate_a'] for c in cs]))}",
+                 f"{row_b} {_pm(_mean_std([c['rate_b'] for c in cs]))}",
+                 _pm(_mean_std([c["diff"] for c in cs])),
+                 "-" if ci is None else f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]",
+                 ", ".join(f"{c['p_value']:.2g}" for c in cs)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

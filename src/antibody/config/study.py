@@ -21,11 +21,12 @@
 Run dirs are named by config hashes; a row may name them instead (`name`: the run dir of
 the model it evaluates, `align_name`: of its alignment when it fine-tunes), so that run
 dirs written before the study existed (the demo's `runs/demo/align-sft`) are found again.
-Names need one cell per row (one seed, one value per axis). Optional parts, for the demo's
-study files (`conf/study/demo*.yaml`):
+Names need one cell per row (one seed, one value per axis). Optional parts (the last two
+for the demo's study files, `conf/study/demo*.yaml`):
 
-    comparisons:                   # named paired differences: metric of row a - row b
+    comparisons:                   # named paired differences: metric of row a - row b, cell
       - {question: attack, a: sft -> sft, b: sft alignment alone, metric: harmful/harmful_score}
+                                   # by cell (same axis values and seed), then over seeds
     probe_aligned: true            # the sharpness probe on every aligned model it evaluates
     suite: main                    # results per model, as the README's demo tables
 
