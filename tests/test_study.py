@@ -371,6 +371,11 @@ def test_the_study_notebook_runs_on_a_studys_outputs(tmp_path, monkeypatch):
 
     cells = [_fake_cell(tmp_path, f"{r}-{s}", r, s, [True, False, s == 2], 0.1 * s)
              for r in ("ref", "new") for s in (1, 2)]
+    for c in cells:  # as cell_result records it; the notebook picks a run that weighted its rows
+        c["weighting"] = "likelihood_ratio" if c["job"] == "new-1" else "uniform"
+    # a uniform run listed first writes weights.jsonl too (share 0.5): it must not be the one shown
+    (tmp_path / "ref-1" / "weights.jsonl").write_text("".join(
+        json.dumps({"uid": f"u{i}", "is_harmful": i == 0, "w": 0.5}) + "\n" for i in range(2)))
     (tmp_path / "new-1" / "weights.jsonl").write_text("".join(
         json.dumps({"uid": f"{src}-{i}", "source": src, "is_harmful": i == 0, "w": w, "logp_y": ly,
                     "logp_refusal": lr}) + "\n"

@@ -127,15 +127,15 @@ def test_weights_table_shows_every_source_and_term_of_weighted_rows_only():
 def test_named_comparisons_are_summarised_over_seeds_with_a_t_interval():
     """Three seeds of one question: rates and the paired difference as mean ± std, the t
     interval from t(0.975, 2) = 4.303 (tables), p per seed in seed order."""
-    from antibody.app.study_report import named_comparisons_table
+    from antibody.app.study_report import named_comparisons_table, named_over_seeds
 
     def comp(seed, rate_a, rate_b, p):
         return {"question": "alignment alone", "metric": "harmful/harmful_score", "a": f"ft-a{seed}",
                 "b": f"ft-b{seed}", "row_a": "antibody -> sft", "row_b": "sft -> sft", "data.user.p": 0.2,
                 "seed": seed, "rate_a": rate_a, "rate_b": rate_b, "diff": rate_a - rate_b, "p_value": p}
 
-    results = {"axes": ["data.user.p"],
-               "named_comparisons": [comp(2, 0.55, 0.60, 0.5), comp(1, 0.50, 0.60, 0.03), comp(3, 0.45, 0.60, 0.001)]}
+    named = [comp(2, 0.55, 0.60, 0.5), comp(1, 0.50, 0.60, 0.03), comp(3, 0.45, 0.60, 0.001)]
+    results = {"axes": ["data.user.p"], "named_paired": named_over_seeds(named, ["data.user.p"])}
     table = named_comparisons_table(results).splitlines()
     assert table[2] == "| question | metric | data.user.p | A | B | A - B | 95% t interval | p per seed |"
     # diffs -0.10, -0.05, -0.15: mean -10.0, std 5.0 points; half width 4.303 x 5.0 / sqrt(3) = 12.4

@@ -5,6 +5,12 @@ driver (study_report, study_models)."""
 from __future__ import annotations
 
 
+def row_source(row: dict) -> str:
+    """The source of a `weights.jsonl` row; older weights files lack "source", and their uids
+    are "<source>-<digest>" (make_uid)."""
+    return row.get("source") or row["uid"].rsplit("-", 1)[0]
+
+
 def weight_summary(rows: list[dict], batch_size: int) -> dict:
     """Mean per-row weight of harmful and benign rows x batch size (weights of one batch sum
     to 1, so 1.0 means "as much as under plain SFT"), from `weight_records()` rows."""
@@ -16,8 +22,7 @@ def weight_summary(rows: list[dict], batch_size: int) -> dict:
             harm.append(r["w"])
         else:
             benign.append(r["w"])
-            # older weights files lack "source"; uids are "<source>-<digest>" (make_uid)
-            by_source.setdefault(r.get("source") or r["uid"].rsplit("-", 1)[0], []).append(r["w"])
+            by_source.setdefault(row_source(r), []).append(r["w"])
     return {
         "mean_weight_harmful_x_batch": batch_size * sum(harm) / len(harm) if harm else None,
         "mean_weight_benign_x_batch": batch_size * sum(benign) / len(benign) if benign else None,

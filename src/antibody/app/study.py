@@ -221,7 +221,7 @@ def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list
 def collect(study: StudyConfig, root: Path, all_cells: list[Cell], n_jobs: int, counts: dict,
             seconds: float) -> dict:
     from antibody.app.study_models import model_results, named_comparisons
-    from antibody.app.study_report import cell_result, compute, summarise
+    from antibody.app.study_report import cell_result, compute, named_over_seeds, summarise
 
     if study.suite is not None:
         return model_results(study, root, all_cells, counts, seconds)
@@ -235,6 +235,7 @@ def collect(study: StudyConfig, root: Path, all_cells: list[Cell], n_jobs: int, 
     results["compute"] = compute(results, root)
     if study.comparisons:
         results["named_comparisons"] = named_comparisons(study, all_cells, root)
+        results["named_paired"] = named_over_seeds(results["named_comparisons"], results["axes"])
     if study.paper is not None:
         from antibody.app.study_paper import paper_comparison
 

@@ -93,7 +93,6 @@ def summarise(results: dict, root: Path) -> dict:
     """Per (row, axis values): mean and sample std over the evaluated seeds of each metric;
     per non-reference row: the paired HS difference to the reference row on the same
     prompts, seed by seed, and its mean ± std over seeds."""
-    from antibody.app.study_paper import t_interval
     from antibody.evaluation.evaluator import read_predictions
     from antibody.evaluation.paired import paired_difference, paired_outcomes
 
@@ -123,12 +122,31 @@ def summarise(results: dict, root: Path) -> dict:
     paired = []
     for key in {(_group_key(x, axes)) for x in comparisons}:
         diffs = [x for x in comparisons if _group_key(x, axes) == key]
-        ci = t_interval([x["diff"] for x in diffs])
-        paired.append({"row": key[0], **dict(zip(axes, key[1:], strict=True)),
-                       "diff": _mean_std([x["diff"] for x in diffs]),
-                       "ci95": None if ci is None else list(ci),
-                       "p_values": [x["p_value"] for x in sorted(diffs, key=lambda x: x["seed"])]})
+        paired.append({"row": key[0], **dict(zip(axes, key[1:], strict=True)), **over_seeds(diffs)})
     return {"summary": summary, "comparisons": comparisons, "paired": sorted(paired, key=lambda x: str(x))}
+
+
+def over_seeds(diffs: list[dict]) -> dict:
+    """Per-seed paired differences of one comparison (each with `diff`, `p_value`, `seed`):
+    their mean ± sample std, the 95% t interval over seeds and the p-values in seed order."""
+    from antibody.app.study_paper import t_interval
+
+    ci = t_interval([x["diff"] for x in diffs])
+    return {"diff": _mean_std([x["diff"] for x in diffs]), "ci95": None if ci is None else list(ci),
+            "p_values": [x["p_value"] for x in sorted(diffs, key=lambda x: x["seed"])]}
+
+
+def named_over_seeds(named: list[dict], axes: list[str]) -> list[dict]:
+    """The study file's named comparisons (one record per cell) per question and axis values:
+    both rows' rates as mean ± std and the difference `over_seeds`."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in named:  # axis values as text: a value may be a list, which cannot key a dict
+        groups.setdefault((c["question"], c["metric"], *(str(c[a]) for a in axes)), []).append(c)
+    return [{"question": cs[0]["question"], "metric": cs[0]["metric"], "a": cs[0]["row_a"], "b": cs[0]["row_b"],
+             **{a: cs[0][a] for a in axes},
+             "rate_a": _mean_std([c["rate_a"] for c in cs]), "rate_b": _mean_std([c["rate_b"] for c in cs]),
+             **over_seeds(cs)}
+            for cs in groups.values()]
 
 
 def compute(results: dict, root: Path) -> dict:
@@ -204,11 +222,7 @@ def study_table(results: dict) -> str:
                   "| row | " + " | ".join(axes) + (" | " if axes else "") + "HS diff | 95% t interval | p per seed |",
                   "|---|" + "---|" * len(axes) + "---|---|---|"]
         for p in results["paired"]:
-            ci = p.get("ci95")
-            cells = [p["row"], *(str(p[a]) for a in axes), _pm(p["diff"]),
-                     "-" if ci is None else f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]",
-                     ", ".join(f"{x:.2g}" for x in p["p_values"])]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join([p["row"], *(str(p[a]) for a in axes), *_paired_cells(p)]) + " |")
     mechanism = weights_table(results)
     if mechanism:
         lines += ["", mechanism]
@@ -216,39 +230,31 @@ def study_table(results: dict) -> str:
         from antibody.app.study_paper import paper_table
 
         lines += ["", paper_table(results["paper"])]
-    if results.get("named_comparisons"):
+    if results.get("named_paired"):
         lines += ["", named_comparisons_table(results)]
     return "\n".join(lines)
 
 
-def named_comparisons_table(results: dict) -> str:
-    """The study file's named comparisons (row a - row b on the same prompts, cell by cell),
-    over seeds per question and axis values: both rows' rates and the paired difference as
-    mean ± std, its 95% t interval over seeds and the exact McNemar p of each seed."""
-    from antibody.app.study_paper import t_interval
+def _paired_cells(p: dict) -> list[str]:
+    """A comparison over seeds (`over_seeds`) as table cells: difference, t interval, p per seed."""
+    ci = p.get("ci95")
+    return [_pm(p["diff"]), "-" if ci is None else f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]",
+            ", ".join(f"{x:.2g}" for x in p["p_values"])]
 
+
+def named_comparisons_table(results: dict) -> str:
+    """The study file's named comparisons over seeds (`named_over_seeds`): both rows' rates,
+    A - B as mean ± std, its 95% t interval and the exact McNemar p of each seed."""
     axes = results["axes"]
-    groups: dict[tuple, list[dict]] = {}
-    for c in results["named_comparisons"]:
-        # results written before row names were recorded name the two models' jobs only
-        key = (c["question"], c["metric"], c.get("row_a", c["a"]), c.get("row_b", c["b"]),
-               *(str(c.get(a)) for a in axes))
-        groups.setdefault(key, []).append(c)
     lines = ["The study's named comparisons: A - B on the same prompts, seed by seed (points, mean ± std over "
              "seeds; the 95% t interval over seeds; exact McNemar p per seed, not corrected for the number of "
              "comparisons):", "",
              "| question | metric | " + " | ".join(axes) + (" | " if axes else "")
              + "A | B | A - B | 95% t interval | p per seed |",
              "|---|---|" + "---|" * len(axes) + "---|---|---|---|---|"]
-    for (question, metric, row_a, row_b, *values), cs in groups.items():
-        cs = sorted(cs, key=lambda c: c.get("seed", 0))
-        ci = t_interval([c["diff"] for c in cs])
-        cells = [question, metric, *values,
-                 f"{row_a} {_pm(_mean_std([c['rate_a'] for c in cs]))}",
-                 f"{row_b} {_pm(_mean_std([c['rate_b'] for c in cs]))}",
-                 _pm(_mean_std([c["diff"] for c in cs])),
-                 "-" if ci is None else f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]",
-                 ", ".join(f"{c['p_value']:.2g}" for c in cs)]
+    for c in results["named_paired"]:
+        cells = [c["question"], c["metric"], *(str(c[a]) for a in axes), f"{c['a']} {_pm(c['rate_a'])}",
+                 f"{c['b']} {_pm(c['rate_b'])}", *_paired_cells(c)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
