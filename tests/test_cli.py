@@ -27,6 +27,7 @@ OWN_OPTIONS = {
     Command.DEMO: "suite=main|controls",
     Command.BENCH: "steps=N",
     Command.REPORT: "results.json",
+    Command.MERGE_CHECK: "n=N",
 }
 
 

@@ -211,3 +211,60 @@ def test_tolerance_tells_nf4_from_the_unquantised_weights(models, tiny_cfg, tmp_
     original = _twin(model_cfg, nf4_built, dequantised=False)
     want, _ = _train("align-antibody", original, tiny_cfg, tmp_path / "orig")
     assert _rel(got[0], want[0]) > 100 * QLORA_RTOL
+
+
+def _lora_grads(model: nn.Module, batch: dict) -> list[torch.Tensor | None]:
+    model.train()
+    model.zero_grad(set_to_none=True)
+    model(**batch).loss.backward()
+    return [p.grad for _, p in trainable_parameters(model)]
+
+
+def test_an_eval_forward_before_training_keeps_every_lora_gradient(models):
+    """bitsandbytes' CPU inference repacking (models.loading._keep_cpu_4bit_differentiable)
+    must not cut the gradient: after an eval-mode no-grad forward (a probe, a screen) the
+    training step's LoRA gradients equal those of a model that never ran in eval mode."""
+    _, nf4_built, _ = models
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3], [8, 8, 64, 12, 1, 2]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    want = _lora_grads(copy.deepcopy(nf4_built), batch)
+    evaluated = copy.deepcopy(nf4_built)
+    with torch.no_grad():
+        evaluated.eval()(input_ids=ids, attention_mask=torch.ones_like(ids))
+    got = _lora_grads(evaluated, batch)
+    assert all(g is not None for g in got), "an eval forward cut the LoRA gradient"
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+                   for m in _quantised_layers(evaluated).values())
+
+
+def test_an_nf4_chain_stacks_the_alignment_adapter_through_the_cli(tmp_path):
+    """align -> finetune (merge, then a new adapter) -> eval on an nf4 base: the alignment
+    adapter is never merged (models.adapters.merges_exactly) but rebuilt, frozen, beneath
+    the fine-tuning adapter, in the fine-tuning stage and in its evaluation alike."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from antibody.app.stages import read_base_adapters
+    from antibody.cli.main import main
+    from antibody.config import compose
+
+    base = ["experiment=tiny", "model.quantization=nf4", "method.align.max_steps=2",
+            "method.finetune.max_steps=2", f"run.output_dir={tmp_path}"]
+    assert main(["align", *base, "run.name=al", "method=sft"]) == 0
+    assert main(["finetune", *base, "run.name=ft", "run.init_from=al", "method=sft"]) == 0
+    ft = tmp_path / "ft"
+    assert compose(["method=sft"]).method.finetune.merge_then_new_adapter
+    assert read_base_adapters(ft) == [str((tmp_path / "al" / "adapter").resolve())]
+    assert not [p for p in (ft / "adapter").iterdir() if p.is_dir()]  # only the new adapter is saved
+
+    cfg = compose(base).model
+    model, _ = load_model(cfg, base_adapters=read_base_adapters(ft), adapter_path=ft / "adapter")
+    saved = load_file(tmp_path / "al" / "adapter" / "adapter_model.safetensors")
+    stacked = {n: p for n, p in model.named_parameters() if ".base0." in n}
+    assert len(stacked) == len(saved) and not any(p.requires_grad for p in stacked.values())
+    for name, tensor in saved.items():  # peft saves without the adapter name
+        assert torch.equal(stacked[name.replace(".weight", ".base0.weight")], tensor)
+    assert main(["eval", f"run={ft}"]) == 0
+    assert json.loads((ft / "eval" / "metrics.json").read_text())["metrics"]["harmful/harmful_score"]["n"] > 0

@@ -28,6 +28,8 @@ def block_name(results: dict) -> str:
         return f"bench-{results['model']}-results"
     if results.get("kind") == "judge-eval":
         return "judge-eval-results"
+    if results.get("kind") == "merge-check":
+        return "merge-check-results"
     if results.get("kind") == "study":
         return f"study-{results['study']}-results"
     suite = results.get("suite", "main")
@@ -100,6 +102,10 @@ def render(results: dict) -> str:
         from antibody.app.study_report import study_table
 
         return study_table(results)
+    if results.get("kind") == "merge-check":
+        from antibody.app.merge_check import merge_check_table
+
+        return merge_check_table(results)
     from antibody.app.judge_change import judge_change_table
 
     parts = [markdown_table(results), comparisons_table(results), judge_change_table(results.get("by_judge") or {})]

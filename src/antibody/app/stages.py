@@ -23,6 +23,7 @@ from antibody.app.errors import StageInterrupted
 from antibody.app.loggers import build_logger
 from antibody.app.rundir import RunDir, launch_rank, resolve_init_from, run_dir_for, write_json
 from antibody.config import Config, to_container
+from antibody.config.errors import ConfigError
 from antibody.config.schema import Stage
 from antibody.data.datamodule import default_cache_dir
 from antibody.data.plan import train_split_for
@@ -166,11 +167,13 @@ def module_for(stage: Stage, model, cfg: Config):
 
 
 def train_stage(cfg: Config, stage: Stage) -> RunDir:
-    from antibody.models import load_model, load_tokenizer, merge_and_new_adapter
+    from antibody.models import load_model, load_tokenizer
 
     init_dir: Path | None = None
     if stage is Stage.FINETUNE and cfg.run.init_from:
         init_dir = resolve_init_from(cfg.run.init_from, cfg.run.output_dir)
+        if cfg.method.finetune.merge_then_new_adapter and not cfg.model.lora.enabled:
+            raise ConfigError("method.finetune.merge_then_new_adapter needs model.lora.enabled=true")
     if stage is Stage.FINETUNE and cfg.data.user.path:
         from antibody.data.upload import validate_upload
 
@@ -189,11 +192,12 @@ def train_stage(cfg: Config, stage: Stage) -> RunDir:
     adapter = init_dir / "adapter" if init_dir is not None else None
     base_adapters = read_base_adapters(init_dir) if init_dir is not None else []
     L.seed_everything(cfg.run.seed, workers=True)  # new LoRA tensors draw from the global RNG
-    model, _ = load_model(cfg.model, adapter_path=adapter, base_adapters=base_adapters)
     if stage is Stage.FINETUNE and adapter is not None and cfg.method.finetune.merge_then_new_adapter:
-        # the saved adapter is then only the new one: record what lies merged beneath it
-        model = merge_and_new_adapter(model, cfg.model)
-        base_adapters = [*base_adapters, str(adapter.resolve())]
+        # the alignment adapter goes beneath a new one (merged, or stacked frozen where a merge
+        # would round it away: models.adapters.merges_exactly); the saved adapter is then only
+        # the new one, so record what lies beneath it
+        base_adapters, adapter = [*base_adapters, str(adapter.resolve())], None
+    model, _ = load_model(cfg.model, adapter_path=adapter, base_adapters=base_adapters)
     if zero:
         write_json(run.path / "base_adapters.json", [str(p) for p in base_adapters])
     model.train()  # from_pretrained returns eval mode; Lightning would keep it per module

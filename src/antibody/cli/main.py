@@ -40,6 +40,7 @@ class Command(StrEnum):
     STUDY = "study"
     TRIAL = "trial"
     SCREEN = "screen"
+    MERGE_CHECK = "merge-check"
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,21 @@ COMMANDS: dict[Command, Spec] = {
                        "data.seed); batch=N rows per scoring batch (default data.eval_batch_size); "
                        "into=<file> block=<name>: replace that marked block of a Markdown file with the "
                        "report; the rest are key=value overrides of the run's saved config",
+    ),
+    Command.MERGE_CHECK: Spec(
+        "what merging a run's adapter into its base changes (logits, answers, refusals)",
+        "Load a finished run's adapter on the base its config names (override model.quantization "
+        "or model.dtype to try another base) and compare the model unmerged (the adapter beside "
+        "the base weights) with the adapter merged into them, on the first n harmful evaluation "
+        "prompts: the change of the first answer token's logits against the adapter's own effect, "
+        "their KL divergence and top-1 agreement, greedy answers changed, keyword refusals. Adds "
+        "a row per base to <run>/merge_check.json (docs/gpu.md).",
+        ("merge-check run=runs/demo/align-sft",
+         "merge-check run=runs/nf4-align model.quantization=nf4 n=32"),
+        "antibody.app.merge_check:merge_check_command",
+        overrides_metavar="run=<run>|n=N|key=value",
+        overrides_help="run=<run>: the finished run whose adapter is merged; n=N prompts (default 32); "
+                       "the rest are key=value overrides of the run's saved config",
     ),
 }
 

@@ -5,7 +5,7 @@ from antibody.models.adapters import (
     apply_lora,
     load_adapter,
     merge_adapter,
-    merge_and_new_adapter,
+    merges_exactly,
     save_adapter,
     trainable_parameters,
 )
@@ -21,7 +21,7 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "merge_adapter",
-    "merge_and_new_adapter",
+    "merges_exactly",
     "save_adapter",
     "torch_dtype",
     "trainable_parameters",

@@ -23,7 +23,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from antibody.config.errors import ConfigError
 from antibody.config.schema import ModelConfig, ModelSource, Quantization
 from antibody.models import embedded
-from antibody.models.adapters import apply_lora, load_adapter, merge_adapter, trainable_parameters
+from antibody.models.adapters import (
+    activate_stack,
+    add_trained_adapter,
+    load_adapter,
+    merge_adapter,
+    merges_exactly,
+    stack_frozen_adapter,
+    trainable_parameters,
+)
 from antibody.models.errors import ModelError
 from antibody.models.tiny import build_tiny_model
 
@@ -274,6 +282,38 @@ def _resolve_device(device: str | torch.device | None, quantized: bool) -> Optio
     return None  # leave on CPU: Lightning moves it (to this rank's device under DDP)
 
 
+def _keep_cpu_4bit_differentiable(model: nn.Module) -> None:
+    """Turn off bitsandbytes' one-way CPU inference repacking of 4-bit weights.
+
+    bitsandbytes 0.50, on a CPU with AVX512-BF16, repacks a ``Linear4bit`` weight the first
+    time the layer runs in eval mode without grad, and from then on every forward, in
+    training too, goes through ``gemv_4bit``, which has no autograd kernel: the gradient
+    stops at each quantised layer's input, and the adapters of the earlier layers stop
+    learning, silently (measured on the tiny model: after one eval forward, the first
+    layer's LoRA gradient was None; tests/test_qlora.py). A model that is evaluated and
+    then trained (a probe, a screen, a test) must not take that path.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def _put_adapters(model: nn.Module, cfg: ModelConfig, base_adapters: Sequence[str | Path],
+                  adapter_path: str | Path | None, *, with_lora: bool) -> nn.Module:
+    """Earlier adapters beneath (merged or stacked frozen), then the one this run trains."""
+    stacked = bool(base_adapters) and not merges_exactly(cfg)
+    for index, path in enumerate(base_adapters):
+        if stacked:
+            model = stack_frozen_adapter(model, path, index)
+        else:
+            model = merge_adapter(load_adapter(model, path, trainable=False))
+    if adapter_path is not None or (with_lora and cfg.lora.enabled):
+        model = add_trained_adapter(model, cfg.lora, adapter_path)
+    return activate_stack(model) if stacked else model
+
+
 def load_model(
     cfg: ModelConfig,
     *,
@@ -289,8 +329,9 @@ def load_model(
         (``quantized_device``), if CUDA is present, else on the CPU.
     with_lora: wrap in a new LoRA adapter from ``cfg.lora`` (if ``cfg.lora.enabled``).
     adapter_path: load this saved adapter, trainable, instead of a new one.
-    base_adapters: saved adapters merged into the base first, in order (rebuilds a model
-        after ``merge_and_new_adapter``).
+    base_adapters: saved adapters beneath the trained one, in order (the fine-tuning
+        stage's "merge, then a new adapter"; rebuilt the same way for evaluation): merged
+        into an fp32 base, stacked and frozen on any other (``merges_exactly``).
     """
     quantized = cfg.quantization != Quantization.NONE
     dev = _resolve_device(device, quantized)
@@ -305,6 +346,8 @@ def load_model(
     if quantized:
         from peft import prepare_model_for_kbit_training
 
+        _keep_cpu_4bit_differentiable(model)
+
         # Freezes the base, upcasts norms/embeddings to fp32 and, if asked, turns on
         # checkpointing with input grads (peft's QLoRA recipe).
         model = prepare_model_for_kbit_training(
@@ -317,12 +360,7 @@ def load_model(
     elif cfg.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
 
-    for path in base_adapters:
-        model = merge_adapter(load_adapter(model, path, trainable=False))
-    if adapter_path is not None:
-        model = load_adapter(model, adapter_path, trainable=True)
-    elif with_lora and cfg.lora.enabled:
-        model = apply_lora(model, cfg.lora)
+    model = _put_adapters(model, cfg, base_adapters, adapter_path, with_lora=with_lora)
 
     if dev is not None and not quantized:
         model = model.to(dev)
