@@ -49,6 +49,22 @@ def test_every_study_file_loads_and_plans():
         assert {c.row for c in cells} == set(study.rows), path
 
 
+def test_each_job_carries_the_config_its_overrides_compose_to_composed_once(tmp_path, monkeypatch):
+    """The driver, dry run, reports and trial read a job's planned config instead of
+    composing again; it must be exactly what composing the job's overrides gives."""
+    from antibody.app import study_plan
+
+    calls = []
+    real = study_plan.compose
+    monkeypatch.setattr(study_plan, "compose", lambda overrides: calls.append(tuple(overrides)) or real(overrides))
+    cells = plan(load_study(_write(tmp_path, _doc(tmp_path))), tmp_path / "runs" / "t")
+    jobs = [j for c in cells for j in (c.align, c.finetune) if j is not None]
+    assert len(jobs) == 6 and len({j.name for j in jobs}) == 4  # two rows share each seed's alignment
+    assert len(calls) == len(set(calls)) == 4  # each distinct job composed once
+    for job in jobs:
+        assert job.config == compose(list(job.overrides)) and job.config.run.name == job.name
+
+
 def test_bad_study_files_are_refused_with_file_and_line(tmp_path):
     doc = _doc(tmp_path)
     doc["rows"]["sft -> sft"]["finetun"] = []

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from antibody.app.rundir import RunDir, write_results
-from antibody.app.study_plan import Cell, Job, jobs_of, parse_only, plan
+from antibody.app.study_plan import Cell, Job, job_config, jobs_of, parse_only, plan, selected, stage_method
 from antibody.config import Config, ConfigError, compose
 from antibody.config.schema import (
     DataConfig,
@@ -53,12 +53,6 @@ def _steps(cfg: Config, stage: Stage) -> int:
     return cfg.method.align.max_steps if stage is Stage.ALIGN else cfg.method.finetune.max_steps
 
 
-def _method(cfg: Config, stage: Stage) -> str:
-    from antibody.config.schema import finetune_method
-
-    return cfg.method.align.method.value if stage is Stage.ALIGN else finetune_method(cfg.method.finetune).value
-
-
 def measured_eval_seconds(root: Path, model_name: str) -> float | None:
     """Median wall time of the evaluations of `model_name` beside `root` (this study's and
     its siblings', e.g. the demo's) that generated every answer."""
@@ -85,7 +79,7 @@ def cost_key(cfg: Config, stage: Stage) -> tuple:
     passes = None
     if stage is Stage.ALIGN and cfg.method.align.method is AlignMethod.REPNOISE:
         passes = ("logit_lens", cfg.method.align.repnoise.logit_lens)
-    return (stage.value, _method(cfg, stage), cfg.model.name, d.max_length, *batch, passes)
+    return (stage.value, stage_method(cfg, stage), cfg.model.name, d.max_length, *batch, passes)
 
 
 def measured_step_costs(root: Path) -> dict[tuple, float]:
@@ -115,22 +109,33 @@ def measured_step_costs(root: Path) -> dict[tuple, float]:
 def dry_run(jobs: list[Job], root: Path, costs: dict) -> list[dict]:
     out = []
     for job in jobs:
-        cfg = compose(list(job.overrides))
+        cfg = job_config(job)
         run = RunDir(root / job.name)
         state = _state(run, job, cfg)
         steps = _steps(cfg, job.stage)
         sps = costs.get(cost_key(cfg, job.stage))
         left = 0 if state == "done" else steps
-        out.append({"job": job.name, "stage": job.stage.value, "method": _method(cfg, job.stage), "state": state,
+        out.append({"job": job.name, "stage": job.stage.value, "method": stage_method(cfg, job.stage), "state": state,
                     "steps": steps, "seconds_per_step": sps,
                     "estimated_seconds": None if sps is None else left * sps})
     return out
 
 
+def _counted_cost(cells: list[Cell], rows: list[dict], root: Path, gpu) -> str:
+    """GPU-hours of the cells from counted FLOPs (app/study_cost.py), on --gpu (default h100)."""
+    from antibody.app.study_cost import Accelerator, estimate, estimate_text
+
+    done = {r["job"] for r in rows if r["state"] == "done"}
+    train = [(job_config(j), j.stage, j.name in done) for j in jobs_of(cells)]
+    models = {c.model_job.name: c.model_job for c in cells}
+    evals = [(job_config(j), (root / name / "eval" / "metrics.json").is_file()) for name, j in models.items()]
+    return estimate_text(estimate(train, evals, gpu or Accelerator.H100))
+
+
 def train_job(job: Job) -> bool:
     from antibody.app.stages import train_stage
 
-    cfg = compose(list(job.overrides))
+    cfg = job_config(job)
     run = RunDir(Path(cfg.run.output_dir) / cfg.run.name)
     if run.done:
         if not _same_config(job, run, cfg):
@@ -153,7 +158,7 @@ def evaluate_job(job: Job, cache: dict) -> bool:
     from antibody.config import to_yaml
     from antibody.models import load_tokenizer
 
-    cfg = compose(list(job.overrides))
+    cfg = job_config(job)
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     tools_key = ("tools", to_yaml(dataclasses.replace(cfg, run=RunConfig(), method=MethodConfig(), data=DataConfig(),
                                                       task=TaskConfig(), trainer=TrainerConfig())))
@@ -177,7 +182,7 @@ def probe_job(job: Job, cache: dict) -> None:
     from antibody.app.rundir import write_json
     from antibody.app.study_models import probe
 
-    cfg = compose(list(job.overrides))
+    cfg = job_config(job)
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     if not (run_dir / "sharpness.json").is_file():
         write_json(run_dir / "sharpness.json", probe(cfg, run_dir, cache))
@@ -266,10 +271,19 @@ def _args(args: list[str]):
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--only", default=None)
+    parser.add_argument("--gpu", default=None)
     ns, rest = parser.parse_known_args(args)
-    if rest or (ns.dry_run and ns.report):
-        raise ConfigError(f"study: unexpected arguments {rest or ['--dry-run', '--report']}; usage: study "
-                          "<file.yaml> [--dry-run | --report] [--only key=value,...]")
+    if rest or (ns.dry_run and ns.report) or (ns.gpu and not ns.dry_run):
+        unexpected = rest or (["--dry-run", "--report"] if ns.report else [f"--gpu {ns.gpu} without --dry-run"])
+        raise ConfigError(f"study: unexpected arguments {unexpected}; usage: study "
+                          "<file.yaml> [--dry-run [--gpu NAME] | --report] [--only key=value,...]")
+    if ns.gpu is not None:
+        from antibody.app.study_cost import Accelerator
+
+        try:
+            ns.gpu = Accelerator(ns.gpu)
+        except ValueError:
+            raise ConfigError(f"study: --gpu {ns.gpu}: allowed {[a.value for a in Accelerator]}") from None
     return ns
 
 
@@ -284,7 +298,7 @@ def study_command(args: list[str]) -> int:
     study = load_study(Path(ns.study))
     if ns.report:
         return report_only(study, study_root(study))
-    return drive(study, study_root(study), ns.dry_run, ns.only, ns.study)
+    return drive(study, study_root(study), ns.dry_run, ns.only, ns.study, ns.gpu)
 
 
 def report_only(study: StudyConfig, root: Path) -> int:
@@ -296,7 +310,7 @@ def report_only(study: StudyConfig, root: Path) -> int:
 
 
 def drive(study: StudyConfig, root: Path, dry: bool = False, only_text: Optional[str] = None,
-          where: str = "study") -> int:
+          where: str = "study", gpu=None) -> int:
     """Plan, then dry-run or run the study's cells (all, or those `--only` selects)."""
     from antibody.app.evaluate import refuse_multi_process
     from antibody.app.study_report import dry_run_table
@@ -305,15 +319,16 @@ def drive(study: StudyConfig, root: Path, dry: bool = False, only_text: Optional
 
     all_cells = plan(study, root)
     only = parse_only(only_text, study)
-    cells = plan(study, root, only) if only else all_cells
+    cells = [c for c in all_cells if selected(c, only)] if only else all_cells
     if not cells:
         raise ConfigError(f"{where}: no cell matches --only {only_text}")
     if dry:
         rows = dry_run(jobs_of(cells), root, measured_step_costs(root))
         models = {c.model_job.name for c in cells}
         to_eval = sum(not (root / m / "eval" / "metrics.json").is_file() for m in models)
-        model = compose(list(cells[0].model_job.overrides)).model.name
+        model = job_config(cells[0].model_job).model.name
         print(dry_run_table(rows, len(cells), to_eval, measured_eval_seconds(root, model)))
+        print(_counted_cost(cells, rows, root, gpu))
         return 0
     root.mkdir(parents=True, exist_ok=True)
     write_study(root, run_study(study, root, cells, all_cells))

@@ -10,22 +10,14 @@ into the README by `python -m antibody report` (app/report.py).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from pathlib import Path
 from typing import Optional
 
 from antibody.app.rundir import write_json
-from antibody.app.study_plan import Cell
-from antibody.config import Config, ConfigError, compose
+from antibody.app.study_plan import Cell, job_config
+from antibody.config import Config, ConfigError
 from antibody.config.study import StudyConfig
-
-
-@functools.cache
-def job_config(overrides: tuple[str, ...]) -> Config:
-    """A job's config, composed once per process: the results are collected again after
-    every evaluation, and composing is what a cached run's collection would spend most on."""
-    return compose(list(overrides))
 
 
 def results_stem(suite: str) -> str:
@@ -81,7 +73,7 @@ def model_row(cell: Cell, root: Path) -> dict:
     weights = run_dir / "weights.jsonl"
     if weights.is_file():
         rows = [json.loads(line) for line in weights.read_text().splitlines() if line]
-        row["weights"] = weight_summary(rows, job_config(cell.model_job.overrides).data.finetune_batch_size)
+        row["weights"] = weight_summary(rows, job_config(cell.model_job).data.finetune_batch_size)
     sharpness = run_dir / "sharpness.json"
     if sharpness.is_file():
         row["sharpness"] = json.loads(sharpness.read_text())
@@ -91,7 +83,7 @@ def model_row(cell: Cell, root: Path) -> dict:
 def accuracy_task(cell: Cell) -> str:
     from antibody.evaluation.tasks import accuracy_task_for
 
-    return accuracy_task_for(job_config(cell.model_job.overrides).task.name).name.value
+    return accuracy_task_for(job_config(cell.model_job).task.name).name.value
 
 
 def named_comparisons(study: StudyConfig, cells: list[Cell], root: Path) -> list[dict]:
@@ -150,7 +142,7 @@ def model_results(study: StudyConfig, root: Path, cells: list[Cell], counts: dic
 
     done = [c for c in cells if (root / c.model_job.name / "eval" / "metrics.json").is_file()]
     rows = [model_row(c, root) for c in done]
-    cfg = job_config(cells[0].model_job.overrides)
+    cfg = job_config(cells[0].model_job)
     results = {
         "config": study.name,
         "task": accuracy_task(cells[0]),

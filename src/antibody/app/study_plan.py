@@ -77,6 +77,9 @@ class Job:
     overrides: tuple[str, ...]  # composed into the job's config (run dir and init included)
     init_from: Optional[str] = None  # the alignment job's key
     run_name: Optional[str] = None  # the row's explicit run-dir name; default: prefix and key
+    # the overrides composed, once, when the study is planned: the driver, the dry run, the
+    # reports and the trial entry read it instead of composing again (not part of equality)
+    config: Optional[Config] = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -107,17 +110,34 @@ def _value(v: Any) -> str:
     return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
+def _matches(row: str, values: tuple[tuple[str, Any], ...], seed: int, only: dict[str, str]) -> bool:
+    label = {"row": row, **{k: _value(v) for k, v in values}, "seed": str(seed)}
+    return all(label.get(k) == v for k, v in only.items())
+
+
+def selected(cell: Cell, only: dict[str, str]) -> bool:
+    """Whether `--only` (parse_only's {"row" | axis key | "seed": value}) selects the cell."""
+    return _matches(cell.row, cell.values, cell.seed, only)
+
+
 def plan(study: StudyConfig, root: Path, only: Optional[dict[str, str]] = None) -> list[Cell]:
     """Every cell of the study (those matching `only`: {"row" | axis key | "seed": value}),
     with its jobs; composing each job's config validates every override first."""
     keys = list(study.axes)
     cells: list[Cell] = []
+    planned: dict[tuple, Job] = {}  # rows sharing an alignment compose it once
+
+    def _job(stage: Optional[Stage], overrides: list[str], name: Optional[str], init_from: Optional[str] = None) -> Job:
+        key = (stage, tuple(overrides), name, init_from)
+        if key not in planned:
+            planned[key] = _new_job(stage, overrides, name, init_from)
+        return planned[key]
+
     for row_name, row in study.rows.items():
         for combo in itertools.product(*(study.axes[k] for k in keys)):
             values = tuple(zip(keys, combo, strict=True))
             for seed in study.seeds:
-                label = {"row": row_name, **{k: _value(v) for k, v in values}, "seed": str(seed)}
-                if only and any(label.get(k) != v for k, v in only.items()):
+                if only and not _matches(row_name, values, seed, only):
                     continue
                 # `experiment` may be an axis (model x task tables): it comes first, as a group must
                 experiment = dict(values).get("experiment", study.experiment)
@@ -138,12 +158,30 @@ def plan(study: StudyConfig, root: Path, only: Optional[dict[str, str]] = None) 
     return cells
 
 
-def _job(stage: Optional[Stage], overrides: list[str], name: Optional[str], init_from: Optional[str] = None) -> Job:
+def _new_job(stage: Optional[Stage], overrides: list[str], name: Optional[str],
+             init_from: Optional[str] = None) -> Job:
+    from antibody.config.validate import validate
+
     cfg = compose(overrides)
     key = (align_key(cfg) if stage is Stage.ALIGN else finetune_key(cfg, init_from or "") if stage is Stage.FINETUNE
            else model_key(cfg))
     job = Job(stage, key, (), init_from=init_from, run_name=name)
-    return dataclasses.replace(job, overrides=(*overrides, f"run.name={job.name}"))
+    # the run name is the last override, and no key depends on it: set it on the composed config
+    named = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=job.name))
+    validate(named)
+    return dataclasses.replace(job, overrides=(*overrides, f"run.name={job.name}"), config=named)
+
+
+def stage_method(cfg: Config, stage: Stage) -> str:
+    """The method a job of ``stage`` runs (the fine-tuning one as its weighting names it)."""
+    from antibody.config.schema import finetune_method
+
+    return cfg.method.align.method.value if stage is Stage.ALIGN else finetune_method(cfg.method.finetune).value
+
+
+def job_config(job: Job) -> Config:
+    """The job's resolved config (composed when it was planned)."""
+    return job.config if job.config is not None else compose(list(job.overrides))
 
 
 def _check_names(cells: list[Cell]) -> None:

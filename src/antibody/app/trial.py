@@ -80,6 +80,7 @@ def trial_command(overrides: list[str]) -> int:
 
     from antibody.app.evaluate import refuse_multi_process
     from antibody.app.study import evaluate_job, train_job
+    from antibody.app.study_plan import job_config
     from antibody.evaluation.evaluator import read_predictions
 
     refuse_multi_process("trial")
@@ -89,7 +90,7 @@ def trial_command(overrides: list[str]) -> int:
         with FileLock(str(root / f"{job.name}.lock")):  # agents sharing an alignment wait here
             train_job(job)
     evaluate_job(cell.finetune, {})
-    cfg = compose(list(cell.finetune.overrides))
+    cfg = job_config(cell.finetune)
     ft_dir = root / cell.finetune.name
     summary = summary_metrics(ft_dir)
     write_json(ft_dir / "trial_summary.json", {"overrides": list(overrides), "summary": summary})

@@ -9,8 +9,10 @@ range before anything expensive runs.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
 import importlib.resources
 import re
 from dataclasses import fields, is_dataclass
@@ -80,10 +82,18 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
 
 
 def read_yaml(path: Path) -> tuple[dict, dict[tuple[str, ...], int]]:
-    """Read a YAML mapping; errors name the file and line."""
+    """Read a YAML mapping; errors name the file and line. Group files are read once per
+    process and their contents (a fresh copy for each caller) reused: a study composes
+    hundreds of jobs from the same few files."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     text = path.read_text()
+    data, lines = _parsed(path, text)
+    return copy.deepcopy(data), lines
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(path: Path, text: str) -> tuple[dict, dict[tuple[str, ...], int]]:
     data = _files.parse_yaml(text, path)  # the text is parsed again below for key lines
     if data is None:
         data = {}
@@ -208,6 +218,41 @@ def _structured() -> DictConfig:
     return cfg
 
 
+@functools.lru_cache(maxsize=1)
+def _schema_template() -> DictConfig:
+    """One schema per process: ``OmegaConf.merge`` copies its first argument, so merging
+    into this template never changes it."""
+    return _structured()
+
+
+def _deep_update(into: dict, data: dict) -> dict:
+    """``data`` over ``into`` as OmegaConf merges a mapping: mappings key by key, anything
+    else (lists, scalars, None) replaced whole."""
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_update(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def _merge_sources(sources: list[tuple[dict, str]]) -> DictConfig:
+    """The schema with every (mapping, where) on top, in order, in ONE OmegaConf merge (each
+    merge copies the whole config: one per source made composing a study's hundreds of jobs
+    take minutes). If that merge fails, the sources are merged one at a time to name the
+    file (or the command line) whose value is wrong."""
+    combined: dict = {}
+    for data, _ in sources:
+        _deep_update(combined, copy.deepcopy(data))
+    try:
+        return OmegaConf.merge(_schema_template(), combined)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        cfg = _structured()
+        for data, where in sources:
+            cfg = _merge(cfg, data, where)  # raises, naming the source
+        raise ConfigError(f"config: {_explain(exc)}") from None
+
+
 def parse_overrides(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
     """Split CLI arguments into group selections and dotted key overrides."""
     selections: dict[str, str] = {}
@@ -255,7 +300,7 @@ def compose(overrides: Optional[list[str]] = None, conf_dir: Optional[Path] = No
             defaults[group] = option
     defaults.update({k: v for k, v in selections.items() if k != "experiment"})
 
-    cfg = _structured()
+    sources: list[tuple[dict, str]] = []
     for group, node in NODE_GROUPS.items():
         option = defaults.get(group)
         if not option:
@@ -263,21 +308,22 @@ def compose(overrides: Optional[list[str]] = None, conf_dir: Optional[Path] = No
         path = _group_file(conf_dir, group, str(option))
         data, lines = read_yaml(path)
         check_keys(data, _schema_fields(Config)[node], node, str(path), lines)
-        cfg = _merge(cfg, {node: data}, str(path))
+        sources.append(({node: data}, str(path)))
 
     check_keys(root, Config, "", str(root_path), root_lines)
-    cfg = _merge(cfg, root, str(root_path))
+    sources.append((root, str(root_path)))
     if experiment:
         check_keys(experiment, Config, "", str(exp_path), exp_lines)
-        cfg = _merge(cfg, experiment, str(exp_path))
+        sources.append((experiment, str(exp_path)))
     for item in dotlist:
         resolve_key_type(item.split("=", 1)[0].split("."))
     if dotlist:
         try:
-            cli = OmegaConf.from_dotlist(dotlist)
+            cli = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist))
         except OmegaConfBaseException as exc:
             raise ConfigError(f"command line: {_explain(exc)}") from None
-        cfg = _merge(cfg, cli, "command line")
+        sources.append((cli, "command line"))
+    cfg = _merge_sources(sources)
 
     try:
         obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
