@@ -303,6 +303,20 @@ def test_allowed_names_are_lightnings_and_wandbs():
     assert {"online", "offline", "disabled"} <= set(c.logger_mode)
 
 
+def test_the_common_choices_checked_without_lightning_are_lightnings_own():
+    """validate.COMMON_CHOICES (checked without importing Lightning and wandb) is a subset of
+    what the installed packages accept, with the same alias conversions; a value outside it
+    is still checked against them."""
+    from antibody.config.validate import COMMON_CHOICES, trainer_choices
+
+    c = trainer_choices()
+    for field in ("precision", "accelerator", "strategy", "logger_mode"):
+        assert set(getattr(COMMON_CHOICES, field)) <= set(getattr(c, field)), field
+    assert COMMON_CHOICES.aliases.items() <= c.aliases.items()
+    with pytest.raises(ConfigError, match="trainer.strategy='nope' is not allowed; choose one of auto, .*fsdp"):
+        compose(["experiment=tiny", "trainer.strategy=nope"])
+
+
 @pytest.mark.parametrize("precision", ["16-mixed", "16"])  # "16" is Lightning's alias of 16-mixed
 @pytest.mark.parametrize("method", ["antibody", "booster", "vaccine", "sft"])
 def test_fp16_mixed_precision_is_refused_at_compose(precision, method):

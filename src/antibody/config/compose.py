@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import functools
 import importlib.resources
+import json
 import re
 from dataclasses import fields, is_dataclass
 from enum import Enum
@@ -41,6 +42,7 @@ _ENUM_VALUES = {
 }
 
 GROUPS = ("model", "data", "task", "method", "trainer", "logger", "experiment")
+COMMAND_LINE = "command line"  # where a key=value override comes from, in error messages
 # Groups whose YAML describes one node of Config; `experiment` is root-level deltas.
 NODE_GROUPS = {g: g for g in GROUPS if g != "experiment"}
 
@@ -237,20 +239,33 @@ def _deep_update(into: dict, data: dict) -> dict:
 
 
 def _merge_sources(sources: list[tuple[dict, str]]) -> DictConfig:
-    """The schema with every (mapping, where) on top, in order, in ONE OmegaConf merge (each
-    merge copies the whole config: one per source made composing a study's hundreds of jobs
-    take minutes). If that merge fails, the sources are merged one at a time to name the
-    file (or the command line) whose value is wrong."""
-    combined: dict = {}
-    for data, _ in sources:
-        _deep_update(combined, copy.deepcopy(data))
+    """The schema with every (mapping, where) on top, in order. Each OmegaConf merge copies
+    and re-validates the whole config (one per source made composing a study's hundreds of
+    jobs take minutes), so the sources are combined as plain mappings first and merged in
+    ONE OmegaConf merge; the files' part (group files, root, experiment: the same for every
+    job of a study) is merged once per process and reused, so a job pays for its command
+    line only. If a merge fails, the sources are merged one at a time to name the file (or
+    the command line) whose value is wrong."""
+    files = [(data, where) for data, where in sources if where != COMMAND_LINE]
+    cli = [data for data, where in sources if where == COMMAND_LINE]
     try:
-        return OmegaConf.merge(_schema_template(), combined)  # type: ignore[return-value]
+        base = _merged_files(json.dumps([data for data, _ in files], default=str))  # key order kept: it is the YAML order
+        return OmegaConf.merge(base, *cli) if cli else base  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
         cfg = _structured()
         for data, where in sources:
             cfg = _merge(cfg, data, where)  # raises, naming the source
         raise ConfigError(f"config: {_explain(exc)}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _merged_files(files_json: str) -> DictConfig:
+    """The schema with the file sources (as JSON, so that the cache can key them) merged in;
+    callers never modify it (OmegaConf.merge and to_object copy)."""
+    combined: dict = {}
+    for data in json.loads(files_json):
+        _deep_update(combined, data)
+    return OmegaConf.merge(_schema_template(), combined)  # type: ignore[return-value]
 
 
 def parse_overrides(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -322,7 +337,7 @@ def compose(overrides: Optional[list[str]] = None, conf_dir: Optional[Path] = No
             cli = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist))
         except OmegaConfBaseException as exc:
             raise ConfigError(f"command line: {_explain(exc)}") from None
-        sources.append((cli, "command line"))
+        sources.append((cli, COMMAND_LINE))
     cfg = _merge_sources(sources)
 
     try:

@@ -98,6 +98,26 @@ def trainer_choices() -> TrainerChoices:
     )
 
 
+# The values our own config files use, each accepted by the pinned Lightning 2.6 and wandb
+# 0.31 (tests/test_config.py checks them against trainer_choices()): a config that uses only
+# these is checked without importing Lightning and wandb, which takes seconds, so that a study's
+# dry run is not mostly imports. Any other value is checked against the installed packages.
+COMMON_CHOICES = TrainerChoices(
+    precision=("32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16"),
+    aliases={"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"},
+    accelerator=("auto", "cpu", "gpu", "cuda"),
+    strategy=("auto", "ddp"),
+    logger_mode=("online", "offline", "disabled"),
+)
+
+
+def _choices_for(cfg: Config) -> TrainerChoices:
+    t, c = cfg.trainer, COMMON_CHOICES
+    common = (t.precision in c.precision and t.accelerator in c.accelerator and t.strategy in c.strategy
+              and cfg.logger.mode in c.logger_mode)
+    return c if common else trainer_choices()
+
+
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
@@ -114,7 +134,7 @@ def check_in_process_strategy(strategy: str) -> None:
 
 
 def _check_trainer(cfg: Config) -> None:
-    t, choices = cfg.trainer, trainer_choices()
+    t, choices = cfg.trainer, _choices_for(cfg)
     _one_of("trainer.precision", t.precision, choices.precision)
     _one_of("trainer.accelerator", t.accelerator, choices.accelerator)
     _one_of("trainer.strategy", t.strategy, choices.strategy)
