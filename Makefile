@@ -81,7 +81,7 @@ demo-quick: install ## tiny sizes: shows the pipeline, not the effect
 screen: install ## score an upload under an aligned run: make screen ARGS="upload.jsonl run=runs/demo/align-antibody"
 	$(PY) -m antibody screen $(ARGS)
 
-bench: install ## speed/memory ratios, measured side by side
+bench: install ## speed/memory ratios, measured side by side: make bench ARGS="precisions=32-true,bf16-mixed"
 	$(PY) -m antibody bench $(ARGS)
 
 gpu-check: install ## every method at 7B shape (bf16, nf4) + the gpu tests; exits 0 without CUDA (docs/gpu.md)

@@ -107,8 +107,9 @@ def test_bench_table_and_readme_block(tmp_path, capsys):
     results = _bench_results()
     assert block_name(results) == f"bench-{results['model']}-results"
     table = render(results)
-    assert "| align | repnoise | 15.4 (13.9-16.9) | 2.20 (2.05-2.31) | 2.00+ | counted | 1000 (1.25) | 500 (2.50) |" in table
-    assert "| finetune | sft | 3 (2.7-3.3) | 1.00 (1.00-1.00) | 1.00 | counted | - | - |" in table
+    assert ("| align | repnoise | 32-true | 15.4 (13.9-16.9) | 2.20 (2.05-2.31) | - | 2.00+ | counted | 1000 (1.25) "
+            "| 500 (2.50) |") in table
+    assert "| finetune | sft | 32-true | 3 (2.7-3.3) | 1.00 (1.00-1.00) | - | 1.00 | counted | - | - |" in table
     assert "median of the 9 pooled timed steps" in table and "30.0 min" in table
 
     path, readme = tmp_path / "bench.json", tmp_path / "README.md"
@@ -148,6 +149,32 @@ def test_bench_end_to_end_on_the_tiny_model(tmp_path, capsys, monkeypatch):
     assert "| align | antibody |" in render(result)
 
 
+def test_the_bench_compares_precisions_side_by_side(tmp_path, capsys, monkeypatch):
+    """precisions=32-true,bf16-mixed: every method in both, in the same rounds; each bf16
+    step's ratio to the same method's fp32 step, per round, and a row per precision."""
+    monkeypatch.setattr(bench, "measure_in_subprocess", _fake_memory)
+    out = tmp_path / "runs"
+    args = ["experiment=tiny", f"run.output_dir={out}", "steps=1", "warmup=1", "repeats=2", "methods=sft,antibody",
+            "precisions=32-true,bf16-mixed"]
+    assert main(["bench", *args]) == 0
+    result = json.loads((out / "bench" / "bench.json").read_text())
+    assert result["precision"] == "32-true" and result["precisions"] == ["32-true", "bf16-mixed"]
+    for stage, fp32 in result["stages"].items():
+        bf16 = result["by_precision"]["bf16-mixed"]["stages"][stage]
+        for method in ("sft", "antibody"):
+            a, b = fp32["methods"][method], bf16["methods"][method]
+            per_round = [x[0] / y[0] for x, y in zip(b["step_seconds"], a["step_seconds"], strict=True)]
+            assert b["precision_ratio"] == pytest.approx(sum(per_round) / 2)
+            assert b["precision_ratio_range"] == pytest.approx([min(per_round), max(per_round)])
+            assert a["precision_ratio"] == 1.0
+    table = render(result)
+    assert "| align | antibody | 32-true |" in table and "| align | antibody | bf16-mixed |" in table
+    assert "x 32-true" in table and "(32-true, bf16-mixed," in table
+    assert "[bench] finetune antibody bf16-mixed:" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="precisions=,"):
+        parse_protocol(["precisions=,"])
+
+
 def test_a_failed_memory_pass_is_recorded_and_the_bench_goes_on(monkeypatch, capsys):
     def fail(request):
         raise MemoryPassError(f"bench memory pass of {request['stage']} {request['method']} failed (exit 1):\nOOM")
@@ -155,7 +182,7 @@ def test_a_failed_memory_pass_is_recorded_and_the_bench_goes_on(monkeypatch, cap
     monkeypatch.setattr(bench, "measure_in_subprocess", fail)
     protocol, _ = parse_protocol(["methods=booster"])
     with progress.task("test") as bar:
-        out = bench._memory_pass([], protocol, bar)
+        out = bench._memory_pass_of([], protocol, bar)
     assert out[Stage.ALIGN]["booster"] == {"peak_mib": None, "over_load_mib": None,
                                            "error": "bench memory pass of align booster failed (exit 1):"}
     assert "warning: bench memory pass of align sft failed" in capsys.readouterr().err

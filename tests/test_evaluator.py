@@ -157,3 +157,63 @@ def test_resume_refuses_foreign_or_corrupt_files(monkeypatch, cfg, tokenizer, tm
     path.unlink()
     with pytest.raises(DataError, match="duplicate"):
         ev.evaluate(None, tokenizer, dup, cfg, tmp_path, KeywordJudge())
+
+
+@pytest.mark.parametrize(("precision", "autocast"), [("32-true", False), ("bf16-mixed", True)])
+def test_generation_runs_in_the_precision_the_run_trained_in(monkeypatch, model, tokenizer, tmp_path, precision,
+                                                              autocast):
+    """trainer.precision=bf16-mixed: generation under CPU bf16 autocast, as Lightning ran the
+    training step, and the judge outside it; 32-true: no autocast, the fp32 path unchanged."""
+    import torch
+
+    seen = []
+
+    def generate(model_, tokenizer_, prompts, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        with torch.no_grad():  # a real forward: under autocast its linear layers compute in bf16
+            out = model_(**tokenizer_(prompts[:1], return_tensors="pt")).logits
+        seen.append(out.dtype)
+        return scripted_generate(model_, tokenizer_, prompts, **kwargs)
+
+    class Judge(KeywordJudge):
+        def score(self, prompts, responses):
+            judged.append(torch.is_autocast_enabled("cpu"))
+            return super().score(prompts, responses)
+
+    judged: list[bool] = []
+    monkeypatch.setattr(ev, "generate", generate)
+    cfg = compose(["experiment=tiny", "eval.batch_size=2", f"trainer.precision={precision}"])
+    ev.evaluate(model, tokenizer, make_records(), cfg, tmp_path / "eval", Judge())
+    assert seen and all(s == ((autocast, torch.bfloat16) if autocast else (False, s[1])) for s in seen[::2])
+    assert all(dtype == (torch.bfloat16 if autocast else torch.float32) for dtype in seen[1::2])
+    assert judged and not any(judged)  # the judge is the instrument: fp32, as validated
+
+
+def test_prompts_are_generated_longest_first_and_answers_do_not_depend_on_the_batches(monkeypatch, cfg, model,
+                                                                                      tokenizer, tmp_path):
+    """Batches are cut from the task's prompts sorted by length (little padding); each
+    prompt's greedy answer is the one it gets in a single batch of all prompts."""
+    import dataclasses
+
+    batches = []
+
+    def recording(model_, tokenizer_, prompts, **kwargs):
+        batches.append([len(tokenizer_(p, add_special_tokens=False)["input_ids"]) for p in prompts])
+        return ev_generate(model_, tokenizer_, prompts, **kwargs)
+
+    ev_generate = ev.generate
+    records = make_records()
+    records["harmful"][2] = dataclasses.replace(records["harmful"][2], instruction="A much longer harmful request "
+                                                "that is written out at length " * 3)
+    monkeypatch.setattr(ev, "generate", recording)
+    small = ev.evaluate(model, tokenizer, records, cfg, tmp_path / "small", KeywordJudge())  # batch size 2
+    lengths = [n for batch in batches for n in batch]
+    harmful = lengths[:5]
+    assert harmful == sorted(harmful, reverse=True) and harmful[0] > harmful[-1]
+    one = compose(["experiment=tiny", "eval.batch_size=64", f"run.output_dir={tmp_path / 'runs'}"])
+    whole = ev.evaluate(model, tokenizer, records, one, tmp_path / "whole", KeywordJudge())
+    for task in records:
+        a = {r["uid"]: r["response"] for r in read_rows(tmp_path / "small" / "predictions" / f"{task}.jsonl")}
+        b = {r["uid"]: r["response"] for r in read_rows(tmp_path / "whole" / "predictions" / f"{task}.jsonl")}
+        assert a == b and set(a) == {r.uid for r in records[task]}
+    assert small["metrics"] == whole["metrics"]

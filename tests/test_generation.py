@@ -110,3 +110,37 @@ def test_text_generator_formats_with_chat_template(model, tokenizer):
 def test_rejects_bad_sizes(model, tokenizer):
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(model, tokenizer, ["x"], max_new_tokens=0, batch_size=1)
+
+
+def test_weights_cast_once_for_bf16_inference_give_what_autocast_gives(tokenizer):
+    """models.precision.cast_for_inference stores the linear weights in bf16 once: under
+    autocast the logits and greedy answers are bit-identical to plain autocast (which casts
+    the fp32 weights at every pass), the tied embedding stays fp32, and fp32 runs are
+    untouched."""
+    import copy
+
+    from antibody.models import load_model
+    from antibody.models.precision import cast_for_inference, inference_autocast
+
+    cfg = compose(["experiment=tiny"]).model
+    torch.manual_seed(0)
+    lora, _ = load_model(cfg)  # a LoRA model, as an evaluation loads one
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    lora.eval()
+    cast = cast_for_inference(copy.deepcopy(lora), "bf16-mixed")
+    assert cast_for_inference(lora, "32-true") is lora
+    assert all(p.dtype == torch.float32 for p in lora.parameters())
+    dtypes = {n: p.dtype for n, p in cast.named_parameters()}
+    assert dtypes["base_model.model.model.embed_tokens.weight"] == torch.float32
+    assert any(d == torch.bfloat16 for n, d in dtypes.items() if "lora_A" in n)
+    assert any(d == torch.bfloat16 for n, d in dtypes.items() if "q_proj.base_layer" in n)
+    ids = torch.tensor([tokenizer("Tell me a story about a cat", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad(), inference_autocast("bf16-mixed", lora):
+        want = lora(input_ids=ids).logits
+        got = cast(input_ids=ids).logits
+        answers = [generate(m, tokenizer, PROMPTS, max_new_tokens=MAX_NEW, batch_size=2) for m in (lora, cast)]
+    assert want.dtype == torch.bfloat16 and torch.equal(got, want)
+    assert answers[0] == answers[1]

@@ -143,6 +143,23 @@ def test_mmd_equals_written_out_pairwise_computation(kernel_num, kernel_mul):
     )
 
 
+def test_mmd_under_cpu_bf16_autocast_is_the_fp32_computation():
+    """bf16-mixed on the CPU (and CUDA's bf16) runs matmuls in bf16 under autocast: the MMD
+    switches it off, so its value and gradient equal the fp32 computation."""
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.randn(16, 64, generator=gen) + 50.0).requires_grad_()
+    y = torch.randn(16, 64, generator=gen) * 1.2 + 50.1
+    want = multi_kernel_mmd(x, y)
+    (g_want,) = torch.autograd.grad(want, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = multi_kernel_mmd(x, y)
+        # the control: the same Gram product left to autocast is computed in bf16
+        assert (x @ x.T).dtype == torch.bfloat16
+    (g_got,) = torch.autograd.grad(got, x)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, want) and torch.equal(g_got, g_want)
+
+
 def test_mmd_of_identical_samples_is_zero_and_grows_as_the_distributions_part():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(32, 8, generator=gen, dtype=torch.float64)

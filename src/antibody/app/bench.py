@@ -8,7 +8,10 @@ Arguments (the rest are config overrides): ``steps=N`` timed optimiser steps per
 per round (default 3), ``warmup=N`` untimed steps before them (default 1; the first step
 builds caches and the data iterator), ``repeats=N`` rounds (default 3),
 ``methods=a,b,...`` (default: every AlignMethod and FinetuneMethod; SFT, the reference,
-always runs in a stage that runs), ``memory=true|false`` (the memory pass, default true).
+always runs in a stage that runs), ``memory=true|false`` (the memory pass, default true),
+``precisions=a,b,...`` (``trainer.precision`` values, e.g. ``32-true,bf16-mixed``: every
+method runs in each, in the same rounds, and each variant's step time is also given as a
+ratio to the same method's at the first precision; default: the config's precision).
 
 Protocol. Every variant is composed from the method's option file (``method=<name>``),
 its stage's method key set to the name. Each round trains every method of a stage, in an
@@ -70,6 +73,9 @@ class Protocol:
     repeats: int
     methods: dict[Stage, list[str]]  # per stage that runs: SFT first, then the enum's order
     memory: bool
+    # trainer.precision of each variant, the first the reference of the precision ratio;
+    # empty: the config's own precision only
+    precisions: tuple[str, ...] = ()
 
 
 def _int_arg(args: list[str], name: str, default: int, lo: int) -> tuple[int, list[str]]:
@@ -104,7 +110,18 @@ def parse_protocol(args: list[str]) -> tuple[Protocol, list[str]]:
     memory, args = pop_arg(args, "memory")
     if memory not in (None, "true", "false"):
         raise ConfigError(f"memory={memory}: expected true or false")
-    return Protocol(steps, warmup, repeats, _methods_arg(methods), memory != "false"), args
+    precisions, args = pop_arg(args, "precisions")
+    chosen = tuple(dict.fromkeys(p.strip() for p in (precisions or "").split(",") if p.strip()))
+    if precisions is not None and not chosen:
+        raise ConfigError(f"precisions={precisions}: name one or more trainer.precision values, e.g. 32-true,bf16-mixed")
+    return Protocol(steps, warmup, repeats, _methods_arg(methods), memory != "false", chosen), args
+
+
+def precision_args(args: list[str], protocol: Protocol) -> dict[str, list[str]]:
+    """The overrides of each precision the bench compares (the config's own when none is named)."""
+    if not protocol.precisions:
+        return {compose(args).trainer.precision: list(args)}
+    return {p: [*args, f"trainer.precision={p}"] for p in protocol.precisions}
 
 
 def method_config(args: list[str], stage: Stage, method: str, max_steps: int) -> Config:
@@ -164,32 +181,47 @@ def _time_variant(cfg: Config, stage: Stage | str, steps: int, warmup: int = 1, 
 
 
 def _timing_rounds(args: list[str], protocol: Protocol, bar) -> tuple[dict, dict]:
-    """{stage: {method: [round seconds]}} and {stage: [order of each round]}."""
+    """{precision: {stage: {method: [round seconds]}}} and {stage: [order of each round]}.
+
+    Each round runs every precision of a stage (rotated like the methods) before the next
+    stage, so a method's precisions are timed minutes apart, not a whole pass apart."""
     from antibody.app.stages import build_datamodule
     from antibody.models import load_tokenizer
 
     n = protocol.warmup + protocol.steps
-    configs = {(s, m): method_config(args, s, m, n) for s, ms in protocol.methods.items() for m in ms}
+    by_precision = precision_args(args, protocol)
+    configs = {(p, s, m): method_config(a, s, m, n) for p, a in by_precision.items()
+               for s, ms in protocol.methods.items() for m in ms}
     tokenizer = load_tokenizer(next(iter(configs.values())).model)
-    # all data first: a bad pool fails before any training, and every round reuses it
-    data = {key: build_datamodule(cfg, tokenizer, key[0]) for key, cfg in configs.items()}
-    times: dict = {s: {m: [] for m in ms} for s, ms in protocol.methods.items()}
+    # all data first: a bad pool fails before any training, and every round reuses it (the
+    # data do not depend on the precision)
+    first = next(iter(by_precision))
+    data = {(s, m): build_datamodule(configs[first, s, m], tokenizer, s) for s, ms in protocol.methods.items()
+            for m in ms}
+    times: dict = {p: {s: {m: [] for m in ms} for s, ms in protocol.methods.items()} for p in by_precision}
     orders: dict = {s: [] for s in protocol.methods}
     for r in range(protocol.repeats):
         for stage, methods in protocol.methods.items():
             orders[stage].append(rotated(methods, r))
-            for method in orders[stage][-1]:
-                bar.update(description=f"bench round {r + 1}/{protocol.repeats}: {stage.value} {method}")
-                gc.collect()  # the previous variant's model goes before the next one loads
-                result = _time_variant(configs[stage, method], stage, protocol.steps, protocol.warmup,
-                                       tokenizer=tokenizer, datamodule=data[stage, method])
-                times[stage][method].append(result["step_seconds"])
-                bar.advance()
+            for precision in rotated(list(by_precision), r):
+                for method in orders[stage][-1]:
+                    bar.update(description=f"bench round {r + 1}/{protocol.repeats}: {stage.value} {method} "
+                                           f"{precision}")
+                    gc.collect()  # the previous variant's model goes before the next one loads
+                    result = _time_variant(configs[precision, stage, method], stage, protocol.steps,
+                                           protocol.warmup, tokenizer=tokenizer, datamodule=data[stage, method])
+                    times[precision][stage][method].append(result["step_seconds"])
+                    bar.advance()
     return times, orders
 
 
 def _memory_pass(args: list[str], protocol: Protocol, bar) -> dict:
-    """{stage: {method: reading}}: each method once, in a process of its own (bench_memory)."""
+    """{precision: {stage: {method: reading}}}: each variant once, in a process of its own
+    (bench_memory)."""
+    return {p: _memory_pass_of(a, protocol, bar) for p, a in precision_args(args, protocol).items()}
+
+
+def _memory_pass_of(args: list[str], protocol: Protocol, bar) -> dict:
     out: dict = {}
     for stage, methods in protocol.methods.items():
         out[stage] = {}
@@ -222,11 +254,32 @@ def memory_child(request_path: str) -> int:
     return 0
 
 
-def _summary_line(stage: Stage, method: str, m: dict) -> str:
+def _stage_results(protocol: Protocol, times: dict, reference_times: dict, orders: dict,
+                   memory: dict | None) -> dict:
+    """One precision's stages: each method's timing, its ratio to SFT, its ratio to the same
+    method at the reference precision (per round, median and range), and its memory."""
+    stages = {}
+    for stage, methods in protocol.methods.items():
+        summary = timing_summary(times[stage])
+        mem = memory_ratios(memory[stage]) if memory else {}
+        out = {}
+        for m in methods:
+            vs = timing_summary({"reference": reference_times[stage][m], m: times[stage][m]}, "reference")[m]
+            out[m] = {**summary[m], "step_seconds": times[stage][m], "expected": EXPECTED[stage][m]._asdict(),
+                      "memory": mem.get(m),
+                      "precision_ratio": vs["ratio"], "precision_ratio_range": vs["ratio_range"]}
+        stages[stage.value] = {"reference": REFERENCE, "orders": orders[stage], "methods": out}
+    return stages
+
+
+def _summary_line(stage: Stage, method: str, m: dict, precision: str = "") -> str:
     lo, hi = m["ratio_range"]
-    line = (f"[bench] {stage.value} {method}: {m['median_s']:.3g} s/step, {m['ratio']:.2f}x {REFERENCE} "
-            f"(rounds {lo:.2f}-{hi:.2f}; expected {m['expected']['ratio']:.2f}"
+    line = (f"[bench] {stage.value} {method}{' ' + precision if precision else ''}: {m['median_s']:.3g} s/step, "
+            f"{m['ratio']:.2f}x {REFERENCE} (rounds {lo:.2f}-{hi:.2f}; expected {m['expected']['ratio']:.2f}"
             f"{'+' if m['expected']['at_least'] else ''})")
+    if m.get("precision_ratio") is not None and m["precision_ratio"] != 1.0:
+        a, b = m["precision_ratio_range"]
+        line += f"; {m['precision_ratio']:.2f}x the first precision's step (rounds {a:.2f}-{b:.2f})"
     mem = m.get("memory")
     if mem and mem.get("peak_mib") is not None:
         line += (f"; peak {mem['peak_mib']:.0f} MiB ({mem['peak_ratio']:.2f}x), "
@@ -239,26 +292,22 @@ def bench_command(args: list[str]) -> int:
     if not any(a.startswith("run.name=") for a in args):
         args = [*args, "run.name=bench"]
     base = compose(args)
-    n_variants = sum(len(ms) for ms in protocol.methods.values())
+    precisions = list(precision_args(args, protocol))
+    n_variants = sum(len(ms) for ms in protocol.methods.values()) * len(precisions)
     t0 = time.perf_counter()
     with progress.task("bench", total=n_variants * (protocol.repeats + protocol.memory)) as bar:
         times, orders = _timing_rounds(args, protocol, bar)
         memory = _memory_pass(args, protocol, bar) if protocol.memory else {}
-    stages = {}
-    for stage, methods in protocol.methods.items():
-        summary = timing_summary(times[stage])
-        mem = memory_ratios(memory[stage]) if memory else {}
-        stages[stage.value] = {
-            "reference": REFERENCE,
-            "orders": orders[stage],
-            "methods": {m: {**summary[m], "step_seconds": times[stage][m],
-                            "expected": EXPECTED[stage][m]._asdict(), "memory": mem.get(m)} for m in methods},
-        }
+    by_precision = {p: _stage_results(protocol, times[p], times[precisions[0]], orders, memory.get(p))
+                    for p in precisions}
+    stages = by_precision[precisions[0]]
     results = {
         "kind": "bench",  # how `python -m antibody report` tells a bench file from a demo's
         "model": base.model.name,
         "device": base.trainer.accelerator,
-        "precision": base.trainer.precision,
+        "precision": precisions[0],  # of "stages"; the others' in "by_precision", with their ratio to it
+        "precisions": precisions,
+        "by_precision": {p: {"stages": by_precision[p]} for p in precisions[1:]},
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "batch_size": {"align": base.data.align_batch_size, "harmful": base.data.harmful_batch_size,
@@ -271,9 +320,11 @@ def bench_command(args: list[str]) -> int:
     }
     out = Path(base.run.output_dir) / base.run.name / "bench.json"
     write_json(out, results)
-    for stage, methods in protocol.methods.items():
-        for method in methods:
-            print(_summary_line(stage, method, stages[stage.value]["methods"][method]), flush=True)
+    for precision in precisions:
+        for stage, methods in protocol.methods.items():
+            for method in methods:
+                m = by_precision[precision][stage.value]["methods"][method]
+                print(_summary_line(stage, method, m, precision if len(precisions) > 1 else ""), flush=True)
     print(f"[bench] wrote {out} ({results['wall_seconds'] / 60:.1f} min)")
     return 0
 

@@ -174,6 +174,8 @@ def _read_partial(path: Path) -> list[dict]:
 
 def _key(cfg: Config, upload, run: Path) -> dict:
     """What the stored scores depend on (not tau, B or draws: they only re-weight)."""
+    from antibody.models.precision import BF16_MIXED
+
     c = to_container(cfg)
     return {
         "upload": upload.report.path,
@@ -183,6 +185,8 @@ def _key(cfg: Config, upload, run: Path) -> dict:
         "model": c["model"],
         "data": {k: c["data"][k] for k in ("prompt_format", "max_length")} | {"user": c["data"]["user"]},
         "ratio_form": c["method"]["finetune"]["ratio_form"],
+        # scores under bf16 autocast are other numbers; fp32 screens keep their old key
+        **({"precision": cfg.trainer.precision} if cfg.trainer.precision in BF16_MIXED else {}),
     }
 
 
@@ -232,9 +236,10 @@ def _score(cfg, run, encoded, done, out, batch, pad_id, device, state) -> list[d
     from antibody.app.stages import read_base_adapters
     from antibody.infra import progress
     from antibody.models import load_model
+    from antibody.models.precision import cast_for_inference, inference_autocast
 
     model, _ = load_model(cfg.model, adapter_path=run / "adapter", base_adapters=read_base_adapters(run), device=device)
-    model.eval()
+    model = cast_for_inference(model.eval(), cfg.trainer.precision)
     start = len(done)
     if start:
         print(f"[antibody] resuming the screen at row {start} of {len(encoded)}")
@@ -251,7 +256,8 @@ def _score(cfg, run, encoded, done, out, batch, pad_id, device, state) -> list[d
             save.t = time.perf_counter()  # type: ignore[attr-defined]
 
         save.t = t0  # type: ignore[attr-defined]
-        new = score_rows(model, encoded, cfg.method.finetune.ratio_form, batch, pad_id, start, save, device)
+        with inference_autocast(cfg.trainer.precision, device):  # models/precision.py
+            new = score_rows(model, encoded, cfg.method.finetune.ratio_form, batch, pad_id, start, save, device)
     return done + new
 
 

@@ -121,7 +121,7 @@ def evaluation_flops(cfg: Config, params: float) -> float:
     return generation + 2 * judge_parameters(cfg) * harmful * (PROMPT_TOKENS + answer)
 
 
-def cpu_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
+def cpu_matmul_flops(n: int = 2048, repeats: int = 7) -> float:
     """This machine's fp32 matmul rate at torch's thread count (median of ``repeats``): the
     CPU's "peak" for comparing the count with a study measured on it."""
     import statistics

@@ -139,12 +139,15 @@ COMMANDS: dict[Command, Spec] = {
         "as ratios to SFT of the same stage: rounds interleave the methods (rotated order) "
         "from the same weights on the same batches, and each method's peak memory is "
         "measured in a fresh process; writes <run.output_dir>/bench/bench.json.",
-        ("bench", "bench experiment=tiny", "bench methods=sft,booster repeats=5"),
+        ("bench", "bench experiment=tiny", "bench methods=sft,booster repeats=5",
+         "bench methods=sft,antibody precisions=32-true,bf16-mixed memory=false"),
         "antibody.app.bench:bench_command",
-        overrides_metavar="steps=N|warmup=N|repeats=N|methods=a,b|memory=true|false|key=value",
+        overrides_metavar="steps=N|warmup=N|repeats=N|methods=a,b|memory=true|false|precisions=a,b|key=value",
         overrides_help="steps=N timed steps per method per round (default 3), warmup=N untimed "
                        "steps first (1), repeats=N rounds (3), methods=a,b,... (default all; sft "
-                       "always runs), memory=false skips the memory pass; the rest are " + OVERRIDES_HELP,
+                       "always runs), memory=false skips the memory pass, precisions=32-true,bf16-mixed "
+                       "times every method in each precision side by side (default: the config's); "
+                       "the rest are " + OVERRIDES_HELP,
     ),
     Command.REPORT: Spec(
         "results.json of demo, bench or judge-eval -> Markdown table (into README.md)",

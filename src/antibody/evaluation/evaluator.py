@@ -32,6 +32,7 @@ from antibody.evaluation.scoring import RowScorer
 from antibody.evaluation.tasks import EvalTask, MetricKind, get_task
 from antibody.infra import progress as progress_bars
 from antibody.infra.files import append_jsonl, atomic_write_json, atomic_write_jsonl
+from antibody.models.precision import inference_autocast
 
 Progress = Callable[[str, int, int], None]  # (task, rows done, rows total)
 
@@ -181,16 +182,24 @@ def evaluate_task(model, tokenizer, task: EvalTask, records: list[Record], cfg: 
         # answers judged by another judge or rule: judged again, never regenerated
         atomic_write_jsonl(path, existing)
     done = {row["uid"]: row for row in existing}
-    todo = [rec for rec in records if rec.uid not in done]
     fmt = task.resolve_prompt_format(cfg)
+    todo = [(rec, format_prompt(rec, tokenizer, fmt)) for rec in records if rec.uid not in done]
+    # longest prompts first, so that each batch holds prompts of similar length and pads
+    # little (generation.generate sorts only within the batch it is given); greedy answers
+    # do not depend on the batch a prompt is in (tests/test_generation.py)
+    lengths = [len(ids) for ids in tokenizer([p for _, p in todo], add_special_tokens=False)["input_ids"]] if todo else []
+    todo = [todo[i] for i in sorted(range(len(todo)), key=lambda i: -lengths[i])]
     max_new = task.resolve_max_new_tokens(cfg)
     bs = cfg.eval.batch_size
     with progress_bars.task(f"eval {task.name.value}", total=len(records)) as bar:
         bar.update(completed=len(done))  # rows a killed run already wrote
         for start in range(0, len(todo), bs):
-            batch = todo[start:start + bs]
-            prompts = [format_prompt(rec, tokenizer, fmt) for rec in batch]
-            responses = generate(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=bs)
+            batch = [rec for rec, _ in todo[start:start + bs]]
+            prompts = [prompt for _, prompt in todo[start:start + bs]]
+            # the evaluated model generates in the precision its run trained in
+            # (models/precision.py); the judge stays in the precision it was validated in (fp32)
+            with inference_autocast(cfg.trainer.precision, model):
+                responses = generate(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=bs)
             new_rows = _make_rows(task, batch, prompts, responses, scorer)
             append_jsonl(path, new_rows)  # fsynced per batch: a kill loses at most this batch
             done.update((row["uid"], row) for row in new_rows)

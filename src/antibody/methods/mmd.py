@@ -38,7 +38,9 @@ def multi_kernel_mmd(x: Tensor, y: Tensor, kernel_num: int = 5, kernel_mul: floa
     """Biased multi-kernel MMD^2 estimate between samples ``x`` and ``y`` (both [B, F]).
 
     Computed in at least float32 whatever the input dtype (bf16 hidden states would lose the
-    small distance differences the kernels compare). Returns a 0-dim tensor.
+    small distance differences the kernels compare), also under autocast: CUDA's bf16 and
+    the CPU's bf16-mixed would otherwise run the Gram product in bf16 (autocast is switched
+    off inside). Returns a 0-dim tensor.
     """
     if x.dim() != 2 or x.shape != y.shape:
         raise ValueError(
@@ -46,6 +48,11 @@ def multi_kernel_mmd(x: Tensor, y: Tensor, kernel_num: int = 5, kernel_mul: floa
         )
     if kernel_num < 1 or kernel_mul <= 0:
         raise ValueError(f"kernel_num must be >= 1 and kernel_mul > 0; got {kernel_num}, {kernel_mul}")
+    with torch.autocast(x.device.type, enabled=False):
+        return _mmd(x, y, kernel_num, kernel_mul)
+
+
+def _mmd(x: Tensor, y: Tensor, kernel_num: int, kernel_mul: float) -> Tensor:
     dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
     points = torch.cat([x, y]).to(dtype)
     n, b = points.shape[0], x.shape[0]
