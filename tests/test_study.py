@@ -542,3 +542,13 @@ def test_step_costs_tell_repnoise_with_and_without_the_logit_lens_apart():
     assert cost_key(sft, Stage.FINETUNE) == cost_key(compose(["experiment=tiny", "method=repnoise",
                                                               "method.finetune.merge_then_new_adapter=false"]),
                                                      Stage.FINETUNE)
+
+
+def test_step_costs_tell_quantisation_and_precision_apart():
+    """An nf4 or bf16 run's step cost does not price an fp32 job (nor the reverse)."""
+    from antibody.app.study import cost_key
+
+    base = ["experiment=tiny", "method=sft"]
+    keys = {cost_key(compose([*base, *extra]), Stage.ALIGN)
+            for extra in ([], ["model.quantization=nf4"], ["trainer.precision=bf16-mixed"], ["model.dtype=bfloat16"])}
+    assert len(keys) == 4
