@@ -77,4 +77,10 @@ def test_merge_check_report_fills_its_block_and_bad_input_is_refused(aligned, tm
     assert "n=0" in capsys.readouterr().err
     assert main(["merge-check", f"run={tmp_path}"]) == 2
     assert "not a finished run" in capsys.readouterr().err
+    stacked = tmp_path / "ft"  # a fine-tuning run over a stacked alignment adapter
+    (stacked / "adapter").mkdir(parents=True)
+    (stacked / "config.yaml").write_text((aligned / "config.yaml").read_text())
+    (stacked / "base_adapters.json").write_text(json.dumps([str(aligned / "adapter")]))
+    assert main(["merge-check", f"run={stacked}"]) == 2
+    assert "sits on other adapters" in capsys.readouterr().err
     assert compose(BASE).model.quantization.value == "nf4"

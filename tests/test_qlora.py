@@ -161,13 +161,16 @@ def _train(case: str, model: nn.Module, tiny_cfg: Config, root, **trainer_kwargs
 
 def _frozen_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every non-LoRA tensor: parameters (the packed 4-bit weights among them), buffers and
-    the 4-bit layers' quantisation constants (absmax, double-quant state)."""
-    out = {n: t.detach().clone() for n, t in model.state_dict().items() if "lora_" not in n}
+    the 4-bit layers' quantisation constants (absmax, double-quant state), copied to the CPU:
+    Lightning's teardown moves the module to the CPU after fit, so a state read on cuda:0
+    before training is compared with one read on the CPU after it (torch.equal across
+    devices raises; tests/test_gpu.py)."""
+    out = {n: t.detach().cpu().clone() for n, t in model.state_dict().items() if "lora_" not in n}
     for name, layer in _quantised_layers(model).items():
         qs = layer.weight.quant_state
-        out[f"{name}.absmax"] = qs.absmax.clone()
+        out[f"{name}.absmax"] = qs.absmax.cpu().clone()
         if qs.state2 is not None:
-            out[f"{name}.absmax2"] = qs.state2.absmax.clone()
+            out[f"{name}.absmax2"] = qs.state2.absmax.cpu().clone()
     return out
 
 

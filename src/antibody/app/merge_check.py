@@ -150,6 +150,11 @@ def merge_check_command(args: list[str]) -> int:
     run = Path(value)
     if not (run / "config.yaml").is_file() or not (run / "adapter").is_dir():
         raise ConfigError(f"run={run}: not a finished run (needs config.yaml and adapter/)")
+    from antibody.app.stages import read_base_adapters
+
+    if read_base_adapters(run):
+        raise ConfigError(f"run={run}: its adapter sits on other adapters (base_adapters.json); merge-check "
+                          "measures an adapter directly on the base model: give it the alignment run")
     try:
         n_prompts = int(n_value) if n_value is not None else DEFAULT_PROMPTS
     except ValueError:

@@ -11,7 +11,8 @@ Counted, not measured (``make bench`` and finished jobs measure):
   not compute (about 4 N is the LoRA floor): an upper bound of the arithmetic.
 - an evaluation: 2 x parameters x tokens for each prompt (``PROMPT_TOKENS`` of prompt plus
   every new token allowed, as if no answer stopped early), and 2 x the judge's parameters
-  x the same tokens for each harmful answer when the judge is a model (beaver-dam).
+  x the same tokens for each harmful answer when the judge is a model (beaver-dam, or the
+  probe judge's backbone; the incoherence signal's second backbone pass is not counted).
 Seconds = FLOPs / (peak bf16 rate x utilisation). The utilisations are assumptions, stated
 in the output: training at ``TRAIN_UTILISATION``, generation at ``GENERATION_UTILISATION``
 (decoding one token at a time is bound by memory bandwidth, not arithmetic).
@@ -92,13 +93,6 @@ def judge_parameters(cfg: Config) -> float:
     if cfg.eval.judge is JudgeKind.PROBE:
         return float(PARAMETERS.get(cfg.eval.probe_model, 0.0))
     return 0.0
-
-
-@dataclass(frozen=True)
-class JobCost:
-    stage: str  # align, finetune or eval
-    flops: float
-    utilisation: float
 
 
 def training_flops(cfg: Config, stage: Stage, steps: int, params: float) -> float:

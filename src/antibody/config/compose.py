@@ -14,35 +14,24 @@ import dataclasses
 import difflib
 import functools
 import importlib.resources
-import json
-import re
 from dataclasses import fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional, get_type_hints
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from antibody.config import schema
 from antibody.config.errors import ConfigError
+from antibody.config.merging import COMMAND_LINE, explain, merge, merge_sources, structured
 from antibody.config.schema import Config
 
 # The module, not its names: antibody.infra.files imports antibody.config.errors, which runs
 # this package's __init__ (and so this module) while infra.files may still be loading.
 from antibody.infra import files as _files
 
-# enum member name -> value, to phrase OmegaConf's enum errors in the values users write
-_ENUM_VALUES = {
-    m.name: m.value
-    for obj in vars(schema).values()
-    if isinstance(obj, type) and issubclass(obj, Enum) and obj is not Enum
-    for m in obj
-}
-
 GROUPS = ("model", "data", "task", "method", "trainer", "logger", "experiment")
-COMMAND_LINE = "command line"  # where a key=value override comes from, in error messages
 # Groups whose YAML describes one node of Config; `experiment` is root-level deltas.
 NODE_GROUPS = {g: g for g in GROUPS if g != "experiment"}
 
@@ -193,81 +182,6 @@ def _group_file(conf_dir: Path, group: str, option: str) -> Path:
     return path
 
 
-def _merge(cfg: DictConfig, data: dict, where: str) -> DictConfig:
-    try:
-        return OmegaConf.merge(cfg, data)  # type: ignore[return-value]
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{where}: {_explain(exc)}") from None
-
-
-def _explain(exc: OmegaConfBaseException) -> str:
-    key = getattr(exc, "full_key", None)
-    msg = str(exc).splitlines()[0]
-    getattr(exc, "ref_type", None)
-    enum_msg = re.match(r"Invalid value '(.*)', expected one of \[(.*)\]", msg)
-    if enum_msg:
-        names = [n.strip() for n in enum_msg.group(2).split(",")]
-        allowed = [_ENUM_VALUES.get(n, n.lower()) for n in names]
-        return f"invalid value '{enum_msg.group(1)}' for '{key}'; allowed values: {allowed}"
-    return f"'{key}': {msg}" if key else msg
-
-
-def _structured() -> DictConfig:
-    """Config schema in struct mode; free-form dict fields (data.paths) accept any key."""
-    cfg = OmegaConf.structured(Config)
-    OmegaConf.set_struct(cfg, True)
-    OmegaConf.set_struct(cfg.data.paths, False)
-    return cfg
-
-
-@functools.lru_cache(maxsize=1)
-def _schema_template() -> DictConfig:
-    """One schema per process: ``OmegaConf.merge`` copies its first argument, so merging
-    into this template never changes it."""
-    return _structured()
-
-
-def _deep_update(into: dict, data: dict) -> dict:
-    """``data`` over ``into`` as OmegaConf merges a mapping: mappings key by key, anything
-    else (lists, scalars, None) replaced whole."""
-    for key, value in data.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_update(into[key], value)
-        else:
-            into[key] = value
-    return into
-
-
-def _merge_sources(sources: list[tuple[dict, str]]) -> DictConfig:
-    """The schema with every (mapping, where) on top, in order. Each OmegaConf merge copies
-    and re-validates the whole config (one per source made composing a study's hundreds of
-    jobs take minutes), so the sources are combined as plain mappings first and merged in
-    ONE OmegaConf merge; the files' part (group files, root, experiment: the same for every
-    job of a study) is merged once per process and reused, so a job pays for its command
-    line only. If a merge fails, the sources are merged one at a time to name the file (or
-    the command line) whose value is wrong."""
-    files = [(data, where) for data, where in sources if where != COMMAND_LINE]
-    cli = [data for data, where in sources if where == COMMAND_LINE]
-    try:
-        base = _merged_files(json.dumps([data for data, _ in files], default=str))  # key order kept: it is the YAML order
-        return OmegaConf.merge(base, *cli) if cli else base  # type: ignore[return-value]
-    except OmegaConfBaseException as exc:
-        cfg = _structured()
-        for data, where in sources:
-            cfg = _merge(cfg, data, where)  # raises, naming the source
-        raise ConfigError(f"config: {_explain(exc)}") from None
-
-
-@functools.lru_cache(maxsize=64)
-def _merged_files(files_json: str) -> DictConfig:
-    """The schema with the file sources (as JSON, so that the cache can key them) merged in;
-    callers never modify it (OmegaConf.merge and to_object copy)."""
-    combined: dict = {}
-    for data in json.loads(files_json):
-        _deep_update(combined, data)
-    return OmegaConf.merge(_schema_template(), combined)  # type: ignore[return-value]
-
-
 def parse_overrides(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
     """Split CLI arguments into group selections and dotted key overrides."""
     selections: dict[str, str] = {}
@@ -336,14 +250,14 @@ def compose(overrides: Optional[list[str]] = None, conf_dir: Optional[Path] = No
         try:
             cli = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist))
         except OmegaConfBaseException as exc:
-            raise ConfigError(f"command line: {_explain(exc)}") from None
+            raise ConfigError(f"command line: {explain(exc)}") from None
         sources.append((cli, COMMAND_LINE))
-    cfg = _merge_sources(sources)
+    cfg = merge_sources(sources)
 
     try:
         obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"config: {_explain(exc)}") from None
+        raise ConfigError(f"config: {explain(exc)}") from None
     from antibody.config.validate import validate
 
     validate(obj)
@@ -412,7 +326,7 @@ def load_saved(path: Path) -> Config:
     """Re-load a config saved by `to_yaml` (e.g. runs/<name>/config.yaml)."""
     data, lines = read_yaml(Path(path))
     check_keys(data, Config, "", str(path), lines)
-    cfg = _merge(_structured(), data, str(path))
+    cfg = merge(structured(), data, str(path))
     obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     return obj
 
@@ -431,10 +345,10 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         )
     for item in dotlist:
         resolve_key_type(item.split("=", 1)[0].split("."))
-    merged = _structured()
-    merged = _merge(merged, OmegaConf.structured(cfg), "config")
+    merged = structured()
+    merged = merge(merged, OmegaConf.structured(cfg), "config")
     if dotlist:
-        merged = _merge(merged, OmegaConf.from_dotlist(dotlist), "command line")
+        merged = merge(merged, OmegaConf.from_dotlist(dotlist), COMMAND_LINE)
     obj: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     from antibody.config.validate import validate
 
