@@ -10,6 +10,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import ipaddress  # noqa: E402
+import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -33,6 +35,43 @@ def requires_cuda(test):
     for mark in CUDA_MARKS:
         test = mark(test)
     return test
+
+
+class NetworkBlocked(OSError):
+    """A test tried to reach a host off this machine."""
+
+
+def _loopback(address) -> bool:
+    if not isinstance(address, tuple):  # AF_UNIX paths: a local file
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: resolving it would already be network access
+        return False
+
+
+_real_connect, _real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+
+def _guarded(real):
+    def connect(self, address):
+        if not _loopback(address):
+            raise NetworkBlocked(f"tests may not reach the network (connect to {address!r}); the hub and "
+                                 "W&B are unreachable here: use the fixtures and offline modes")
+        return real(self, address)
+
+    return connect
+
+
+def pytest_sessionstart(session):
+    """Block every socket connection off this machine for the whole session, whatever the
+    environment says (HF_HUB_OFFLINE=0 in the shell still cannot reach the hub). Loopback
+    stays open: DDP's gloo rendezvous and Jupyter kernels (the notebook tests) use it."""
+    socket.socket.connect = _guarded(_real_connect)
+    socket.socket.connect_ex = _guarded(_real_connect_ex)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -114,7 +114,7 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
 
 
 def test_infra_imports_no_other_antibody_package():
-    allowed = {"antibody.config.errors"}
+    allowed = {"antibody.errors"}  # the bottom module (tests/test_layers.py holds every package's edges)
     for source in INFRA_DIR.glob("*.py"):
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -128,6 +128,27 @@ def test_infra_imports_no_other_antibody_package():
 
 
 def test_infra_imports_first_in_a_fresh_interpreter():
-    # antibody.config (imported by infra for its errors) imports infra back: this order
-    # would fail if compose took names from the half-loaded module
+    # infra takes its errors from antibody.errors, below antibody.config (which imports infra):
+    # importing infra first loads no half-initialised package
     subprocess.run([sys.executable, "-c", "import antibody.infra.files"], check=True)
+
+
+def test_the_test_session_blocks_the_network_but_not_loopback():
+    """conftest.py: a connection off this machine fails at once, whatever HF_HUB_OFFLINE says;
+    loopback (DDP rendezvous, notebook kernels) still connects."""
+    import socket
+    import threading
+
+    from tests.conftest import NetworkBlocked
+
+    for address in (("203.0.113.7", 443), ("huggingface.co", 443)):
+        with socket.socket() as s, pytest.raises(NetworkBlocked, match="tests may not reach the network"):
+            s.connect(address)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        accept = threading.Thread(target=lambda: server.accept()[0].close())
+        accept.start()
+        with socket.socket() as client:
+            client.connect(server.getsockname())
+        accept.join(timeout=5)

@@ -26,10 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from antibody.config.errors import ConfigError
 from antibody.config.merging import COMMAND_LINE, explain, merge, merge_sources, structured
 from antibody.config.schema import Config
-
-# The module, not its names: antibody.infra.files imports antibody.config.errors, which runs
-# this package's __init__ (and so this module) while infra.files may still be loading.
-from antibody.infra import files as _files
+from antibody.infra.files import parse_yaml
 
 GROUPS = ("model", "data", "task", "method", "trainer", "logger", "experiment")
 # Groups whose YAML describes one node of Config; `experiment` is root-level deltas.
@@ -85,7 +82,7 @@ def read_yaml(path: Path) -> tuple[dict, dict[tuple[str, ...], int]]:
 
 @functools.lru_cache(maxsize=256)
 def _parsed(path: Path, text: str) -> tuple[dict, dict[tuple[str, ...], int]]:
-    data = _files.parse_yaml(text, path)  # the text is parsed again below for key lines
+    data = parse_yaml(text, path)  # the text is parsed again below for key lines
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -1,9 +1,6 @@
-"""Errors raised for bad user input, before any expensive work starts."""
+"""The error types of bad user input, as the config package has always exported them (they
+live in the bottom module ``antibody.errors``)."""
 
+from antibody.errors import ConfigError, DataError
 
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key (and file:line) and the fix."""
-
-
-class DataError(ValueError):
-    """A data problem; the message names the file and line, field or split."""
+__all__ = ["ConfigError", "DataError"]

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import yaml
 
-from antibody.config.errors import ConfigError
+from antibody.errors import ConfigError
 
 JSON_INDENT = 2
 
