@@ -14,7 +14,7 @@ from antibody.config import compose
 from antibody.config.schema import Quantization
 from antibody.models import ModelError, load_model, trainable_parameters
 from antibody.models import loading as loading_mod
-from antibody.models.loading import local_rank, quantized_device
+from antibody.models.placement import local_rank, quantized_device
 from tests._synthetic import BF16_RTOL, assert_close_bf16
 from tests.conftest import requires_cuda
 
@@ -120,3 +120,39 @@ def test_bf16_precisions_train_a_finite_step_close_to_fp32(tiny_cfg, tmp_path, p
         assert torch.isfinite(g).all()
         assert_close_bf16(g.float(), w, precision, rel=rel)
     assert all(torch.isfinite(p).all() for _, p in trainable_parameters(model))
+
+
+def test_work_outside_lightning_runs_on_the_accelerator_the_trainer_names(monkeypatch):
+    """Evaluation, the screen, merge-check and the base model's data are placed by
+    trainer.accelerator (issue: generation ran on the CPU of a GPU machine)."""
+    from antibody.config import ConfigError
+    from antibody.models.placement import inference_device
+
+    assert inference_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert inference_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="trainer.accelerator=gpu asks for a GPU, but this machine has no CUDA"):
+        inference_device("gpu")
+    with pytest.raises(ConfigError, match="trainer.accelerator=mps: evaluation and the screen run on cpu or cuda"):
+        inference_device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert inference_device("gpu") == inference_device("auto") == inference_device("cuda") == torch.device("cuda", 0)
+
+
+def test_an_evaluation_loads_its_model_for_inference_on_that_device(monkeypatch, tmp_path):
+    import antibody.models as models
+    from antibody.app import evaluate as evaluate_mod
+    from antibody.config import compose
+
+    seen = {}
+
+    def fake_load(cfg, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop after the load")
+
+    monkeypatch.setattr(models, "load_model", fake_load)
+    cfg = compose(["experiment=tiny", f"run.output_dir={tmp_path}"])
+    with pytest.raises(RuntimeError, match="stop after the load"):
+        evaluate_mod.evaluate_model(cfg, None, tmp_path / "eval", records={}, tools={})
+    assert seen["inference"] is True and seen["device"] == torch.device("cpu")

@@ -271,3 +271,25 @@ def test_an_nf4_chain_stacks_the_alignment_adapter_through_the_cli(tmp_path):
         assert torch.equal(stacked[name.replace(".weight", ".base0.weight")], tensor)
     assert main(["eval", f"run={ft}"]) == 0
     assert json.loads((ft / "eval" / "metrics.json").read_text())["metrics"]["harmful/harmful_score"]["n"] > 0
+
+
+def test_an_inference_load_keeps_the_compute_dtype_and_the_kv_cache():
+    """An nf4 model loaded for inference skips peft's training preparation: embeddings and
+    norms keep the model's dtype (bf16 here) instead of fp32, gradient checkpointing stays
+    off (the KV cache on), and nothing requires grad; a training load upcasts them."""
+    from antibody.config import compose
+
+    cfg = dataclasses.replace(compose(["experiment=tiny"]).model, quantization=Quantization.NF4, dtype="bfloat16",
+                              gradient_checkpointing=True)
+    train, _ = load_model(cfg, device="cpu")
+    infer, _ = load_model(cfg, device="cpu", inference=True)
+    embed = "base_model.model.model.embed_tokens.weight"
+    assert dict(train.named_parameters())[embed].dtype == torch.float32  # peft's recipe upcasts
+    params = dict(infer.named_parameters())
+    assert params[embed].dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for n, p in params.items() if "norm" in n)
+    assert not infer.get_base_model().is_gradient_checkpointing and infer.config.use_cache is not False
+    assert not any(p.requires_grad for p in infer.parameters())
+    with torch.no_grad():
+        ids = torch.tensor([[5, 17, 42, 99]])
+        assert infer.eval()(input_ids=ids).logits.dtype == torch.bfloat16

@@ -85,10 +85,12 @@ def evaluate_model(cfg: Config, adapter: Optional[Path], out_dir: Path, records=
     if records is None:
         records = eval_records(cfg, tokenizer)
     tools = tools if tools is not None else instrument(cfg, tokenizer)
+    from antibody.models.placement import inference_device
     from antibody.models.precision import cast_for_inference
 
     model, tokenizer = load_model(
-        cfg.model, with_lora=adapter is not None, adapter_path=adapter, base_adapters=base_adapters
+        cfg.model, with_lora=adapter is not None, adapter_path=adapter, base_adapters=base_adapters,
+        device=inference_device(cfg.trainer.accelerator), inference=True,
     )
     model = cast_for_inference(model.eval(), cfg.trainer.precision)
     return evaluate(model, tokenizer, records, cfg, out_dir, progress=progress, **tools)

@@ -90,7 +90,10 @@ def merge_effect(cfg: Config, run: Path, n_prompts: int = DEFAULT_PROMPTS, promp
     tokenizer = load_tokenizer(cfg.model)
     records = eval_records(prompts_cfg or cfg, tokenizer)[EvalTaskName.HARMFUL.value][:n_prompts]
     prompts = [format_prompt(rec, tokenizer, cfg.data.prompt_format) for rec in records]
-    model, _ = load_model(cfg.model, adapter_path=run / "adapter")
+    from antibody.models.placement import inference_device
+
+    model, _ = load_model(cfg.model, adapter_path=run / "adapter", device=inference_device(cfg.trainer.accelerator),
+                          inference=True)
     model.eval()
     with model.disable_adapter():
         base_logits = _next_token_logits(model, tokenizer, prompts)

@@ -223,7 +223,9 @@ def screen(cfg: Config, run: Path, out: Optional[Path] = None, *, draws: int = D
 
     encoded = encode_records(upload.records, tokenizer, cfg.data.prompt_format, cfg.data.max_length)
     done = _read_partial(out / PARTIAL)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+    from antibody.models.placement import inference_device
+
+    device = inference_device(cfg.trainer.accelerator)
     if len(done) < len(encoded):
         scores = _score(cfg, run, encoded, done, out, batch, pad_token_id_of(tokenizer), device, state)
         atomic_write_json(key_path, state)
@@ -238,7 +240,8 @@ def _score(cfg, run, encoded, done, out, batch, pad_id, device, state) -> list[d
     from antibody.models import load_model
     from antibody.models.precision import cast_for_inference, inference_autocast
 
-    model, _ = load_model(cfg.model, adapter_path=run / "adapter", base_adapters=read_base_adapters(run), device=device)
+    model, _ = load_model(cfg.model, adapter_path=run / "adapter", base_adapters=read_base_adapters(run), device=device,
+                          inference=True)
     model = cast_for_inference(model.eval(), cfg.trainer.precision)
     start = len(done)
     if start:

@@ -41,7 +41,10 @@ def lazy_base_generator(cfg: Config) -> tuple[Callable[[list[str]], list[str]], 
 
     def generate(instructions: list[str]) -> list[str]:
         if "fn" not in state:
-            model, tok = load_model(cfg.model, with_lora=False)
+            from antibody.models.placement import inference_device
+
+            model, tok = load_model(cfg.model, with_lora=False, device=inference_device(cfg.trainer.accelerator),
+                                    inference=True)
             model.eval()
             state["fn"] = make_text_generator(
                 model,

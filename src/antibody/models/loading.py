@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,6 +33,9 @@ from antibody.models.adapters import (
     trainable_parameters,
 )
 from antibody.models.errors import ModelError
+from antibody.models.placement import (
+    resolve_device,
+)
 from antibody.models.tiny import build_tiny_model
 
 log = logging.getLogger(__name__)
@@ -235,53 +238,6 @@ def _enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     model.config.use_cache = False  # the KV cache is useless (and warned about) under checkpointing
 
 
-# Where a launcher writes a process's rank on its node: torchrun and Lightning's own DDP
-# launcher set LOCAL_RANK in every process they start (Lightning's LightningEnvironment /
-# TorchElasticEnvironment read it); under SLURM, Lightning's SLURMEnvironment reads
-# SLURM_LOCALID. Read in this order; absent everywhere: a single process (rank 0).
-LOCAL_RANK_VARS = ("LOCAL_RANK", "SLURM_LOCALID")
-
-
-def local_rank(env: Mapping[str, str] | None = None) -> int:
-    """This process's rank on its node, from the launcher's environment (0 when none is set)."""
-    env = os.environ if env is None else env
-    for var in LOCAL_RANK_VARS:
-        value = env.get(var, "").strip()
-        if value:
-            if not value.isdigit():
-                raise ModelError(f"{var}={value!r} is not a local rank (a non-negative integer)")
-            return int(value)
-    return 0
-
-
-def quantized_device(cuda_devices: int, env: Mapping[str, str] | None = None) -> torch.device:
-    """The device a quantised model is created on when the caller names none.
-
-    A 4-bit model cannot be moved after loading, so it must be created where its DDP rank
-    trains: Lightning's DDP puts local rank k on ``cuda:k`` (its parallel devices are
-    cuda:0..n-1 and ``root_device`` is ``parallel_devices[local_rank]``). Loading on
-    cuda:0 in every rank would stack all replicas on the first GPU. ``cuda_devices`` is
-    ``torch.cuda.device_count()`` (0: the CPU, where bitsandbytes 0.50 also runs 4-bit).
-    """
-    if cuda_devices == 0:
-        return torch.device("cpu")
-    rank = local_rank(env)
-    if rank >= cuda_devices:
-        raise ModelError(
-            f"local rank {rank} (from {'/'.join(LOCAL_RANK_VARS)}) has no GPU: this process sees "
-            f"{cuda_devices} CUDA device(s); set trainer.devices to at most the GPUs per node"
-        )
-    return torch.device("cuda", rank)
-
-
-def _resolve_device(device: str | torch.device | None, quantized: bool) -> Optional[torch.device]:
-    if device is not None:
-        return torch.device(device)
-    if quantized:  # must be placed at load time, on this rank's own GPU
-        return quantized_device(torch.cuda.device_count() if torch.cuda.is_available() else 0)
-    return None  # leave on CPU: Lightning moves it (to this rank's device under DDP)
-
-
 def _keep_cpu_4bit_differentiable(model: nn.Module) -> None:
     """Turn off bitsandbytes' one-way CPU inference repacking of 4-bit weights.
 
@@ -321,6 +277,7 @@ def load_model(
     with_lora: bool = True,
     adapter_path: str | Path | None = None,
     base_adapters: Sequence[str | Path] = (),
+    inference: bool = False,
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """Load model and tokenizer as ``cfg`` says.
 
@@ -332,9 +289,13 @@ def load_model(
     base_adapters: saved adapters beneath the trained one, in order (the fine-tuning
         stage's "merge, then a new adapter"; rebuilt the same way for evaluation): merged
         into an fp32 base, stacked and frozen on any other (``merges_exactly``).
+    inference: a model that is not trained (evaluation, the screen, merge-check, the base
+        model writing data): no training preparation (a 4-bit model keeps its compute dtype
+        in embeddings and norms; no gradient checkpointing, so generation keeps its KV
+        cache); every parameter frozen, adapters included.
     """
     quantized = cfg.quantization != Quantization.NONE
-    dev = _resolve_device(device, quantized)
+    dev = resolve_device(device, quantized)
     quant = _quantization_config(cfg, dev or torch.device("cpu"))
     tok = load_tokenizer(cfg)
     model = _MODEL_LOADERS[cfg.source](cfg, tok, quant, dev or torch.device("cpu"))
@@ -344,9 +305,12 @@ def load_model(
         model.generation_config.pad_token_id = tok.pad_token_id
 
     if quantized:
-        from peft import prepare_model_for_kbit_training
-
         _keep_cpu_4bit_differentiable(model)
+    # An inference load gets no training preparation: peft's QLoRA recipe upcasts embeddings,
+    # norms and the head to fp32 (generation would carry fp32 hidden states and an fp32 KV
+    # cache, about twice bf16's memory), and checkpointing turns the KV cache off.
+    if quantized and not inference:
+        from peft import prepare_model_for_kbit_training
 
         # Freezes the base, upcasts norms/embeddings to fp32 and, if asked, turns on
         # checkpointing with input grads (peft's QLoRA recipe).
@@ -357,10 +321,12 @@ def load_model(
         )
         if cfg.gradient_checkpointing:
             model.config.use_cache = False
-    elif cfg.gradient_checkpointing:
+    elif cfg.gradient_checkpointing and not inference:
         _enable_gradient_checkpointing(model)
 
     model = _put_adapters(model, cfg, base_adapters, adapter_path, with_lora=with_lora)
+    if inference:
+        model.requires_grad_(False)
 
     if dev is not None and not quantized:
         model = model.to(dev)
