@@ -156,3 +156,31 @@ def test_an_evaluation_loads_its_model_for_inference_on_that_device(monkeypatch,
     with pytest.raises(RuntimeError, match="stop after the load"):
         evaluate_mod.evaluate_model(cfg, None, tmp_path / "eval", records={}, tools={})
     assert seen["inference"] is True and seen["device"] == torch.device("cpu")
+
+
+def test_the_step_timer_waits_for_cuda_before_reading_the_clock(monkeypatch):
+    """CUDA kernels run asynchronously: StepTimer synchronises the module's GPU before each
+    clock read (an optimiser step's end, the fit's end), and never on the CPU."""
+    from types import SimpleNamespace
+
+    from antibody.app import callbacks
+    from antibody.app.callbacks import StepTimer
+
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(("sync", device)))
+    clock = iter(range(100))
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: events.append("clock") or float(next(clock)))
+    timer = StepTimer()
+    gpu = SimpleNamespace(device=torch.device("cuda", 0))
+    trainer = SimpleNamespace(global_step=0)
+    timer.on_fit_start(trainer, gpu)
+    events.clear()
+    trainer.global_step = 1
+    timer.on_train_batch_end(trainer, gpu, None, None, 0)
+    timer.on_fit_end(trainer, gpu)
+    assert events == [("sync", torch.device("cuda", 0)), "clock", ("sync", torch.device("cuda", 0)), "clock"]
+    events.clear()
+    cpu = SimpleNamespace(device=torch.device("cpu"))
+    trainer.global_step = 2
+    timer.on_train_batch_end(trainer, cpu, None, None, 1)
+    assert events == ["clock"] and timer.step_times == [1.0, 2.0]  # clock 2 - 1, then 4 - 2

@@ -239,6 +239,17 @@ def test_beaver_dam_stand_in_loads_and_scores(beaver_dir):
     assert set(per_category) == set(CATEGORIES) and max(per_category.values()) == pytest.approx(scores[0])
 
 
+def test_beaver_dams_dtype_is_part_of_its_version(beaver_dir):
+    """bf16 and fp32 verdicts are not the same judge: their ids differ, so an evaluation
+    judged in one is judged again in the other."""
+    from antibody.evaluation.judges.base import judge_id
+
+    fp32 = BeaverDamJudge(str(beaver_dir), device="cpu")
+    bf16 = BeaverDamJudge(str(beaver_dir), device="cpu", dtype="bfloat16")
+    assert fp32.version.endswith(":float32") and bf16.version.endswith(":bfloat16")
+    assert judge_id(fp32) != judge_id(bf16)
+
+
 def test_beaver_dam_without_distinct_pad_scores_unpadded(stand_ins):
     folder = stand_ins[1]
     judge = BeaverDamJudge(str(folder), device="cpu", batch_size=4)

@@ -5,6 +5,12 @@ from __future__ import annotations
 import time
 
 import lightning as L
+import torch
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class StepTimer(L.Callback):
@@ -24,6 +30,7 @@ class StepTimer(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step != self._last_step:  # an optimizer step happened
+            _synchronize(pl_module.device)  # CUDA runs asynchronously: time the work, not its launch
             now = time.perf_counter()
             if self._t0 is not None:
                 self.step_times.append(now - self._t0)
@@ -31,6 +38,7 @@ class StepTimer(L.Callback):
             self._last_step = trainer.global_step
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        _synchronize(pl_module.device)
         self.fit_seconds = time.perf_counter() - self._fit_t0
 
     def summary(self) -> dict:

@@ -83,7 +83,10 @@ class BeaverDamJudge:
             self.batch_size = 1
         self.max_length = max_length
         self.device = device
-        self.version = f"qa-moderation-v1:{Path(self.path).name}:len{max_length}"
+        # the dtype is part of the judge: bf16 and fp32 verdicts differ near the threshold, so
+        # answers judged in one are judged again in the other (scoring.RowScorer.stale)
+        self.dtype = dtype
+        self.version = f"qa-moderation-v1:{Path(self.path).name}:len{max_length}:{dtype}"
 
     def category_probabilities(self, prompts: list[str], responses: list[str]) -> list[dict[str, float]]:
         import torch
