@@ -272,12 +272,12 @@ def _stage_results(protocol: Protocol, times: dict, reference_times: dict, order
     return stages
 
 
-def _summary_line(stage: Stage, method: str, m: dict, precision: str = "") -> str:
+def _summary_line(stage: Stage, method: str, m: dict, precision: str = "", vs_first: bool = False) -> str:
     lo, hi = m["ratio_range"]
     line = (f"[bench] {stage.value} {method}{' ' + precision if precision else ''}: {m['median_s']:.3g} s/step, "
             f"{m['ratio']:.2f}x {REFERENCE} (rounds {lo:.2f}-{hi:.2f}; expected {m['expected']['ratio']:.2f}"
             f"{'+' if m['expected']['at_least'] else ''})")
-    if m.get("precision_ratio") is not None and m["precision_ratio"] != 1.0:
+    if vs_first:
         a, b = m["precision_ratio_range"]
         line += f"; {m['precision_ratio']:.2f}x the first precision's step (rounds {a:.2f}-{b:.2f})"
     mem = m.get("memory")
@@ -324,7 +324,8 @@ def bench_command(args: list[str]) -> int:
         for stage, methods in protocol.methods.items():
             for method in methods:
                 m = by_precision[precision][stage.value]["methods"][method]
-                print(_summary_line(stage, method, m, precision if len(precisions) > 1 else ""), flush=True)
+                label = precision if len(precisions) > 1 else ""
+                print(_summary_line(stage, method, m, label, vs_first=precision != precisions[0]), flush=True)
     print(f"[bench] wrote {out} ({results['wall_seconds'] / 60:.1f} min)")
     return 0
 

@@ -180,8 +180,9 @@ def stage_method(cfg: Config, stage: Stage) -> str:
 
 
 def job_config(job: Job) -> Config:
-    """The job's resolved config (composed when it was planned)."""
-    return job.config if job.config is not None else compose(list(job.overrides))
+    """The job's resolved config, composed when ``plan`` made the job (the only maker of jobs)."""
+    assert job.config is not None, f"job {job.name} was not made by plan()"
+    return job.config
 
 
 def _check_names(cells: list[Cell]) -> None:

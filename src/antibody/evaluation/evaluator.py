@@ -186,7 +186,7 @@ def evaluate_task(model, tokenizer, task: EvalTask, records: list[Record], cfg: 
     todo = [(rec, format_prompt(rec, tokenizer, fmt)) for rec in records if rec.uid not in done]
     # longest prompts first, so that each batch holds prompts of similar length and pads
     # little (generation.generate sorts only within the batch it is given); greedy answers
-    # do not depend on the batch a prompt is in (tests/test_generation.py)
+    # do not depend on the batch a prompt is in (tests/test_evaluator.py)
     lengths = [len(ids) for ids in tokenizer([p for _, p in todo], add_special_tokens=False)["input_ids"]] if todo else []
     todo = [todo[i] for i in sorted(range(len(todo)), key=lambda i: -lengths[i])]
     max_new = task.resolve_max_new_tokens(cfg)

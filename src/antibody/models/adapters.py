@@ -97,22 +97,17 @@ def merges_exactly(cfg: ModelConfig) -> bool:
     peft's merge into a 4-bit or 8-bit base dequantises, adds the delta and quantises
     again, so a change smaller than half a quantisation step is rounded away; into a bf16
     or fp16 base the delta is rounded to 8 or 11 mantissa bits of the weight. On the
-    embedded model aligned in nf4 the merge took harmful-prompt refusals from 28/32 to
+    embedded model aligned in nf4 the merge took harmful-prompt refusals from 30/32 to
     0/32 (docs/gpu.md, "Merging into a 4-bit base"). Such bases keep their adapters
     stacked and frozen instead (``load_model(base_adapters=...)``).
     """
     return cfg.quantization == Quantization.NONE and cfg.dtype == "float32"
 
 
-def base_adapter_name(index: int) -> str:
-    """The peft name of the index-th frozen adapter stacked beneath the trained one."""
-    return f"base{index}"
-
-
 def stack_frozen_adapter(model: nn.Module, path: str | Path, index: int) -> PeftModel:
     """Attach a saved adapter, frozen, beside any already stacked (a base that cannot merge)."""
     path = _saved_adapter(path)
-    name = base_adapter_name(index)
+    name = f"base{index}"  # peft's name of the index-th frozen adapter
     if isinstance(model, PeftModel):
         model.load_adapter(path, adapter_name=name, is_trainable=False)
         return model

@@ -33,9 +33,7 @@ from antibody.models.adapters import (
     trainable_parameters,
 )
 from antibody.models.errors import ModelError
-from antibody.models.placement import (
-    resolve_device,
-)
+from antibody.models.placement import resolve_device
 from antibody.models.tiny import build_tiny_model
 
 log = logging.getLogger(__name__)
