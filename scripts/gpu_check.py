@@ -84,7 +84,7 @@ class Variant:
 
 def stage_methods() -> dict[str, list[str]]:
     """Every method of each stage, SFT (the reference of the ratios) first: the bench's list."""
-    from antibody.app.bench_stats import REFERENCE, STAGE_METHODS
+    from antibody.app.bench.stats import REFERENCE, STAGE_METHODS
 
     return {s.value: [REFERENCE, *(m for m in ms if m != REFERENCE)] for s, ms in STAGE_METHODS.items()}
 
@@ -169,7 +169,7 @@ def _fit(cfg, stage, base, tokenizer, steps: int, warmup: int) -> dict:
     bench._time_variant, with the model given rather than loaded)."""
     import lightning as L
 
-    from antibody.app.bench_memory import peak_memory
+    from antibody.app.bench.memory import peak_memory
     from antibody.app.callbacks import StepTimer
     from antibody.app.stages import build_datamodule, module_for
     from antibody.config.schema import Stage
@@ -196,8 +196,8 @@ def _fit(cfg, stage, base, tokenizer, steps: int, warmup: int) -> dict:
 def run_mode(args: argparse.Namespace, folder: Path, mode: Mode, out_dir: Path) -> dict:
     import torch
 
-    from antibody.app.bench import method_config
-    from antibody.app.bench_stats import memory_ratios, timing_summary
+    from antibody.app.bench.run import method_config
+    from antibody.app.bench.stats import memory_ratios, timing_summary
     from antibody.config.schema import Stage
     from antibody.models import load_model
 

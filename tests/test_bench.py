@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from antibody.app import bench
-from antibody.app.bench import parse_protocol
-from antibody.app.bench_memory import MemoryPassError, measure_in_subprocess, peak_memory
-from antibody.app.bench_stats import EXPECTED, memory_ratios, rotated, timing_summary
+from antibody.app.bench import run as bench
+from antibody.app.bench.memory import MemoryPassError, measure_in_subprocess, peak_memory
+from antibody.app.bench.run import parse_protocol
+from antibody.app.bench.stats import EXPECTED, memory_ratios, rotated, timing_summary
 from antibody.app.report import block_name, render, report_command
 from antibody.cli.main import main
 from antibody.config import ConfigError
@@ -189,7 +189,7 @@ def test_a_failed_memory_pass_is_recorded_and_the_bench_goes_on(monkeypatch, cap
 
 
 def test_memory_pass_runs_in_a_fresh_process(tmp_path):
-    """The real child: `python -m antibody.app.bench <request>` trains the variant's steps
+    """The real child: `python -m antibody.app.bench.run <request>` trains the variant's steps
     and reports the peak of its own fit."""
     reading = measure_in_subprocess({"args": ["experiment=tiny", f"run.output_dir={tmp_path}"], "stage": "finetune",
                                      "method": "sft", "steps": 1, "warmup": 1, "threads": 1})

@@ -66,7 +66,7 @@ def test_llama2_7b_shape_has_7b_decoder_parameters(gpu_check):
 def test_one_base_serves_each_method_a_fresh_identical_lora(gpu_check, tmp_path, monkeypatch, fake):
     """What run_mode does per method, on the CPU with the tiny model: a LoRA on the shared
     base, a fit, the LoRA removed again; every method starts from the same LoRA draw."""
-    from antibody.app.bench import method_config
+    from antibody.app.bench.run import method_config
     from antibody.models import adapters, load_model
 
     draws = []

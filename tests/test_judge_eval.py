@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from antibody.app.judge_eval import _answer_tokens, _candidates
-from antibody.app.judge_report import judge_table
+from antibody.app.judge.evaluation import _answer_tokens, _candidates
+from antibody.app.judge.report import judge_table
 from antibody.app.report import block_name, render, update_readme
 from antibody.cli.main import main
 from antibody.config import compose

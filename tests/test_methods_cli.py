@@ -112,8 +112,8 @@ def test_every_finetuning_method_trains_through_the_cli(aligned, method):
 
 
 def test_baselines_suite_jobs_compose_and_differ_from_sft_only_in_the_method(tmp_path):
-    from antibody.app.demo import demo_study
-    from antibody.app.study_plan import plan
+    from antibody.app.demo.run import demo_study
+    from antibody.app.study.plan import plan
 
     study, root = demo_study(["suite=baselines", "experiment=tiny", f"run.output_dir={tmp_path}"])
     jobs = {j.name: j for c in plan(study, root) for j in (c.align, c.finetune) if j}

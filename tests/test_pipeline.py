@@ -191,8 +191,8 @@ def test_demo_pipeline_tiny(out, monkeypatch):
 
 
 def test_control_suite_jobs_and_bad_suite(tmp_path, capsys):
-    from antibody.app.demo import demo_study
-    from antibody.app.study_plan import plan
+    from antibody.app.demo.run import demo_study
+    from antibody.app.study.plan import plan
 
     study, root = demo_study(["suite=controls", f"run.output_dir={tmp_path}"])
     cells = plan(study, root)

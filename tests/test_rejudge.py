@@ -10,9 +10,9 @@ import statistics
 import pytest
 from scipy.stats import binomtest
 
-from antibody.app.demo_tables import markdown_table
+from antibody.app.demo.tables import markdown_table
 from antibody.app.evaluate import is_current
-from antibody.app.judge_change import hs_by_judge, judge_change_table
+from antibody.app.judge.change import hs_by_judge, judge_change_table
 from antibody.app.report import render
 from antibody.config import compose
 from antibody.data.records import Record

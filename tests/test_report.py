@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from antibody.app.demo_tables import weight_summary
+from antibody.app.demo.tables import weight_summary
 from antibody.app.report import render
 
 

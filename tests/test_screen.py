@@ -12,8 +12,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from antibody.app import screen as screen_module
-from antibody.app.screen import exact_weights, expected_weights, sampled_weights
+from antibody.app.screen import run as screen_module
+from antibody.app.screen.run import exact_weights, expected_weights, sampled_weights
 from antibody.cli.main import main
 from antibody.config import compose, to_yaml
 from tests._synthetic import list_loader, trainer

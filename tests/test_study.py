@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from antibody.app.study_plan import align_key, jobs_of, parse_only, plan
-from antibody.app.study_report import summarise
+from antibody.app.study.plan import align_key, jobs_of, parse_only, plan
+from antibody.app.study.report import summarise
 from antibody.cli.main import main
 from antibody.config import compose
 from antibody.config.errors import ConfigError
@@ -52,7 +52,7 @@ def test_every_study_file_loads_and_plans():
 def test_each_job_carries_the_config_its_overrides_compose_to_composed_once(tmp_path, monkeypatch):
     """The driver, dry run, reports and trial read a job's planned config instead of
     composing again; it must be exactly what composing the job's overrides gives."""
-    from antibody.app import study_plan
+    from antibody.app.study import plan as study_plan
 
     calls = []
     real = study_plan.compose
@@ -178,7 +178,7 @@ def test_a_study_runs_resumes_and_filters(tmp_path, capsys):
 def test_cells_run_to_their_evaluation_one_after_another(tmp_path, monkeypatch):
     """A study stopped mid-way leaves finished cells (align, fine-tune, evaluation) rather
     than every alignment and no evaluation; results.json is rewritten after each cell."""
-    from antibody.app import study as study_app
+    from antibody.app.study import run as study_app
 
     calls = []
     monkeypatch.setattr(study_app, "train_job", lambda job: calls.append(("train", job.name)) or True)
@@ -228,8 +228,8 @@ def test_summary_is_mean_and_sample_std_over_seeds_and_pairs_by_seed(tmp_path):
         assert by_row[row]["harmful/harmful_score"]["mean"] == pytest.approx(statistics.fmean(hs))
         assert by_row[row]["harmful/harmful_score"]["std"] == pytest.approx(statistics.stdev(hs))
         assert by_row[row]["FA"]["mean"] == pytest.approx(statistics.fmean(fas[row, s] for s in (1, 2, 3)))
-    from antibody.app.study_plots import plot
-    from antibody.app.study_report import study_table
+    from antibody.app.study.plots import plot
+    from antibody.app.study.report import study_table
 
     results = {"study": "fake", "axes": ["data.user.p"], "cells": cells, "reference": "ref", "jobs": 6, **out}
     plot(results, tmp_path / "results.png")
@@ -249,7 +249,7 @@ def test_summary_is_mean_and_sample_std_over_seeds_and_pairs_by_seed(tmp_path):
 def test_the_studys_compute_counts_each_finished_job_once(tmp_path):
     """Training minutes are steps x the run's median s/step (a run resumed across sessions
     counts whole), evaluation minutes the models' wall times; shared alignments count once."""
-    from antibody.app.study_report import compute, compute_line
+    from antibody.app.study.report import compute, compute_line
 
     runs = {"align-a": ("align", 40, 6.0, 2), "ft-1": ("finetune", 30, 4.0, 2), "ft-2": ("finetune", 30, 5.0, 16),
             "align-b": ("align", 40, 9.0, 2)}  # align-b: unfinished, no metrics.json
@@ -273,7 +273,7 @@ def test_the_studys_compute_counts_each_finished_job_once(tmp_path):
 def test_a_studys_plots_reach_the_readme_as_committed_files(tmp_path):
     """runs/ is never committed, so `report` copies the study's plots into FIGURES_DIR beside
     the README and shows them in the block; the weights plot exists only while a row weights."""
-    from antibody.app.study_plots import FIGURES_DIR, figure_name, write_figures
+    from antibody.app.study.plots import FIGURES_DIR, figure_name, write_figures
 
     study = tmp_path / "runs" / "fake"
     cells = [_fake_cell(study, f"{r}-{s}", r, s, [True, s == 2, False], 0.1 * s) for r in ("ref", "new") for s in (1, 2)]
@@ -355,7 +355,7 @@ def test_a_config_larger_than_its_hub_dataset_fails_when_composed(tmp_path):
 def test_weight_shares_and_detector_aurocs_of_a_weighted_run(tmp_path):
     """What the study table and a trial's summary report of a weighted fine-tuning run: the
     harmful rows' mean weight x batch size and per benign source, and the detector AUROCs."""
-    from antibody.app.study_report import weights_and_detector
+    from antibody.app.study.report import weights_and_detector
     from antibody.config import to_yaml
 
     cfg = compose(["experiment=tiny"])  # finetune_batch_size 4
@@ -383,7 +383,7 @@ def test_the_study_notebook_runs_on_a_studys_outputs(tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
-    from antibody.app.study_report import summarise
+    from antibody.app.study.report import summarise
 
     cells = [_fake_cell(tmp_path, f"{r}-{s}", r, s, [True, False, s == 2], 0.1 * s)
              for r in ("ref", "new") for s in (1, 2)]
@@ -436,7 +436,7 @@ DEMO_JOBS = {
 def test_demo_suites_are_study_files_with_the_demos_run_dirs(tmp_path, suite):
     """Each demo suite plans to the run dirs the hand-listed demo gave its jobs, so the models
     already trained in runs/demo/ are found again; rows sharing an alignment share its job."""
-    from antibody.app.demo import demo_study
+    from antibody.app.demo.run import demo_study
 
     study, root = demo_study([f"suite={suite}", f"run.output_dir={tmp_path}"])
     assert root == tmp_path / "demo" and study.suite == suite and study.probe_aligned
@@ -456,7 +456,7 @@ def test_demo_jobs_compose_to_the_configs_their_runs_were_trained_with(tmp_path)
     """What `runs/demo/<job>/config.yaml` holds: the hand-listed demo composed experiment=demo,
     the run dir, then the job's overrides; the study file's jobs compose to the same config
     (config_matches would otherwise refuse the finished runs)."""
-    from antibody.app.demo import demo_study
+    from antibody.app.demo.run import demo_study
     from antibody.config import to_yaml
 
     study, root = demo_study([f"run.output_dir={tmp_path}"])
@@ -507,7 +507,7 @@ def test_rows_may_name_their_run_dirs_and_train_nothing(tmp_path):
 def test_a_named_run_trained_with_another_config_is_refused(tmp_path):
     """A name, unlike a hash key, does not say what a run trained: a finished run under the
     row's name is reused only if its config is the job's."""
-    from antibody.app import study as study_app
+    from antibody.app.study import run as study_app
     from antibody.config import to_yaml
 
     doc = _doc(tmp_path, seeds=[1], reference=None)
@@ -531,7 +531,7 @@ def test_a_named_run_trained_with_another_config_is_refused(tmp_path):
 def test_step_costs_tell_repnoise_with_and_without_the_logit_lens_apart():
     """A dry run prices a job by finished runs with the same passes per step: RepNoise
     without the logit lens is not priced at the lens's cost."""
-    from antibody.app.study import cost_key
+    from antibody.app.study.run import cost_key
 
     base = ["experiment=tiny", "method=repnoise"]
     with_lens = cost_key(compose(base), Stage.ALIGN)
@@ -546,7 +546,7 @@ def test_step_costs_tell_repnoise_with_and_without_the_logit_lens_apart():
 
 def test_step_costs_tell_quantisation_and_precision_apart():
     """An nf4 or bf16 run's step cost does not price an fp32 job (nor the reverse)."""
-    from antibody.app.study import cost_key
+    from antibody.app.study.run import cost_key
 
     base = ["experiment=tiny", "method=sft"]
     keys = {cost_key(compose([*base, *extra]), Stage.ALIGN)

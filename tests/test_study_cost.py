@@ -1,4 +1,4 @@
-"""Counted cost of a study (app/study_cost.py): the FLOP count against a hand computation,
+"""Counted cost of a study (app/study/cost.py): the FLOP count against a hand computation,
 the hours at each accelerator's stated rate, and the dry run's --gpu option."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import LlamaForCausalLM
 
-from antibody.app.study_cost import (
+from antibody.app.study.cost import (
     PEAKS,
     PROMPT_TOKENS,
     TRAIN_UTILISATION,
@@ -38,7 +38,7 @@ def test_parameters_are_counted_without_weights_and_match_a_built_model():
 def test_training_and_evaluation_flops_equal_a_hand_count():
     cfg = compose(["experiment=paper/llama2_gsm8k", "method=antibody"])
     n, d = 6.738e9, cfg.data
-    # Antibody's flat step: 4 forward+backward passes of an SFT step (bench_stats.EXPECTED)
+    # Antibody's flat step: 4 forward+backward passes of an SFT step (bench.stats.EXPECTED)
     want = 6 * n * d.align_batch_size * d.max_length * 4.0 * 10
     assert training_flops(cfg, Stage.ALIGN, 10, n) == pytest.approx(want)
     want = 6 * n * d.finetune_batch_size * d.max_length * (4 / 3) * 10

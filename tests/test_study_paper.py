@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from antibody.app.report import block_name, render
-from antibody.app.study_paper import paper_comparison, paper_table, t_interval
-from antibody.app.study_report import study_table
+from antibody.app.study.paper import paper_comparison, paper_table, t_interval
+from antibody.app.study.report import study_table
 from antibody.config.errors import ConfigError
 from antibody.config.study import load_study
 
@@ -28,7 +28,7 @@ def _results() -> dict:
         "kind": "study", "study": "fake", "reference": "a", "axes": ["data.user.p"], "jobs": 9, "cells": [],
         "summary": [_summary("a", 0.60, 0.02), _summary("b", 0.40, 0.1), _summary("c", 0.60, 0.03),
                     _summary("a", 0.10, 0.02, p=0.05)],
-        # as study_report.summarise writes them: mean ± sample std and the 95% t interval
+        # as study.report.summarise writes them: mean ± sample std and the 95% t interval
         "paired": [{"row": r, "data.user.p": 0.2, "p_values": [1.0] * 3, "ci95": list(t_interval(ds)),
                     "diff": {"mean": statistics.fmean(ds), "std": statistics.stdev(ds), "seeds": 3}}
                    for r, ds in diffs.items()],
@@ -103,7 +103,7 @@ def test_paper_section_is_checked(tmp_path):
 
 
 def test_weights_table_shows_every_source_and_term_of_weighted_rows_only():
-    from antibody.app.study_report import weights_table
+    from antibody.app.study.report import weights_table
 
     def stat(mean, std):
         return {"mean": mean, "std": std, "seeds": 3}
@@ -127,7 +127,7 @@ def test_weights_table_shows_every_source_and_term_of_weighted_rows_only():
 def test_named_comparisons_are_summarised_over_seeds_with_a_t_interval():
     """Three seeds of one question: rates and the paired difference as mean ± std, the t
     interval from t(0.975, 2) = 4.303 (tables), p per seed in seed order."""
-    from antibody.app.study_report import named_comparisons_table, named_over_seeds
+    from antibody.app.study.report import named_comparisons_table, named_over_seeds
 
     def comp(seed, rate_a, rate_b, p):
         return {"question": "alignment alone", "metric": "harmful/harmful_score", "a": f"ft-a{seed}",

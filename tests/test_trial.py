@@ -8,8 +8,8 @@ import json
 import pytest
 import yaml
 
-from antibody.app import trial as trial_mod
-from antibody.app.trial import trial_cell
+from antibody.app.study import trial as trial_mod
+from antibody.app.study.trial import trial_cell
 from antibody.cli.main import main
 from antibody.config import compose
 from antibody.config.compose import default_conf_dir

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from antibody.app.study_plan import align_key, finetune_key
+from antibody.app.study.plan import align_key, finetune_key
 from antibody.config import ConfigError, DataError, compose, load_saved, to_yaml
 from antibody.config.schema import Stage
 from antibody.data.sources import refusal_for

@@ -36,7 +36,7 @@ def _with_generator(monkeypatch, generate):
 
 
 def test_warm_cache_never_calls_the_generator(cfg, monkeypatch):
-    from antibody.app.bench import _time_variant
+    from antibody.app.bench.run import _time_variant
     from antibody.app.evaluate import eval_records
     from antibody.app.summary import data_summary
     from antibody.models import load_tokenizer

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from antibody.app.demo_tables import comparisons_table, markdown_table
+from antibody.app.demo.tables import comparisons_table, markdown_table
 from antibody.config import ConfigError
 
 
@@ -56,7 +56,7 @@ _MEMORY_KINDS = {
 
 
 def bench_table(results: dict) -> str:
-    """The bench's costs (antibody.app.bench): per stage and method, measured against the
+    """The bench's costs (antibody.app.bench.run): per stage and method, measured against the
     pass-count expectation, every figure a ratio to SFT of the same stage."""
     p, b = results["protocol"], results["batch_size"]
     first = results["precision"]
@@ -102,18 +102,18 @@ def render(results: dict) -> str:
     if results.get("kind") == "bench":
         return bench_table(results)
     if results.get("kind") == "judge-eval":
-        from antibody.app.judge_report import judge_table
+        from antibody.app.judge.report import judge_table
 
         return judge_table(results)
     if results.get("kind") == "study":
-        from antibody.app.study_report import study_table
+        from antibody.app.study.report import study_table
 
         return study_table(results)
     if results.get("kind") == "merge-check":
         from antibody.app.merge_check import merge_check_table
 
         return merge_check_table(results)
-    from antibody.app.judge_change import judge_change_table
+    from antibody.app.judge.change import judge_change_table
 
     parts = [markdown_table(results), comparisons_table(results), judge_change_table(results.get("by_judge") or {})]
     return "\n\n".join(p for p in parts if p)
@@ -139,7 +139,7 @@ def report_command(args: list[str]) -> int:
     table = render(results)
     if len(args) > 1:
         if results.get("kind") == "study":
-            from antibody.app.study_plots import readme_figures
+            from antibody.app.study.plots import readme_figures
 
             table += readme_figures(path.parent, Path(args[1]), results["study"])
         update_readme(Path(args[1]), table, block_name(results))

@@ -115,7 +115,7 @@ COMMANDS: dict[Command, Spec] = {
         "judge_eval.json and table.md (experiment=demo unless another experiment is named).",
         ("judge-eval", "judge-eval judges=keyword,tfidf answer_tokens=full",
          "judge-eval judges=beaver-dam eval.judge_path=/models/beaver-dam-7b   # on a GPU"),
-        "antibody.app.judge_eval:judge_eval_command",
+        "antibody.app.judge.evaluation:judge_eval_command",
         overrides_metavar="judges=a,b|answer_tokens=N|full|key=value",
         overrides_help="judges=keyword,tfidf,probe (default; beaver-dam on a GPU), answer_tokens=N "
                        "(default eval.max_new_tokens) or full; the rest are " + OVERRIDES_HELP,
@@ -128,7 +128,7 @@ COMMANDS: dict[Command, Spec] = {
         "demo resumes. suite=controls runs the weighting-term controls instead, suite=baselines "
         "the paper's baselines (Booster, Vaccine, RepNoise, Lisa, SafeInstr).",
         ("demo", "demo experiment=demo_quick", "demo suite=controls", "demo suite=baselines"),
-        "antibody.app.demo:demo_command",
+        "antibody.app.demo.run:demo_command",
         overrides_metavar="suite=main|controls|baselines|key=value",
         overrides_help="suite=main (default), controls or baselines; the rest are " + OVERRIDES_HELP
                        + " (experiment=demo unless another experiment is named)",
@@ -141,7 +141,7 @@ COMMANDS: dict[Command, Spec] = {
         "measured in a fresh process; writes <run.output_dir>/bench/bench.json.",
         ("bench", "bench experiment=tiny", "bench methods=sft,booster repeats=5",
          "bench methods=sft,antibody precisions=32-true,bf16-mixed memory=false"),
-        "antibody.app.bench:bench_command",
+        "antibody.app.bench.run:bench_command",
         overrides_metavar="steps=N|warmup=N|repeats=N|methods=a,b|memory=true|false|precisions=a,b|key=value",
         overrides_help="steps=N timed steps per method per round (default 3), warmup=N untimed "
                        "steps first (1), repeats=N rounds (3), methods=a,b,... (default all; sft "
@@ -166,7 +166,7 @@ COMMANDS: dict[Command, Spec] = {
         "reference row). --dry-run lists the jobs, their state and estimated time; --only "
         "runs a subset (row=..., seed=..., an axis by its full or last name).",
         ("study conf/study/tiny.yaml --dry-run", "study conf/study/tiny.yaml --only row=sft,seed=1"),
-        "antibody.app.study:study_command",
+        "antibody.app.study.run:study_command",
         raw_args=True,
     ),
     Command.TRIAL: Spec(
@@ -177,7 +177,7 @@ COMMANDS: dict[Command, Spec] = {
         "weight shares and detector AUROCs: printed, in trial_summary.json, and as W&B summary "
         "metrics with logger=wandb (plus the harmful predictions as a table).",
         ("trial experiment=tiny data.user.p=0.1", "trial method=antibody data.user.p=0.2 logger=wandb"),
-        "antibody.app.trial:trial_command",
+        "antibody.app.study.trial:trial_command",
     ),
     Command.SCREEN: Spec(
         "score an upload under an aligned model: r, expected weights -> screen.jsonl/md/png",
@@ -190,7 +190,7 @@ COMMANDS: dict[Command, Spec] = {
         ("screen upload.jsonl run=runs/demo/align-antibody",
          "screen upload.csv run=runs/demo/align-sft data.user.fields.prompt=instruction out=runs/screen-x",
          "screen upload.jsonl run=runs/demo/align-antibody into=docs/providers.md block=screen-antibody"),
-        "antibody.app.screen:screen_command",
+        "antibody.app.screen.run:screen_command",
         overrides_metavar="<upload> run=<aligned run>|out=<dir>|draws=N|seed=N|batch=N|into=<file>|block=<name>|key=value",
         overrides_help="<upload>: the file or hub id; run=<path>: the aligned run; out=<dir>; draws=N "
                        "permutations for sampled expected weights (default 1000); seed=N (default "

@@ -3,7 +3,7 @@
 They live in `UserDataConfig` (`antibody.config.schema`) but are left out of the resolved
 YAML while they hold their defaults (`OMIT_WHEN_DEFAULT`, honoured by
 `antibody.config.compose.to_yaml`): a run that does not name an upload serialises, and so
-hashes (`app/study_plan.py`), exactly as it did before these keys existed.
+hashes (`app/study/plan.py`), exactly as it did before these keys existed.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ a killed one resumes from its last checkpoint (train_stage), an evaluation alrea
 current is kept (app/evaluate.is_current). The judge and its validation are built once
 per invocation. `--dry-run` lists the jobs with their state and an estimated time from
 measured step costs. Outputs: runs/<study>/results.json (every cell and seed) and
-runs/<study>/table.md (study_report); a demo study file (`suite`) writes one line per model
-instead (study_models), and `python -m antibody demo` runs those files.
+runs/<study>/table.md (study.report); a demo study file (`suite`) writes one line per model
+instead (study.models), and `python -m antibody demo` runs those files.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from antibody.app.rundir import RunDir, write_results
-from antibody.app.study_plan import Cell, Job, job_config, jobs_of, parse_only, plan, selected, stage_method
+from antibody.app.study.plan import Cell, Job, job_config, jobs_of, parse_only, plan, selected, stage_method
 from antibody.config import Config, ConfigError, compose
 from antibody.config.schema import (
     DataConfig,
@@ -125,8 +125,8 @@ def dry_run(jobs: list[Job], root: Path, costs: dict) -> list[dict]:
 
 
 def _counted_cost(cells: list[Cell], rows: list[dict], root: Path, gpu) -> str:
-    """GPU-hours of the cells from counted FLOPs (app/study_cost.py), on --gpu (default h100)."""
-    from antibody.app.study_cost import Accelerator, estimate, estimate_text
+    """GPU-hours of the cells from counted FLOPs (app/study/cost.py), on --gpu (default h100)."""
+    from antibody.app.study.cost import Accelerator, estimate, estimate_text
 
     done = {r["job"] for r in rows if r["state"] == "done"}
     train = [(job_config(j), j.stage, j.name in done) for j in jobs_of(cells)]
@@ -183,7 +183,7 @@ def evaluate_job(job: Job, cache: dict) -> bool:
 def probe_job(job: Job, cache: dict) -> None:
     """The sharpness probe of an aligned model, once (sharpness.json)."""
     from antibody.app.rundir import write_json
-    from antibody.app.study_models import probe
+    from antibody.app.study.models import probe
 
     cfg = job_config(job)
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
@@ -228,8 +228,8 @@ def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list
 
 def collect(study: StudyConfig, root: Path, all_cells: list[Cell], n_jobs: int, counts: dict,
             seconds: float) -> dict:
-    from antibody.app.study_models import model_results, named_comparisons
-    from antibody.app.study_report import cell_result, compute, named_over_seeds, summarise
+    from antibody.app.study.models import model_results, named_comparisons
+    from antibody.app.study.report import cell_result, compute, named_over_seeds, summarise
 
     if study.suite is not None:
         return model_results(study, root, all_cells, counts, seconds)
@@ -245,7 +245,7 @@ def collect(study: StudyConfig, root: Path, all_cells: list[Cell], n_jobs: int, 
         results["named_comparisons"] = named_comparisons(study, all_cells, root)
         results["named_paired"] = named_over_seeds(results["named_comparisons"], results["axes"])
     if study.paper is not None:
-        from antibody.app.study_paper import paper_comparison
+        from antibody.app.study.paper import paper_comparison
 
         results["paper"] = paper_comparison(results, dataclasses.asdict(study.paper))
     return results
@@ -253,10 +253,10 @@ def collect(study: StudyConfig, root: Path, all_cells: list[Cell], n_jobs: int, 
 
 def write_study(root: Path, results: dict, final: bool = True) -> None:
     """results.json and table.md (atomically, rundir.write_results); the plots at the end.
-    A demo study's results: study_models."""
-    from antibody.app.study_models import write_models
-    from antibody.app.study_plots import write_figures
-    from antibody.app.study_report import study_table
+    A demo study's results: study.models."""
+    from antibody.app.study.models import write_models
+    from antibody.app.study.plots import write_figures
+    from antibody.app.study.report import study_table
 
     if results.get("suite") is not None:
         write_models(root, results, final)
@@ -281,7 +281,7 @@ def _args(args: list[str]):
         raise ConfigError(f"study: unexpected arguments {unexpected}; usage: study "
                           "<file.yaml> [--dry-run [--gpu NAME] | --report] [--only key=value,...]")
     if ns.gpu is not None:
-        from antibody.app.study_cost import Accelerator
+        from antibody.app.study.cost import Accelerator
 
         try:
             ns.gpu = Accelerator(ns.gpu)
@@ -316,7 +316,7 @@ def drive(study: StudyConfig, root: Path, dry: bool = False, only_text: Optional
           where: str = "study", gpu=None) -> int:
     """Plan, then dry-run or run the study's cells (all, or those `--only` selects)."""
     from antibody.app.evaluate import refuse_multi_process
-    from antibody.app.study_report import dry_run_table
+    from antibody.app.study.report import dry_run_table
 
     refuse_multi_process("demo" if study.suite else "study")
 

@@ -1,6 +1,6 @@
 """The demo's Markdown tables (one line per model, the paired comparisons) and the weight
 summary of a weighted fine-tuning run: shared by `report` (the README blocks) and the study
-driver (study_report, study_models)."""
+driver (study.report, study.models)."""
 
 from __future__ import annotations
 

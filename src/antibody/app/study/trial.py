@@ -31,7 +31,7 @@ TRIALS = "trials"
 
 def trial_cell(overrides: list[str]):
     """The study cell of these overrides (one row, one seed: the config's own)."""
-    from antibody.app.study_plan import plan
+    from antibody.app.study.plan import plan
 
     cfg = compose(list(overrides))
     study = StudyConfig(name=TRIALS, fixed=list(overrides), seeds=[cfg.run.seed],
@@ -43,7 +43,7 @@ def trial_cell(overrides: list[str]):
 
 def summary_metrics(ft_dir: Path) -> dict:
     """Flat summary of a finished, evaluated fine-tuning run (W&B summary keys)."""
-    from antibody.app.study_report import weights_and_detector
+    from antibody.app.study.report import weights_and_detector
 
     ev = json.loads((ft_dir / "eval" / "metrics.json").read_text())
     out = {k: m["value"] for k, m in ev["metrics"].items() if m.get("value") is not None}
@@ -79,8 +79,8 @@ def trial_command(overrides: list[str]) -> int:
     from filelock import FileLock
 
     from antibody.app.evaluate import refuse_multi_process
-    from antibody.app.study import evaluate_job, train_job
-    from antibody.app.study_plan import job_config
+    from antibody.app.study.plan import job_config
+    from antibody.app.study.run import evaluate_job, train_job
     from antibody.evaluation.evaluator import read_predictions
 
     refuse_multi_process("trial")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from antibody.app.rundir import write_json
-from antibody.app.study_plan import Cell, job_config
+from antibody.app.study.plan import Cell, job_config
 from antibody.config import Config, ConfigError
 from antibody.config.study import StudyConfig
 
@@ -57,7 +57,7 @@ def probe(cfg: Config, run_dir: Path, cache: dict) -> dict:
 def model_row(cell: Cell, root: Path) -> dict:
     """The cell's model: evaluation metrics, training time and final weights, the weight
     summary of a weighted fine-tuning run, the sharpness probe."""
-    from antibody.app.demo_tables import weight_summary
+    from antibody.app.demo.tables import weight_summary
 
     run_dir = root / cell.model_job.name
     ev = json.loads((run_dir / "eval" / "metrics.json").read_text())
@@ -138,7 +138,7 @@ def _judge_summary(run_dir: Path) -> dict:
 
 def model_results(study: StudyConfig, root: Path, cells: list[Cell], counts: dict, seconds: float) -> dict:
     """results[_<suite>].json: one line per evaluated model, in the study's row order."""
-    from antibody.app.judge_change import hs_by_judge
+    from antibody.app.judge.change import hs_by_judge
 
     done = [c for c in cells if (root / c.model_job.name / "eval" / "metrics.json").is_file()]
     rows = [model_row(c, root) for c in done]

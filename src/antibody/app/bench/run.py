@@ -15,15 +15,15 @@ ratio to the same method's at the first precision; default: the config's precisi
 
 Protocol. Every variant is composed from the method's option file (``method=<name>``),
 its stage's method key set to the name. Each round trains every method of a stage, in an
-order rotated by one per round (bench_stats.rotated), from the same initial weights (a
+order rotated by one per round (bench.stats.rotated), from the same initial weights (a
 fresh LoRA drawn from the same seed) on the same batches (the same data seed and
-stream), for warmup + steps steps, timing the last ``steps``; bench_stats turns the
+stream), for warmup + steps steps, timing the last ``steps``; bench.stats turns the
 times into median seconds per step and into ratios to SFT, taken within each round and
 summarised by their median and range over the rounds. Fine-tuning variants
 start from a fresh LoRA, not from an aligned adapter: the cost of a step does not depend
 on the weights, and ``merge_then_new_adapter`` (which needs an aligned adapter) is not
 exercised. Then the memory pass runs each method once more in a fresh process
-(bench_memory). Runs on the config's accelerator (the CPU by default).
+(bench.memory). Runs on the config's accelerator (the CPU by default).
 
 Duration (measured on 2 quiet CPU cores): ``bench steps=2`` on the embedded model took
 25.4 minutes (RepNoise's logit lens is the slowest method, ~45 s/step); the default
@@ -49,8 +49,8 @@ import lightning as L
 import torch
 
 from antibody.app.arguments import pop_arg
-from antibody.app.bench_memory import MemoryPassError, measure_in_subprocess, peak_memory
-from antibody.app.bench_stats import (
+from antibody.app.bench.memory import MemoryPassError, measure_in_subprocess, peak_memory
+from antibody.app.bench.stats import (
     EXPECTED,
     REFERENCE,
     STAGE_METHODS,
@@ -137,7 +137,7 @@ def _time_variant(cfg: Config, stage: Stage | str, steps: int, warmup: int = 1, 
                   datamodule=None, memory: bool = False) -> dict:
     """Train one variant for warmup + steps optimiser steps from a fresh, seeded LoRA and
     return the seconds of its last ``steps`` steps (and, with memory, the fit's peak
-    memory: bench_memory). Tokenizer and data are built here unless given."""
+    memory: bench.memory). Tokenizer and data are built here unless given."""
     from antibody.app.stages import build_datamodule, module_for
     from antibody.models import load_model, load_tokenizer
 
@@ -217,7 +217,7 @@ def _timing_rounds(args: list[str], protocol: Protocol, bar) -> tuple[dict, dict
 
 def _memory_pass(args: list[str], protocol: Protocol, bar) -> dict:
     """{precision: {stage: {method: reading}}}: each variant once, in a process of its own
-    (bench_memory)."""
+    (bench.memory)."""
     return {p: _memory_pass_of(a, protocol, bar) for p, a in precision_args(args, protocol).items()}
 
 
@@ -241,7 +241,7 @@ def _memory_pass_of(args: list[str], protocol: Protocol, bar) -> dict:
 
 
 def memory_child(request_path: str) -> int:
-    """The memory pass of one variant (`python -m antibody.app.bench <request.json>`)."""
+    """The memory pass of one variant (`python -m antibody.app.bench.run <request.json>`)."""
     from antibody.app.logs import configure_logging
 
     configure_logging()

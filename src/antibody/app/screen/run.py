@@ -27,7 +27,7 @@ Outputs in `out` (default <run.output_dir>/screen-<upload stem>-<run name>): `sc
 a rerun with the same upload, run and scoring config continues after the last complete line
 (a different one is refused; nothing is overwritten). tau, B and draws are not part of that
 key: changing them re-weights the stored scores without scoring again. The report:
-screen_report.
+screen.report.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Optional
 import torch
 
 from antibody.app.arguments import pop_arg
-from antibody.app.screen_report import markdown, plot, summarise
+from antibody.app.screen.report import markdown, plot, summarise
 from antibody.config import Config, ConfigError, to_container
 from antibody.config.schema import Weighting
 from antibody.infra.files import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text

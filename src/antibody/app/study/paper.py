@@ -5,7 +5,7 @@ at all?
 - Orderings: Kendall's tau-b between the paper's HS and the study's mean HS over the rows
   both have (scipy.stats.kendalltau), and every pair of rows the two order differently.
 - Separation: the reference row's paired HS difference, seed by seed on the same prompts
-  (study_report.summarise), as mean ± std over seeds with a two-sided 95% t interval on
+  (study.report.summarise), as mean ± std over seeds with a two-sided 95% t interval on
   n_seeds - 1 degrees of freedom. A row whose interval holds 0 does not separate from the
   reference at this scale, and the table says so rather than ranking it on its mean alone.
 """

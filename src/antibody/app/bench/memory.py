@@ -4,7 +4,7 @@ Why a fresh process per method on the CPU: the peak resident set size (RSS) of a
 only grows (``ru_maxrss``), and memory a method freed stays resident in the allocator's
 free lists, where the next method in the same process reuses it without the RSS rising.
 So the bench's memory pass runs each method once in a new interpreter
-(``python -m antibody.app.bench <request.json>``) that loads the same config, data and
+(``python -m antibody.app.bench.run <request.json>``) that loads the same config, data and
 fresh LoRA as the timing rounds and trains the same warm-up + timed steps on the same
 batches. There, just before ``trainer.fit``, the kernel's high-water mark of the RSS
 (VmHWM) is reset (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0), so the peak read
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 MIB = 1024 * 1024
-CHILD_MODULE = "antibody.app.bench"  # its __main__ runs one memory pass (bench.memory_child)
+CHILD_MODULE = "antibody.app.bench.run"  # its __main__ runs one memory pass (bench.memory_child)
 
 
 class MemoryPassError(RuntimeError):

@@ -7,7 +7,7 @@ import json
 import statistics
 from pathlib import Path
 
-from antibody.app.study_plan import Cell
+from antibody.app.study.plan import Cell
 
 HS, HS_CORRECTED, REFUSAL, OVER = ("harmful/harmful_score", "harmful/harmful_score_corrected",
                                    "harmful/refusal_rate", "benign/over_refusal")
@@ -28,7 +28,7 @@ def weights_and_detector(run_dir: Path, cfg=None) -> dict:
     """Weight shares per source (x batch size) and detector AUROCs of a fine-tuning run, flat
     keys (`weights/<source>_x_batch`, `detector/<term>`); empty for an unweighted run. `cfg`:
     the run's saved config when the caller has read it already."""
-    from antibody.app.demo_tables import weight_summary
+    from antibody.app.demo.tables import weight_summary
     from antibody.config import load_saved
 
     out: dict = {}
@@ -129,7 +129,7 @@ def summarise(results: dict, root: Path) -> dict:
 def over_seeds(diffs: list[dict]) -> dict:
     """Per-seed paired differences of one comparison (each with `diff`, `p_value`, `seed`):
     their mean ± sample std, the 95% t interval over seeds and the p-values in seed order."""
-    from antibody.app.study_paper import t_interval
+    from antibody.app.study.paper import t_interval
 
     ci = t_interval([x["diff"] for x in diffs])
     return {"diff": _mean_std([x["diff"] for x in diffs]), "ci95": None if ci is None else list(ci),
@@ -227,7 +227,7 @@ def study_table(results: dict) -> str:
     if mechanism:
         lines += ["", mechanism]
     if results.get("paper"):
-        from antibody.app.study_paper import paper_table
+        from antibody.app.study.paper import paper_table
 
         lines += ["", paper_table(results["paper"])]
     if results.get("named_paired"):

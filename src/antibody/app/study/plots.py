@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from antibody.app.study_report import HS, WEIGHT, weight_key_name, weight_keys, weighted_rows
+from antibody.app.study.report import HS, WEIGHT, weight_key_name, weight_keys, weighted_rows
 
 FIGURES = ("results.png", "weights.png")
 # where `report` puts a study's plots, relative to the README (runs/ is never committed)

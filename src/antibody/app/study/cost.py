@@ -6,7 +6,7 @@ Counted, not measured (``make bench`` and finished jobs measure):
 - a training step: 6 x parameters x tokens (forward 2, backward 4 per parameter and
   token), tokens = batch x max_length x accumulation (max_length bounds each row: padding
   to the batch's longest row is counted as if every row were full), times the method's
-  forward+backward passes relative to SFT (``bench_stats.EXPECTED``, the figures the bench
+  forward+backward passes relative to SFT (``bench.stats.EXPECTED``, the figures the bench
   checks its measurements against). 6 N counts the frozen weights' gradient that LoRA does
   not compute (about 4 N is the LoRA floor): an upper bound of the arithmetic.
 - an evaluation: 2 x parameters x tokens for each prompt (``PROMPT_TOKENS`` of prompt plus
@@ -82,7 +82,7 @@ def model_parameters(cfg: Config) -> float:
     try:
         return float(PARAMETERS[cfg.model.name])
     except KeyError:
-        raise ValueError(f"no parameter count for model {cfg.model.name!r}: add it to app/study_cost.py "
+        raise ValueError(f"no parameter count for model {cfg.model.name!r}: add it to app/study/cost.py "
                          "PARAMETERS") from None
 
 
@@ -96,8 +96,8 @@ def judge_parameters(cfg: Config) -> float:
 
 
 def training_flops(cfg: Config, stage: Stage, steps: int, params: float) -> float:
-    from antibody.app.bench_stats import EXPECTED
-    from antibody.app.study_plan import stage_method
+    from antibody.app.bench.stats import EXPECTED
+    from antibody.app.study.plan import stage_method
 
     d = cfg.data
     batch, accumulate = ((d.align_batch_size, cfg.method.align.accumulate_grad_batches) if stage is Stage.ALIGN
@@ -203,6 +203,6 @@ def estimate_text(e: Estimate) -> str:
         f"Counted cost on one {e.accelerator.value} ({e.peak_flops / 1e12:.4g} TFLOP/s: {e.peak_source}; "
         f"assumed utilisation {util['align']:.0%} training, {util['eval']:.0%} generation; "
         f"FLOPs: 6 x parameters x tokens per training pass x the method's passes, 2 x parameters x tokens "
-        f"per generated answer, app/study_cost.py): {unit} {cells}; total {sum(e.hours.values()):.3g} "
+        f"per generated answer, app/study/cost.py): {unit} {cells}; total {sum(e.hours.values()):.3g} "
         f"({sum(e.flops.values()):.3g} FLOPs). Left to run: {left}; total {sum(e.hours_left.values()):.3g}."
     )

@@ -174,7 +174,7 @@ def judge_eval(cfg: Config, kinds: list[JudgeKind], answer_tokens: Optional[int]
 
 
 def judge_eval_command(args: list[str]) -> int:
-    from antibody.app.judge_report import judge_table
+    from antibody.app.judge.report import judge_table
 
     judges_arg, args = pop_arg(args, "judges")
     tokens_arg, args = pop_arg(args, "answer_tokens")

@@ -4,9 +4,9 @@
     python -m antibody study conf/study/demo.yaml --dry-run    # what a demo would train
 
 Each suite is a study file (conf/study/demo.yaml, demo_controls.yaml, demo_baselines.yaml)
-run by the study driver (app/study.py): evaluate the base model, align, fine-tune on the
+run by the study driver (app/study/run.py): evaluate the base model, align, fine-tune on the
 same poisoned upload, evaluate every model; print the table, write `results.json` (or
-`results_<suite>.json`) and a PNG bar chart (app/study_models.py).
+`results_<suite>.json`) and a PNG bar chart (app/study/models.py).
 
 Every job keeps the run dir the demo always gave it, `runs/<run.name>/<job>/`; a finished
 job is reused on a second run (after checking it trained this config), so an interrupted
@@ -49,7 +49,7 @@ def demo_study(args: list[str]) -> tuple[StudyConfig, Path]:
 
 
 def demo_command(args: list[str]) -> int:
-    from antibody.app.study import drive
+    from antibody.app.study.run import drive
 
     study, root = demo_study(args)
     return drive(study, root, where=f"demo suite={study.suite}")

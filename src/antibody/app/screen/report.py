@@ -1,7 +1,7 @@
 """The screen's report: r's distribution, the rows that would get the least weight with their
 text, the share of the total weight by every column the upload has, and, for a labelled
 upload, each term's AUROC as a harmful-row detector and the harmful rows' weight share
-(screen.md, screen.json, screen.png; app/screen.py writes them)."""
+(screen.md, screen.json, screen.png; app/screen/run.py writes them)."""
 
 from __future__ import annotations
 
