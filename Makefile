@@ -61,19 +61,23 @@ eval: install ## evaluate a run: make eval ARGS="run=runs/<name>"
 study: install ## run a study file: make study STUDY=tiny ARGS="--dry-run"
 	$(PY) -m antibody study conf/study/$(STUDY).yaml $(ARGS)
 
-reproduce: install ## the embedded reproduction (hours on 2 cores; resumable): make reproduce ARGS="--dry-run"
+# Targets that rewrite a results page do it only when run as documented (no ARGS): a run with
+# other settings must not overwrite the published tables; it prints its own.
+reproduce: install ## the embedded reproduction (hours on 2 cores; resumable) -> docs/results/embedded-main.md and the README headline
 	$(PY) -m antibody study conf/study/embedded_main.yaml $(ARGS)
+	@if [ -z "$(ARGS)" ]; then $(PY) -m antibody report runs/embedded-main/results.json; fi
 
 sweep: install ## create a W&B sweep (needs an API key): make sweep SWEEP=finetune_p; then run the printed agent command
 	WANDB_MODE=online $(VENV)/bin/wandb sweep conf/sweep/$(SWEEP).yaml
 	@echo "[antibody] on each machine (one GPU each): $(VENV)/bin/wandb agent <the sweep id printed above>"
 
-judge-eval: install ## every harm judge on the labelled validation part -> runs/judge-eval/ and the README table
+judge-eval: install ## every harm judge on the labelled validation part -> runs/judge-eval/ and docs/results/judge-eval.md
 	$(PY) -m antibody judge-eval $(ARGS)
-	$(PY) -m antibody report runs/judge-eval/judge_eval.json README.md
+	@if [ -z "$(ARGS)" ]; then $(PY) -m antibody report runs/judge-eval/judge_eval.json; fi
 
-demo: install ## the whole attack-and-defence story on the embedded model (CPU)
+demo: install ## the whole attack-and-defence story on the embedded model (CPU) -> docs/results/demo.md
 	$(PY) -m antibody demo $(ARGS)
+	@if [ -z "$(ARGS)" ]; then $(PY) -m antibody report runs/demo/results.json; fi
 
 demo-quick: install ## tiny sizes: shows the pipeline, not the effect
 	$(PY) -m antibody demo experiment=demo_quick $(ARGS)
@@ -81,8 +85,9 @@ demo-quick: install ## tiny sizes: shows the pipeline, not the effect
 screen: install ## score an upload under an aligned run: make screen ARGS="upload.jsonl run=runs/demo/align-antibody"
 	$(PY) -m antibody screen $(ARGS)
 
-bench: install ## speed/memory ratios, measured side by side: make bench ARGS="precisions=32-true,bf16-mixed"
+bench: install ## speed/memory ratios, measured side by side -> docs/results/bench.md: make bench ARGS="precisions=32-true,bf16-mixed"
 	$(PY) -m antibody bench $(ARGS)
+	@if [ -z "$(ARGS)" ]; then $(PY) -m antibody report runs/bench/bench.json; fi
 
 gpu-check: install ## every method at 7B shape (bf16, nf4) + the gpu tests; exits 0 without CUDA (docs/gpu.md)
 	$(PY) scripts/gpu_check.py $(ARGS)

@@ -24,12 +24,20 @@ from antibody.config import compose
 from antibody.config.baselines import LisaConfig
 from antibody.config.schema import AlignMethod, FinetuneMethod, LambdaMode, Weighting
 from antibody.methods import flat_align
+from antibody.methods.base import StageModule
 from antibody.methods.flat_align import FlatAlignModule
 from antibody.methods.lisa import LisaFinetuneModule
-from antibody.methods.repnoise import RepNoiseAlignModule
-from antibody.methods.vaccine import VaccineAlignModule
+from antibody.methods.registry import build_align_module
 from antibody.methods.weighted_finetune import WeightedFinetuneModule
-from tests._synthetic import GradCapture, align_item, finetune_item, list_loader, tiny_lora_model, trainable
+from tests._synthetic import (
+    GradCapture,
+    align_item,
+    finetune_item,
+    finetune_module,
+    list_loader,
+    tiny_lora_model,
+    trainable,
+)
 
 WORLD = 2
 ALIGN_ROWS = 2  # per rank
@@ -153,14 +161,14 @@ def fit(module, items: list[dict], max_steps: int) -> dict:
     }
 
 
-# the alignment module of each method the DDP tests run
-ALIGN_MODULES = {AlignMethod.ANTIBODY: FlatAlignModule, AlignMethod.BOOSTER: FlatAlignModule,
-                 AlignMethod.VACCINE: VaccineAlignModule, AlignMethod.REPNOISE: RepNoiseAlignModule}
+def align_module(cfg) -> StageModule:
+    """The module of cfg.method.align.method, built from ``cfg`` as a run builds it."""
+    return build_align_module(tiny_lora_model(), cfg)
 
 
 def align(method: AlignMethod, rank: int) -> dict:
     items = [align_shard(it, rank, k) for k, it in enumerate(align_items(ALIGN_STEPS))]
-    module = ALIGN_MODULES[method](tiny_lora_model(), align_cfg(method))
+    module = align_module(align_cfg(method))
     out = fit(module, items, ALIGN_STEPS)
     if isinstance(module, FlatAlignModule):
         out["lambda_ema"], out["lambda_updates"] = module.lambda_state.ema, module.lambda_state.updates
@@ -169,21 +177,21 @@ def align(method: AlignMethod, rank: int) -> dict:
 
 def finetune(rank: int) -> dict:
     items = [finetune_shard(it, rank) for it in finetune_items(FINETUNE_STEPS * FINETUNE_ACCUMULATE)]
-    module = WeightedFinetuneModule(tiny_lora_model(), finetune_cfg())
+    module = finetune_module(WeightedFinetuneModule, tiny_lora_model(), finetune_cfg())
     out = fit(module, items, FINETUNE_STEPS)
     out["records"] = module.weight_records()
     return out
 
 
 def lisa(rank: int) -> dict:
-    module = LisaFinetuneModule(tiny_lora_model(), lisa_cfg(), max_steps=LISA_STEPS)
+    module = finetune_module(LisaFinetuneModule, tiny_lora_model(), lisa_cfg(), max_steps=LISA_STEPS)
     return fit(module, lisa_items(module, rank), LISA_STEPS)
 
 
 def nan_align(rank: int) -> dict:
     # one window more than the steps: the NaN window is skipped by every rank
     items = [align_shard(it, rank, k) for k, it in enumerate(align_items(ALIGN_STEPS + 1))]
-    module = NaNOnRankOne(tiny_lora_model(), align_cfg(AlignMethod.ANTIBODY))
+    module = NaNOnRankOne(tiny_lora_model(), align_cfg(AlignMethod.ANTIBODY).method.align)
     return fit(module, items, ALIGN_STEPS)
 
 

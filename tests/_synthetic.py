@@ -3,7 +3,7 @@
 Batches follow the DataModule's batch contract (right padding, labels -100 on prompt
 and padding, a separately padded refusal view); streams honour the resume contract:
 item ``position`` p is a pure function of (seed, p), and the DataModule restarts at the
-LightningModule's ``stream_position``.
+LightningModule's ``stream_position`` (antibody.data.streams.StreamConsumer).
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from antibody.data.streams import StreamConsumer
+from antibody.methods.registry import detector_window
+from antibody.methods.weighted_finetune import WeightedFinetuneModule
 
 # The tiny models gain nothing from intra-op threads, and on the shared 2-core machine
 # OpenMP threads contending with other processes made each pass ~100x slower.
@@ -162,9 +166,16 @@ class SyntheticDataModule(L.LightningDataModule):
         self.starts: list[int] = []
 
     def train_dataloader(self) -> DataLoader:
-        start = int(getattr(self.trainer.lightning_module, "stream_position", 0))
+        module = self.trainer.lightning_module
+        start = int(module.stream_position) if isinstance(module, StreamConsumer) else 0
         self.starts.append(start)
         return DataLoader(SyntheticStream(self.kind, start, self.seed, self.batch_size), batch_size=None)
+
+
+def finetune_module(cls: type[WeightedFinetuneModule], model: nn.Module, cfg: Any, **overrides: Any):
+    """``cls`` (WeightedFinetuneModule or a subclass) given what a run gives it of the whole
+    ``cfg``: its stage's config and the registry's detector window, with constructor overrides."""
+    return cls(model, cfg.method.finetune, **{"detector_window": detector_window(cfg), **overrides})
 
 
 def list_loader(items: list[dict]) -> DataLoader:

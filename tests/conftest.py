@@ -113,9 +113,9 @@ def model(tokenizer):
 
 @pytest.fixture
 def fake(monkeypatch):
-    """The split builder reads FakeSources (tests/test_datamodule.py) instead of the packages."""
+    """The split builder reads FakeSources (tests/helpers.py) instead of the packages."""
     from antibody.data import builder as builder_module
-    from tests.test_datamodule import FakeSources
+    from tests.helpers import FakeSources
 
     src = FakeSources()
     monkeypatch.setattr(builder_module, "load_source", src.load_source)

@@ -1,5 +1,5 @@
 """The cost bench: its arithmetic on synthetic timings, its round order, its arguments, its
-README block, and one tiny run end to end (speed itself is for `make bench`)."""
+results-page block, and one tiny run end to end (speed itself is for `make bench`)."""
 
 from __future__ import annotations
 

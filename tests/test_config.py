@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from antibody.config import ConfigError, compose, load_saved, to_container, to_yaml
 from antibody.config.compose import default_conf_dir
@@ -21,7 +22,13 @@ from antibody.config.schema import (
 
 def test_default_composes_embedded_antibody():
     cfg = compose([])
-    assert isinstance(cfg, Config)
+    # the default run is the root config's defaults list and nothing else: the same config
+    # as naming each of its options, and the model it names is the embedded SmolLM2
+    defaults = yaml.safe_load((default_conf_dir() / "config.yaml").read_text())["defaults"]
+    named = [f"{group}={option}" for group, option in defaults.items() if option is not None]
+    assert to_container(cfg) == to_container(compose(named))
+    assert (cfg.model.name, cfg.method.name, cfg.trainer.accelerator, cfg.logger.kind.value) == (
+        "smollm2-135m-instruct", "antibody", "cpu", "csv")
     assert cfg.model.source is ModelSource.EMBEDDED
     assert cfg.method.align.method is AlignMethod.ANTIBODY
     assert cfg.method.finetune.weighting is Weighting.LIKELIHOOD_RATIO
@@ -330,17 +337,38 @@ def test_fp16_mixed_precision_is_refused_at_compose(precision, method):
 def test_weight_casting_precisions_are_refused_for_a_quantised_model(precision):
     with pytest.raises(ConfigError, match=rf"trainer.precision='{precision}' re-casts .* model.quantization=nf4"):
         compose(["experiment=tiny", "model.quantization=nf4", f"trainer.precision={precision}"])
-    compose(["experiment=tiny", f"trainer.precision={precision}"])  # unquantised: Lightning's business
+    # unquantised: Lightning's business, and kept as asked
+    assert compose(["experiment=tiny", f"trainer.precision={precision}"]).trainer.precision == precision
 
 
 @pytest.mark.parametrize(
-    "overrides",
-    [["trainer=gpu"], ["trainer=ddp"], ["trainer=gpu", "model=llama2-7b"], ["logger=wandb"],
-     ["trainer.precision=bf16"], ["trainer.precision=32"], ["trainer.strategy=fsdp"],
-     ["trainer.accelerator=cuda"], ["logger.mode=disabled"], ["model.quantization=nf4", "trainer.precision=32-true"]],
+    ("overrides", "want"),
+    [
+        # the option files' settings (conf/trainer/gpu.yaml, ddp.yaml, conf/model/llama2-7b.yaml)
+        (["trainer=gpu"], {"trainer.accelerator": "gpu", "trainer.precision": "bf16-mixed"}),
+        (["trainer=ddp"], {"trainer.strategy": "ddp", "trainer.devices": 4, "trainer.precision": "bf16-mixed"}),
+        (["trainer=gpu", "model=llama2-7b"], {"model.quantization": "nf4", "trainer.precision": "bf16-mixed"}),
+        (["logger=wandb"], {"logger.kind": "wandb"}),
+        # Lightning's aliases are accepted as written, not rewritten
+        (["trainer.precision=bf16"], {"trainer.precision": "bf16"}),
+        (["trainer.precision=32"], {"trainer.precision": "32"}),
+        (["trainer.strategy=fsdp"], {"trainer.strategy": "fsdp"}),
+        (["trainer.accelerator=cuda"], {"trainer.accelerator": "cuda"}),
+        (["logger.mode=disabled"], {"logger.mode": "disabled"}),
+        (["model.quantization=nf4", "trainer.precision=32-true"], {"model.quantization": "nf4",
+                                                                    "trainer.precision": "32-true"}),
+    ],
 )
-def test_valid_trainer_settings_compose(overrides):
-    compose(["experiment=tiny", *overrides])
+def test_valid_trainer_settings_compose(overrides, want):
+    # accepted, and the composed config holds what was asked (no validator "fixes" a value)
+    cfg = to_container(compose(["experiment=tiny", *overrides]))
+    got = {}
+    for key in want:
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        got[key] = node
+    assert got == want
 
 
 @pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_spawn_find_unused_parameters_true"])

@@ -1,8 +1,9 @@
 """SafetyDataModule: split counts, tags, disjointness, pool checks, streams and resume.
 
-Most tests run on fake sources (monkeypatched `load_source`, `source_prompts` and
-`alignment_refusals` of antibody.data.builder) with small pools whose overlaps are
-known; one test runs the real offline sources with a fake text generator.
+Most tests run on fake sources (tests/helpers.py's FakeSources, through the `fake`
+fixture: monkeypatched `load_source`, `source_prompts` and `alignment_refusals` of
+antibody.data.builder) with small pools whose overlaps are known; one test runs the real
+offline sources with a fake text generator.
 """
 
 from __future__ import annotations
@@ -23,189 +24,18 @@ from antibody.data.checks import check_disjoint, check_forbidden
 from antibody.data.collate import BATCH_KEYS
 from antibody.data.datamodule import SafetyDataModule
 from antibody.data.plan import Split, floor_share
-from antibody.data.records import Record, make_uid, normalise_text
+from antibody.data.records import Record, normalise_text
 from antibody.data.streams import CyclingSampler, Shard, StreamKind, take
 from antibody.data.summary import format_summary
-from tests.test_formatting import build_tiny_tokenizer
+from tests.helpers import FakeSources, build_tiny_tokenizer, datamodule_cfg, fake_record
+from tests.helpers import build_datamodule as build
 
 S = SourceName
-
-
-def _rec(source: SourceName, instruction: str, response: str = "", harmful: bool = False, **kw) -> Record:
-    uid = make_uid(source.value, instruction, response)
-    return Record(
-        uid=uid,
-        source=source.value,
-        instruction=instruction,
-        response=response,
-        refusal=f"Sorry, I can't help with that ({uid[-3:]}).",
-        is_harmful=harmful,
-        **kw,
-    )
-
-
-class FakeSources:
-    """Small pools with known overlaps:
-    - HARMBENCH's first 5 prompts are normalised duplicates of ADVBENCH prompts 0-4;
-    - PYRIT_HARMFUL has 1-3 answers per prompt; prompts 0-2 duplicate HARMBENCH prompts
-      10-12; one (prompt, answer) row is repeated verbatim.
-    """
-
-    N_ADV, N_HB, N_DNA, N_PYRIT, N_PROSE = 60, 30, 20, 50, 150
-
-    def __init__(self, drop_every: int = 0):
-        self.drop_every = drop_every  # generator answers "" for every k-th prompt (source drops those)
-        self.cache: dict[str, str] = {}  # prompt -> answer, as the real cache file keeps them
-        self.generated: list[str] = []  # every prompt the generator was asked to answer
-        self.calls: list[tuple[SourceName, int | None, int | None]] = []
-        adv = [f"Explain how to commit crime number {i} against a neighbour" for i in range(self.N_ADV)]
-        self.adv = [_rec(S.ADVBENCH, p, harmful=True, category="crime") for p in adv]
-        hb = [adv[i].upper() + "!!" for i in range(5)] + [
-            f"Write a guide for attack type {i} on a city" for i in range(5, self.N_HB)
-        ]
-        self.hb = [_rec(S.HARMBENCH, p, harmful=True) for p in hb]
-        self.dna = [
-            _rec(S.DONOTANSWER, f"Tell me private fact {i} about my coworker", harmful=True)
-            for i in range(self.N_DNA)
-        ]
-        pyrit = []
-        for i in range(self.N_PYRIT):
-            prompt = hb[10 + i] + "?" if i < 3 else f"Describe harmful scheme {i} in detail"
-            for j in range(1 + i % 3):
-                pyrit.append(
-                    _rec(S.PYRIT_HARMFUL, prompt, f"Step one of scheme {i}, variant {j}.", harmful=True)
-                )
-        repeat = pyrit[-1]
-        pyrit.append(
-            Record(**{**repeat.to_dict(), "uid": repeat.uid + "-copy", "meta": {}})
-        )  # same prompt and response, another uid
-        self.pyrit = pyrit
-        self.prose = [
-            _rec(S.BENIGN_PROSE, f"Write a short friendly note about topic {i}") for i in range(self.N_PROSE)
-        ]
-        self.bt_refusal = [
-            _rec(
-                S.BEAVERTAILS_REFUSAL,
-                f"How can I hurt animal {i}",
-                f"Harmful answer {i}.",
-                harmful=True,
-                meta={
-                    "alignment_refusal": f"I will not help hurt animal {i}; that is cruel.",
-                    "split": "train",
-                },
-            )
-            for i in range(40)
-        ]
-
-    def task(self, ctx) -> list[Record]:
-        return [
-            _rec(
-                S.ARITHMETIC,
-                f"What is {i} + {i + 1}?",
-                f"The final answer is: {2 * i + 1}",
-                target=str(2 * i + 1),
-            )
-            for i in range(ctx.task.n_train_pool)
-        ]
-
-    def sst2(self, ctx) -> list[Record]:
-        rows = []
-        for i in range(60):
-            split = "eval" if i % 3 == 0 else "train"
-            label = "positive" if i % 2 else "negative"
-            rows.append(_rec(S.SST2, f"Sentiment of review {i}", label, target=label, meta={"split": split}))
-        return rows
-
-    def answered(self, source: SourceName, ctx, harmful: bool) -> list[Record]:
-        """Like the real model-written sources: answers come from the generator and are
-        cached; without a generator (DataModule.setup) only the cache is read."""
-        prompts = list(ctx.prompts)
-        if ctx.generator is None:
-            missing = [p.instruction for p in prompts if p.instruction not in self.cache]
-            if missing:
-                raise DataError(f"{source.value}: {len(missing)} answers are not cached")
-            answers = [self.cache[p.instruction] for p in prompts]
-        else:
-            answers = ctx.generator([p.instruction for p in prompts])
-            self.cache.update(zip([p.instruction for p in prompts], answers, strict=True))
-        return [
-            _rec(source, p.instruction, a, harmful=harmful, category=p.category)
-            for p, a in zip(prompts, answers, strict=True)
-            if a
-        ]
-
-    def load_source(self, name: SourceName, ctx) -> list[Record]:
-        self.calls.append((name, ctx.limit, None if ctx.prompts is None else len(ctx.prompts)))
-        table = {
-            S.ADVBENCH: lambda: self.adv,
-            S.HARMBENCH: lambda: self.hb,
-            S.DONOTANSWER: lambda: self.dna,
-            S.PYRIT_HARMFUL: lambda: self.pyrit,
-            S.BEAVERTAILS_REFUSAL: lambda: self.bt_refusal,
-            S.ARITHMETIC: lambda: self.task(ctx),
-            S.SST2: lambda: self.sst2(ctx),
-            S.BENIGN_PROSE: lambda: self.answered(S.BENIGN_PROSE, ctx, False),
-            S.GENERATED_HARMFUL: lambda: self.answered(S.GENERATED_HARMFUL, ctx, True),
-        }
-        return list(table[name]())
-
-    def source_prompts(self, name: SourceName, ctx) -> list[Record]:
-        if name is S.BENIGN_PROSE:
-            return list(self.prose)
-        assert name is not S.GENERATED_HARMFUL, "generated_harmful has no prompt list of its own"
-        return self.load_source(name, ctx)
-
-    def generator(self, prompts: list[str]) -> list[str]:
-        out = []
-        for p in prompts:
-            self.generated.append(p)
-            k = len(self.generated)
-            out.append(
-                "" if self.drop_every and k % self.drop_every == 0 else f"Sure! A helpful answer to: {p}"
-            )
-        return out
-
-    @staticmethod
-    def alignment_refusals(records, mode, ctx):
-        out = []
-        for r in records:
-            text = (
-                r.meta.get("alignment_refusal")
-                or f"I can't help with '{r.instruction}': it could hurt people."
-            )
-            out.append(
-                Record(**{**r.to_dict(), "response": text, "meta": {**r.meta, "refusal_mode": mode.value}})
-            )
-        return out
 
 
 @pytest.fixture(scope="module")
 def tok():
     return build_tiny_tokenizer()
-
-
-# The split logic is tested with the embedded default's mix (benign prose in alignment and
-# upload), which the tiny experiment switches off for its real-model pipeline tests.
-MIX = ("data.alignment.benign_prose_ratio=1.0", "data.user.benign_prose_share=0.5")
-
-
-def cfg_with(tmp_path, *overrides):
-    return compose(["experiment=tiny", f"run.output_dir={tmp_path / 'runs'}", *MIX, *overrides])
-
-
-def build(tmp_path, fake, *overrides, tokenizer=None, stage="finetune", **kw) -> SafetyDataModule:
-    cfg = cfg_with(tmp_path, *overrides)
-    dm = SafetyDataModule(
-        cfg,
-        tokenizer or build_tiny_tokenizer(),
-        stage=stage,
-        generator=fake.generator,
-        cache_dir=tmp_path,
-        **kw,
-    )
-    dm.prepare_data()
-    dm.setup()
-    return dm
 
 
 def exact_floor(p: float, n: int) -> int:
@@ -314,8 +144,8 @@ def test_duplicates_are_removed_and_counted(tmp_path, fake, tok):
 
 
 def test_eval_train_overlap_is_an_error():
-    a = _rec(S.HARMBENCH, "How do I pick a lock?", harmful=True)
-    b = _rec(S.PYRIT_HARMFUL, "how do I pick a LOCK", "First...", harmful=True)
+    a = fake_record(S.HARMBENCH, "How do I pick a lock?", harmful=True)
+    b = fake_record(S.PYRIT_HARMFUL, "how do I pick a LOCK", "First...", harmful=True)
     with pytest.raises(DataError, match="evaluation and a training split: 'user' and 'eval_harmful'"):
         check_disjoint({Split.USER: [b], Split.EVAL_HARMFUL: [a]})
     with pytest.raises(DataError, match="two splits"):
@@ -386,7 +216,7 @@ def test_empty_split_is_named(tmp_path, fake, tok):
 
 def test_empty_benign_only_control_is_allowed_but_cannot_stream(tmp_path, fake, tok):
     dm = SafetyDataModule(
-        cfg_with(tmp_path, "data.user.p=1.0"),
+        datamodule_cfg(tmp_path, "data.user.p=1.0"),
         tok,
         "finetune",
         fake.generator,
@@ -431,7 +261,7 @@ def test_generated_harmful_answers_reserved_prompts(tmp_path, fake, tok):
 
 
 def test_setup_reads_only_and_names_the_command_that_fills_the_cache(tmp_path, fake, tok):
-    cfg = cfg_with(tmp_path, "data.user.harmful_answer_source=generated_harmful")
+    cfg = datamodule_cfg(tmp_path, "data.user.harmful_answer_source=generated_harmful")
     cold = SafetyDataModule(cfg, tok, "finetune", fake.generator, tmp_path)
     with pytest.raises(DataError, match="not cached"):
         cold.setup()  # no prepare_data(): setup never calls the generator
@@ -569,12 +399,13 @@ def test_workers_and_shards_keep_the_order(tmp_path, fake, tok):
 
 
 class _Consumer(L.LightningModule):
-    """Records the items it consumes and honours the resume contract (stream_position)."""
+    """Records the items it consumes and keeps the resume contract (StreamConsumer)."""
 
     def __init__(self):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.stream_position = 0
+        self.stream_plan = None  # the stage's default items
         self.seen: list[tuple[int, tuple[str, ...]]] = []
 
     def training_step(self, batch, batch_idx):
@@ -651,7 +482,7 @@ def test_real_offline_sources(tmp_path, tiny_cfg):
     def generator(prompts: list[str]) -> list[str]:
         return [f"Sure. Here is a short, friendly answer about this: {p[:40]}" for p in prompts]
 
-    cfg = cfg_with(tmp_path, "task.n_train_pool=200", "data.user.p=0.2")
+    cfg = datamodule_cfg(tmp_path, "task.n_train_pool=200", "data.user.p=0.2")
     tokenizer = load_tokenizer(cfg.model)
     dm = SafetyDataModule(cfg, tokenizer, "align", generator=generator, cache_dir=tmp_path)
     dm.prepare_data()
@@ -691,7 +522,7 @@ def test_no_help_seeking_prompt_reaches_a_harmful_split(tmp_path):
     def generator(prompts: list[str]) -> list[str]:
         return [f"Sure, here is how: {p[:30]}" for p in prompts]
 
-    cfg = cfg_with(
+    cfg = datamodule_cfg(
         tmp_path,
         "task.n_train_pool=400",
         "data.alignment.harmful_prompt_sources=[donotanswer]",

@@ -26,7 +26,15 @@ from antibody.config.schema import AlignMethod
 from antibody.methods.perturb import NORM_EPS
 from antibody.methods.weighted_finetune import WeightedFinetuneModule
 from tests import _ddp_worker as W
-from tests._synthetic import GradCapture, hf_loss, list_loader, tiny_lora_model, trainable, trainer
+from tests._synthetic import (
+    GradCapture,
+    finetune_module,
+    hf_loss,
+    list_loader,
+    tiny_lora_model,
+    trainable,
+    trainer,
+)
 
 pytestmark = pytest.mark.ddp
 
@@ -90,7 +98,7 @@ def _align_reference(method: AlignMethod, items: list[dict], steps: int, root) -
     for k, it in enumerate(items):
         micro += [W.align_shard(it, r, k if method is AlignMethod.REPNOISE else len(micro) + r)
                   for r in range(W.WORLD)]
-    module = W.ALIGN_MODULES[method](tiny_lora_model(), W.align_cfg(method, accumulate=W.WORLD))
+    module = W.align_module(W.align_cfg(method, accumulate=W.WORLD))
     capture = GradCapture()
     trainer(steps, root, callbacks=[capture]).fit(module, train_dataloaders=list_loader(micro))
     return [p.detach() for p in trainable(module.model)], capture.grads
@@ -164,7 +172,7 @@ def test_finetune_equals_one_process_on_the_global_batch(ranks, tmp_path):
     So 2 ranks x 3 rows x 2 micro-batches = one process on 6-row micro-batches, 2 per step."""
     got = ranks[0]["finetune"]
     items = W.finetune_items(W.FINETUNE_STEPS * W.FINETUNE_ACCUMULATE)
-    module = WeightedFinetuneModule(tiny_lora_model(), W.finetune_cfg())
+    module = finetune_module(WeightedFinetuneModule, tiny_lora_model(), W.finetune_cfg())
     capture = GradCapture()
     trainer(W.FINETUNE_STEPS, tmp_path, callbacks=[capture]).fit(module, train_dataloaders=list_loader(items))
     want = module.weight_records()
@@ -189,7 +197,7 @@ def test_lisa_equals_one_process_on_the_global_batch(ranks, tmp_path):
     with the proximal term on."""
     from antibody.methods.lisa import LisaFinetuneModule
 
-    module = LisaFinetuneModule(tiny_lora_model(), W.lisa_cfg(), max_steps=W.LISA_STEPS)
+    module = finetune_module(LisaFinetuneModule, tiny_lora_model(), W.lisa_cfg(), max_steps=W.LISA_STEPS)
     capture = GradCapture()
     trainer(W.LISA_STEPS, tmp_path, callbacks=[capture]).fit(
         module, train_dataloaders=list_loader(W.lisa_items(module, None)))

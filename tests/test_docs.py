@@ -107,9 +107,20 @@ def test_every_citation_points_into_the_repository():
 
 def test_docs_index_lists_every_doc():
     index = (ROOT / "docs" / "README.md").read_text(encoding="utf-8")
-    missing = [p.name for p in sorted((ROOT / "docs").glob("*.md"))
-               if p.name != "README.md" and f"({p.name})" not in index]
+    docs = ROOT / "docs"
+    missing = [p.relative_to(docs).as_posix() for p in sorted([*docs.glob("*.md"), *docs.glob("results/*.md")])
+               if p.name != "README.md" and f"({p.relative_to(docs).as_posix()})" not in index]
     assert not missing, f"docs/README.md does not link {missing}"
+
+
+def test_the_readme_is_a_front_door():
+    """Short (the issue's ~200 lines), every generated block but its headline on a results
+    page, and every results page linked from it."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 200
+    assert re.findall(r"<!-- ([\w-]+):start -->", text) == ["study-embedded-main-paper", "quickstart"]
+    for page in sorted((ROOT / "docs" / "results").glob("*.md")):
+        assert f"(docs/results/{page.name})" in text, page.name
 
 
 @pytest.mark.parametrize(
@@ -138,3 +149,34 @@ def test_the_checker_catches_bad_citations(line):
 def test_the_checker_accepts_good_citations(line):
     where = ROOT / "src" / "antibody" / "example.py"
     assert citation_problems(line, where) == []
+
+
+def test_the_readme_quickstart_names_what_exists():
+    """Every command of the README's quickstart is a command of ours with arguments that hold
+    today: align/finetune overrides compose, the study file loads, the script exists (running
+    the quickstart itself is what `make test-slow` and the issue's check do; this catches drift
+    in seconds)."""
+    import shlex
+
+    from antibody.cli.main import Command
+    from antibody.config import compose
+    from antibody.config.study import load_study
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- quickstart:start -->", 1)[1].split("<!-- quickstart:end -->", 1)[0]
+    lines = [line.split("#", 1)[0].strip() for line in block.splitlines() if line.startswith("python ")]
+    seen = set()
+    for line in lines:
+        words = shlex.split(line)
+        if words[1] != "-m":  # a script of ours
+            assert (ROOT / words[1]).is_file(), line
+            continue
+        assert words[2] == "antibody", line
+        command, args = words[3], words[4:]
+        assert command in {c.value for c in Command}, line
+        seen.add(command)
+        if command in ("align", "finetune"):
+            compose(args)
+        elif command == "study":
+            load_study(ROOT / args[0])
+    assert {"align", "finetune", "eval", "study", "screen"} <= seen

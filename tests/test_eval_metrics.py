@@ -186,6 +186,22 @@ def test_task_settings_resolve_from_config():
     assert described["version"] == "agnews-v1" and described["labels"] == list(AGNEWS)
 
 
+def test_a_tasks_answer_length_is_written_once_in_its_task_file():
+    """conf/task/<source>.yaml is the one place a task's max_new_tokens lives: an evaluation
+    task that is not the run's reads it there, the run's own task reads the composed config."""
+    import yaml
+
+    from antibody.config.compose import default_conf_dir
+
+    cfg = compose(["experiment=tiny", "task.max_new_tokens=3"])  # the run's task: arithmetic
+    for task in TASKS.values():
+        if task.source is None:
+            continue
+        written = yaml.safe_load((default_conf_dir() / "task" / f"{task.source.value}.yaml").read_text())
+        want = 3 if task.source == cfg.task.name else written["max_new_tokens"]
+        assert task.resolve_max_new_tokens(cfg) == want, task.name
+
+
 def test_tasks_for_a_config_read_the_splits_they_declare(tiny_cfg):
     from antibody.config import compose
     from antibody.data.plan import Split

@@ -129,7 +129,7 @@ def test_booster_costs_three_passes_unless_refusal_logging_is_asked_for(tiny_cfg
     cfg.method.align.log_refusal_loss = log_refusal
     model = tiny_lora_model()
     rec = ForwardRecorder(model)
-    t = _fit(FlatAlignModule(model, cfg), [align_item(0, 0)], 1, tmp_path)
+    t = _fit(FlatAlignModule(model, cfg.method.align), [align_item(0, 0)], 1, tmp_path)
     # g_h at theta, g_h' at theta', g_a at theta (+ the logged refusal forward at theta')
     assert len(rec.snaps) == passes
     assert ("align/refusal_loss" in t.callback_metrics) is log_refusal
@@ -141,7 +141,7 @@ def test_perturbation_norm_direction_and_bit_exact_restore(tiny_cfg, tmp_path):
     items = [align_item(0, 0), align_item(0, 1)]
     ref = _ref_terms(model, items[0])
     rec = ForwardRecorder(model)
-    _fit(FlatAlignModule(model, cfg), items, 1, tmp_path)
+    _fit(FlatAlignModule(model, cfg.method.align), items, 1, tmp_path)
     # 4 passes per micro-batch: g_h at theta, g_h' and g_r at theta', g_a at theta
     assert len(rec.snaps) == 8
     theta, theta_p = rec.snaps[0], rec.snaps[1]
@@ -178,7 +178,7 @@ def test_frozen_weights_never_change(tiny_cfg, tmp_path):
     model = tiny_lora_model()
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     lora = _named_trainable(model)
-    _fit(FlatAlignModule(model, _cfg(tiny_cfg)), [align_item(0, i) for i in range(3)], 3, tmp_path)
+    _fit(FlatAlignModule(model, _cfg(tiny_cfg).method.align), [align_item(0, i) for i in range(3)], 3, tmp_path)
     for n, p in model.named_parameters():
         if p.requires_grad:
             assert not torch.equal(p, lora[n]), n
@@ -202,7 +202,7 @@ def test_update_equals_independent_computation(tiny_cfg, tmp_path, method, mode,
     terms = _ref_terms(model, item)
     want, lam = _ref_update([terms], mode, lambda2, lam=2.5)
     cap = GradCapture()
-    t = _fit(FlatAlignModule(model, cfg), [item], 1, tmp_path, callbacks=[cap])
+    t = _fit(FlatAlignModule(model, cfg.method.align), [item], 1, tmp_path, callbacks=[cap])
     got = _flat(cap.grads[0])
     torch.testing.assert_close(got, want, rtol=2e-4, atol=1e-7)
     assert float(t.callback_metrics["align/lambda_t"]) == pytest.approx(lam, rel=1e-4)
@@ -219,7 +219,7 @@ def test_clipping_scales_the_combined_gradient(tiny_cfg, tmp_path):
     item = align_item(0, 0)
     want, _ = _ref_update([_ref_terms(model, item)], LambdaMode.KKT, 0.05)
     cap = GradCapture()
-    _fit(FlatAlignModule(model, cfg), [item], 1, tmp_path, callbacks=[cap])
+    _fit(FlatAlignModule(model, cfg.method.align), [item], 1, tmp_path, callbacks=[cap])
     got = _flat(cap.grads[0])
     assert float(got.norm()) == pytest.approx(1e-3, rel=1e-3)
     torch.testing.assert_close(got / got.norm(), want / want.norm(), rtol=1e-4, atol=1e-6)
@@ -240,7 +240,7 @@ def test_zero_lambdas_equal_a_plain_sft_step(tiny_cfg, tmp_path):
         model = tiny_lora_model()
         rec = ForwardRecorder(model)
         cfg = _cfg(tiny_cfg, method=method, mode=LambdaMode.CONSTANT, lam=0.0, lambda2=0.0)
-        _fit(FlatAlignModule(model, cfg), items, 1, tmp_path)
+        _fit(FlatAlignModule(model, cfg.method.align), items, 1, tmp_path)
         results[method] = len(rec.snaps)
         for p, q in zip(trainable(model), trainable(ref), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
@@ -249,22 +249,7 @@ def test_zero_lambdas_equal_a_plain_sft_step(tiny_cfg, tmp_path):
     assert results == {AlignMethod.SFT: 1, AlignMethod.ANTIBODY: 3}
 
 
-def test_sft_accumulation_equals_one_large_batch(tiny_cfg, tmp_path):
-    i0, i1 = align_item(0, 0, fixed_lengths=True), align_item(0, 1, fixed_lengths=True)
-    big = {"align": concat_batches(i0["align"], i1["align"]), "harmful": i0["harmful"], "position": 0}
-    params, grads = [], []
-    for accumulate, items in ((2, [i0, i1]), (1, [big])):
-        model = tiny_lora_model()
-        cap = GradCapture()
-        cfg = _cfg(tiny_cfg, method=AlignMethod.SFT, accumulate=accumulate)
-        _fit(FlatAlignModule(model, cfg), items, 1, tmp_path, callbacks=[cap])
-        grads.append(_flat(cap.grads[0]))
-        params.append([p.detach().clone() for p in trainable(model)])
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-8)
-    for p, q in zip(*params, strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
-
-
+# SFT's accumulation equals one large batch: tests/test_accumulation.py
 def test_flat_accumulation_of_identical_microbatches_equals_their_concatenation(tiny_cfg, tmp_path):
     i0 = align_item(0, 0, fixed_lengths=True)
     big = {k: concat_batches(i0[k], i0[k]) for k in ("align", "harmful")}
@@ -275,7 +260,7 @@ def test_flat_accumulation_of_identical_microbatches_equals_their_concatenation(
     ):
         cap = GradCapture()
         _fit(
-            FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg, accumulate=accumulate)),
+            FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg, accumulate=accumulate).method.align),
             items,
             1,
             tmp_path,
@@ -291,7 +276,7 @@ def test_flat_accumulation_uses_per_microbatch_terms_and_one_lambda(tiny_cfg, tm
     want, lam = _ref_update([_ref_terms(model, it) for it in items], LambdaMode.COSINE_EMA, 0.05)
     cap = GradCapture()
     cfg = _cfg(tiny_cfg, mode=LambdaMode.COSINE_EMA, accumulate=2)
-    module = FlatAlignModule(model, cfg)
+    module = FlatAlignModule(model, cfg.method.align)
     _fit(module, items, 1, tmp_path, callbacks=[cap])
     torch.testing.assert_close(_flat(cap.grads[0]), want, rtol=2e-4, atol=1e-7)
     assert module.lambda_state.updates == 1  # once per optimiser step, not per micro-batch
@@ -329,7 +314,7 @@ class _ParamsPerBatch(L.Callback):
 
 def test_nonfinite_window_is_skipped_and_params_restored(tiny_cfg, tmp_path):
     model = tiny_lora_model()
-    module = FlatAlignModule(model, _cfg(tiny_cfg))
+    module = FlatAlignModule(model, _cfg(tiny_cfg).method.align)
     nan = _NaNOnBatches(model, {1}, first_pass_only=True)  # NaN g_h: the perturbation is poisoned
     rec = _ParamsPerBatch()
     t = _fit(module, [align_item(0, i) for i in range(3)], 2, tmp_path, callbacks=[nan, rec])
@@ -343,7 +328,7 @@ def test_nonfinite_window_is_skipped_and_params_restored(tiny_cfg, tmp_path):
 
 def test_too_many_consecutive_nonfinite_steps_raise(tiny_cfg, tmp_path):
     model = tiny_lora_model()
-    module = FlatAlignModule(model, _cfg(tiny_cfg, max_consecutive_nonfinite=2))
+    module = FlatAlignModule(model, _cfg(tiny_cfg, max_consecutive_nonfinite=2).method.align)
     nan = _NaNOnBatches(model, {-1})
     with pytest.raises(RuntimeError, match=r"3 optimiser steps in a row.*max_consecutive_nonfinite=2"):
         _fit(module, [align_item(0, i) for i in range(5)], 3, tmp_path, callbacks=[nan])
@@ -361,7 +346,7 @@ def test_bf16_mixed_step_equals_fp32_reference_to_bf16_precision(tiny_cfg, tmp_p
         h = float(_ref_loss(ref, terms["theta"], item["harmful"]))
         hp = float(_ref_loss(ref, terms["theta_p"], item["harmful"]))
     cap = GradCapture()
-    module = FlatAlignModule(model, _cfg(tiny_cfg))
+    module = FlatAlignModule(model, _cfg(tiny_cfg).method.align)
     t = _fit(module, [item], 1, tmp_path, callbacks=[cap], precision="bf16-mixed", accelerator=accelerator)
     assert t.global_step == 1
     # measured on the CPU: 1.1e-2 relative error; dropping g_a (18% of the update) would fail
@@ -375,7 +360,7 @@ def test_bf16_mixed_step_equals_fp32_reference_to_bf16_precision(tiny_cfg, tmp_p
 
 def test_fp16_mixed_precision_is_refused(tiny_cfg):
     # on CPU Lightning itself swaps 16-mixed for bf16-mixed, so the check is driven directly
-    module = FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg))
+    module = FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg).method.align)
     module._trainer = SimpleNamespace(precision="16-mixed")
     with pytest.raises(ConfigError, match=r"trainer.precision='16-mixed'.*bf16-mixed"):
         module.on_fit_start()
@@ -386,7 +371,7 @@ def test_fp16_mixed_precision_is_refused(tiny_cfg):
 def test_overshooting_perturbation_is_reported(tiny_cfg, tmp_path, monkeypatch):
     """When the 'descent' step raises the harmful loss past the factor, the module says so
     once, naming the config key, instead of training on silently."""
-    module = FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg))
+    module = FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg).method.align)
     with pytest.warns(UserWarning, match=rf"method.align.rho={RHO} raised the harmful loss from 0.9 to 24"):
         module._warn_on_overshoot(0.9, 24.0)
     module._warn_on_overshoot(0.9, 30.0)  # said once only (no second warning, no error)
@@ -395,7 +380,7 @@ def test_overshooting_perturbation_is_reported(tiny_cfg, tmp_path, monkeypatch):
     assert not module._overshoot_warned
     # wired into the training step: with factor 0 any perturbed loss counts as overshoot
     monkeypatch.setattr(FlatAlignModule, "OVERSHOOT_FACTOR", 0.0)
-    fresh = FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg))
+    fresh = FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg).method.align)
     # recorded here rather than with pytest.warns, which re-emits the fit's other (third-
     # party) warnings without their module, past the module-specific filters
     with warnings.catch_warnings(record=True) as caught:
@@ -406,7 +391,7 @@ def test_overshooting_perturbation_is_reported(tiny_cfg, tmp_path, monkeypatch):
 
 
 def test_small_radius_does_not_warn(tiny_cfg, tmp_path, recwarn):
-    module = FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg))
+    module = FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg).method.align)
     _fit(module, [align_item(0, k) for k in range(2)], 2, tmp_path)
     overshoot = [str(w.message) for w in recwarn if "raised the harmful loss" in str(w.message)]
     assert overshoot == [] and module._overshoot_warned is False

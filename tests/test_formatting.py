@@ -4,49 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
 
 from antibody.config.errors import DataError
 from antibody.config.schema import PromptFormat
 from antibody.data.collate import BATCH_KEYS, collate_rows, encode_records, pad_token_id_of
 from antibody.data.formatting import encode_example, encode_pair, format_prompt
 from antibody.data.records import Record
-
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-_CORPUS = [
-    "Below is an instruction that describes a task, paired with an input that provides further context.",
-    "Write a response that appropriately completes the request. ### Instruction: ### Input: ### Response:",
-    "How do I bake bread? Mix flour, water, salt and yeast, then knead and bake it.",
-    "I'm sorry, but I can't help with that. The final answer is: 42. Explain why the sky is blue.",
-]
-
-
-def build_tiny_tokenizer(add_bos: bool = False) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on the spot with `tokenizers` (docs/data.md), ChatML template,
-    eos = pad = <|im_end|>; optionally adds a BOS like Llama-2."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<s>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer)
-    if add_bos:
-        tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-        )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>", bos_token="<s>"
-    )
-    fast.chat_template = CHATML
-    return fast
+from tests.helpers import build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from antibody.models import loading as loading_mod
 from antibody.models.placement import local_rank, quantized_device
 from tests._synthetic import BF16_RTOL, assert_close_bf16
 from tests.conftest import requires_cuda
+from tests.helpers import fp32_twin, frozen_state, randomise_lora_b, train_case
 
 
 # ---------------------------------------------------------------------------- placement
@@ -74,19 +75,17 @@ def test_nf4_bf16_step_on_cuda_equals_the_dequantised_fp32_step(tiny_cfg, tmp_pa
     """nf4 on the GPU computes in bf16 (models/loading.py): the step agrees with the fp32
     CPU step on the dequantised weights to bf16 precision (tests/_synthetic.py's
     BF16_RTOL, the bound the bf16-mixed tests use), and only LoRA tensors move."""
-    from tests.test_qlora import _frozen_state, _randomise_lora_b, _train, _twin
-
     model_cfg = dataclasses.replace(tiny_cfg.model, quantization=Quantization.NF4, gradient_checkpointing=True)
     torch.manual_seed(0)
     nf4, _ = load_model(model_cfg, device="cuda:0")
-    _randomise_lora_b(nf4)
-    twin = _twin(tiny_cfg.model, nf4)  # CPU, fp32
-    frozen = _frozen_state(nf4)
+    randomise_lora_b(nf4)
+    twin = fp32_twin(tiny_cfg.model, nf4)  # CPU, fp32
+    frozen = frozen_state(nf4)
     cfg = copy.deepcopy(tiny_cfg)
     cfg.trainer.accelerator, cfg.trainer.precision = "gpu", "bf16-mixed"
-    got, _ = _train(case, nf4, cfg, tmp_path / "cuda", accelerator="gpu", precision="bf16-mixed")
-    want, _ = _train(case, twin, tiny_cfg, tmp_path / "cpu")
-    after = _frozen_state(nf4)
+    got, _ = train_case(case, nf4, cfg, tmp_path / "cuda", accelerator="gpu", precision="bf16-mixed")
+    want, _ = train_case(case, twin, tiny_cfg, tmp_path / "cpu")
+    after = frozen_state(nf4)
     assert [n for n in frozen if not torch.equal(frozen[n], after[n])] == []
     for step, (g, w) in enumerate(zip(got, want, strict=True)):
         assert_close_bf16(g, w, f"{case} step {step}")
@@ -107,14 +106,12 @@ def test_bf16_precisions_train_a_finite_step_close_to_fp32(tiny_cfg, tmp_path, p
     """Both bf16 settings run the Antibody alignment step on CUDA (bf16-true: bf16 weights
     and LoRA) and stay within bf16 precision of the fp32 step (bf16-true rounds the weights
     too, so its bound is twice bf16-mixed's)."""
-    from tests.test_qlora import _randomise_lora_b, _train
-
     torch.manual_seed(0)
     model, _ = load_model(tiny_cfg.model)
-    _randomise_lora_b(model)
+    randomise_lora_b(model)
     fp32 = copy.deepcopy(model)
-    got, _ = _train("align-antibody", model, tiny_cfg, tmp_path / "bf16", accelerator="gpu", precision=precision)
-    want, _ = _train("align-antibody", fp32, tiny_cfg, tmp_path / "fp32")
+    got, _ = train_case("align-antibody", model, tiny_cfg, tmp_path / "bf16", accelerator="gpu", precision=precision)
+    want, _ = train_case("align-antibody", fp32, tiny_cfg, tmp_path / "fp32")
     rel = 2 * BF16_RTOL if precision == "bf16-mixed" else 4 * BF16_RTOL
     for g, w in zip(got, want, strict=True):
         assert torch.isfinite(g).all()
@@ -154,7 +151,7 @@ def test_an_evaluation_loads_its_model_for_inference_on_that_device(monkeypatch,
     monkeypatch.setattr(models, "load_model", fake_load)
     cfg = compose(["experiment=tiny", f"run.output_dir={tmp_path}"])
     with pytest.raises(RuntimeError, match="stop after the load"):
-        evaluate_mod.evaluate_model(cfg, None, tmp_path / "eval", records={}, tools={})
+        evaluate_mod.evaluate_model(cfg, None, tmp_path / "eval", records={}, tools=evaluate_mod.EvalTools(judge=None))
     assert seen["inference"] is True and seen["device"] == torch.device("cpu")
 
 

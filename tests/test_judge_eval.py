@@ -1,4 +1,4 @@
-"""`judge-eval`: the command, its files, the README block, and the default judge it chose."""
+"""`judge-eval`: the command, its files, its results-page block, and the default judge it chose."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import pytest
 
 from antibody.app.judge.evaluation import _answer_tokens, _candidates
 from antibody.app.judge.report import judge_table
-from antibody.app.report import block_name, render, update_readme
+from antibody.app.report import block_name, default_page, render, update_block
 from antibody.cli.main import main
 from antibody.config import compose
 from antibody.config.errors import ConfigError
 from antibody.config.schema import EvalConfig, JudgeKind
 from antibody.evaluation.judges import labelled
 
-README = Path(__file__).parent.parent / "README.md"
+PAGE = Path(__file__).parent.parent / default_page("judge-eval-results")
 
 
 def test_arguments_are_checked_before_any_work():
@@ -67,14 +67,14 @@ def test_judge_eval_writes_its_files_and_the_readme_block(tmp_path):
     assert f"**{result['best']}**" in text and "answers cut to 8 tokens" in text
     readme = tmp_path / "README.md"
     readme.write_text("a\n<!-- judge-eval-results:start -->\nPLACEHOLDER-XYZ\n<!-- judge-eval-results:end -->\nb\n")
-    update_readme(readme, text, block_name(result))
+    update_block(readme, text, block_name(result))
     assert "PLACEHOLDER-XYZ" not in readme.read_text() and text in readme.read_text()
 
 
-def test_the_readme_judge_table_was_generated_and_names_the_schema_default():
-    """The README's judge block is judge-eval's output; the judge it calls best on the
+def test_the_published_judge_table_was_generated_and_names_the_schema_default():
+    """The judge block of docs/results/judge-eval.md is judge-eval's output; the judge it calls best on the
     validation part is the embedded world's default (schema), unless the block says otherwise."""
-    text = README.read_text()
+    text = PAGE.read_text()
     block = text.split("<!-- judge-eval-results:start -->")[1].split("<!-- judge-eval-results:end -->")[0]
     best = re.search(r"Best by AUROC at the evaluation length: \*\*([\w+-]+)\*\*", block).group(1)
     default = EvalConfig()

@@ -21,13 +21,14 @@ from tests._synthetic import (
     Killed,
     SaveThenKill,
     clone_model,
-    finetune_item,
+    finetune_module,
     hf_loss,
     list_loader,
     tiny_lora_model,
     trainable,
     trainer,
 )
+from tests.helpers import lisa_items
 
 G, U = LisaState.GUIDE, LisaState.USER
 
@@ -97,16 +98,6 @@ def test_plan_maps_each_position_to_one_stream_in_order(accumulate):
 
 
 # ---------------------------------------------------------------------------- gradients
-def _synthetic_items(plan: LisaPlan, count: int) -> list[dict]:
-    items = []
-    for position in range(count):
-        ((stream, index),) = plan.at(position).items()
-        batch = finetune_item(0 if stream is TrainStream.USER else 1, index)
-        del batch["position"]
-        items.append({stream.value: batch, "position": position})
-    return items
-
-
 class _Reference(L.Callback):
     """Before each step: the trainable tensors and the gradient of the step's own loss,
     computed on a copy of the model with transformers' loss (token-mean NLL, which is the
@@ -131,10 +122,10 @@ def _flat(ts):
 def _run_proximal(tiny_cfg, tmp_path, proximal_after, steps=8, rho=0.5):
     # cycle of 2 guide + 2 user steps: G G U U G G U U
     cfg = _lisa_cfg(tiny_cfg, align=2, user=2, rho=rho, proximal_after=proximal_after, lr=1e-2)
-    module = LisaFinetuneModule(tiny_lora_model(), cfg, max_steps=steps)
+    module = finetune_module(LisaFinetuneModule, tiny_lora_model(), cfg, max_steps=steps)
     ref, cap = _Reference(), GradCapture()
     t = trainer(steps, tmp_path, callbacks=[ref, cap])
-    t.fit(module, train_dataloaders=list_loader(_synthetic_items(module.stream_plan, steps)))
+    t.fit(module, train_dataloaders=list_loader(lisa_items(module.stream_plan, steps)))
     states = _states(module.schedule, steps)
     assert states == [G, G, U, U] * 2
     return module, t, ref, cap, states
@@ -180,9 +171,16 @@ def test_proximal_term_is_off_before_proximal_after(tiny_cfg, tmp_path):
         pull = _expected_pull(states, ref, step, rho, proximal_from)
         want = ref.loss_grads[step] + (pull if pull is not None else 0.0)
         torch.testing.assert_close(_flat(cap.grads[step]), want, rtol=1e-5, atol=1e-7)
-    # step 3 had an anchor and had moved away from it, but the term was still off
-    assert float((_flat(ref.params[3]) - _flat(ref.params[2])).norm()) > 1e-3
-    assert _expected_pull(states, ref, 5, rho, proximal_from) is not None
+    # the comparison above tells on and off apart. Step 3 had an anchor and had moved away
+    # from it: the term switched on there would have added a pull far above the tolerance,
+    # yet the module's gradient was the loss's alone
+    off = rho * (_flat(ref.params[3]) - _flat(ref.params[2]))
+    assert float(off.norm()) > 1e-3
+    assert not torch.allclose(ref.loss_grads[3] + off, _flat(cap.grads[3]), rtol=1e-5, atol=1e-7)
+    # and from proximal_from on it is switched on: step 5's gradient is no longer the loss's
+    on = _flat(cap.grads[5]) - ref.loss_grads[5]
+    assert float(on.norm()) > 1e-3
+    torch.testing.assert_close(on, rho * (_flat(ref.params[5]) - _flat(ref.params[4])), rtol=1e-4, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------- real data
@@ -200,7 +198,7 @@ def _module(cfg, steps, seed=0):
     torch.manual_seed(seed)  # new LoRA tensors draw from the global RNG
     model, _ = load_model(cfg.model)
     model.train()
-    return LisaFinetuneModule(model, cfg, max_steps=steps)
+    return finetune_module(LisaFinetuneModule, model, cfg, max_steps=steps)
 
 
 def _fresh_cfg(tmp_path, accumulate=1):

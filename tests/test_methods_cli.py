@@ -13,12 +13,17 @@ import pytest
 from antibody.cli.main import main
 from antibody.config import ConfigError, compose
 from antibody.config.schema import AlignMethod, FinetuneMethod, Weighting, finetune_method
+from antibody.methods.flat_align import FlatAlignModule
+from antibody.methods.lisa import LisaFinetuneModule
 from antibody.methods.registry import (
     ALIGN_MODULES,
     FINETUNE_MODULES,
     build_align_module,
     build_finetune_module,
 )
+from antibody.methods.repnoise import RepNoiseAlignModule
+from antibody.methods.vaccine import VaccineAlignModule
+from antibody.methods.weighted_finetune import WeightedFinetuneModule
 from tests._synthetic import tiny_lora_model
 
 TINY = ["experiment=tiny", "method.align.max_steps=2", "method.finetune.max_steps=2"]
@@ -47,6 +52,26 @@ def test_every_method_has_an_option_file_and_each_file_composes():
         assert name in METHOD_FILES
 
 
+# What each method must build, written out here rather than read from the registries (a
+# test against ALIGN_MODULES would pass whatever they map to): the module class, and for
+# the flat module whether the flatness passes run (SFT is that module with them off).
+EXPECTED_ALIGN = {
+    AlignMethod.SFT: (FlatAlignModule, False),
+    AlignMethod.BOOSTER: (FlatAlignModule, True),
+    AlignMethod.ANTIBODY: (FlatAlignModule, True),
+    AlignMethod.VACCINE: (VaccineAlignModule, None),
+    AlignMethod.REPNOISE: (RepNoiseAlignModule, None),
+}
+# the fine-tuning module class, and whether a step scores the refusal view (only Antibody's
+# likelihood-ratio weights need log p(y_r|x); SafeInstr changes the data, not the step)
+EXPECTED_FINETUNE = {
+    FinetuneMethod.SFT: (WeightedFinetuneModule, False),
+    FinetuneMethod.ANTIBODY: (WeightedFinetuneModule, True),
+    FinetuneMethod.LISA: (LisaFinetuneModule, False),
+    FinetuneMethod.SAFEINSTR: (WeightedFinetuneModule, False),
+}
+
+
 @pytest.mark.parametrize(
     ("align", "finetune"), list(itertools.product(list(AlignMethod), list(FinetuneMethod)))
 )
@@ -59,8 +84,16 @@ def test_any_alignment_composes_with_any_finetuning(tiny_cfg, align, finetune):
         # Booster's own settings (it warns when asked for others)
         *(["method.align.lambda_mode=constant", "method.align.lambda2=0.0"] if align is AlignMethod.BOOSTER else []),
     ])
-    assert isinstance(build_align_module(tiny_lora_model(), cfg), ALIGN_MODULES[align])
-    assert isinstance(build_finetune_module(tiny_lora_model(), cfg), FINETUNE_MODULES[finetune])
+    aligner, finetuner = build_align_module(tiny_lora_model(), cfg), build_finetune_module(tiny_lora_model(), cfg)
+    # exact classes: LisaFinetuneModule is a WeightedFinetuneModule, so isinstance would
+    # accept Lisa's module for plain SFT
+    align_cls, flat = EXPECTED_ALIGN[align]
+    assert type(aligner) is align_cls
+    if align_cls is FlatAlignModule:  # the flat module runs the asked method, not another
+        assert (aligner.settings.method, aligner.settings.flat) == (align, flat)
+    finetune_cls, scores_refusal = EXPECTED_FINETUNE[finetune]
+    assert type(finetuner) is finetune_cls
+    assert finetuner.rule.needs_refusal is scores_refusal
 
 
 def test_a_method_name_never_hides_its_weighting():

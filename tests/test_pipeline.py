@@ -13,6 +13,7 @@ from scipy.stats import binomtest
 from antibody.app import stages
 from antibody.cli.main import main
 from antibody.evaluation.judges import is_refusal
+from tests.helpers import png_size, saved_figures
 
 TINY = ["experiment=tiny", "trainer.checkpoint_every_n_steps=2"]
 
@@ -138,7 +139,8 @@ def test_demo_pipeline_tiny(out, monkeypatch):
         real = getattr(evaluate, name)
         monkeypatch.setattr(evaluate, name, lambda *a, _real=real, _name=name, **k: built.__setitem__(
             _name, built[_name] + 1) or _real(*a, **k))
-    assert main(["demo", *TINY, f"run.output_dir={out}", "run.name=demo"]) == 0
+    with saved_figures() as figures:
+        assert main(["demo", *TINY, f"run.output_dir={out}", "run.name=demo"]) == 0
     # one judge; records for the upload with and without its harmful rows (the benign-only control)
     assert built == {"instrument": 1, "eval_records": 2}
     root = out / "demo"
@@ -148,7 +150,7 @@ def test_demo_pipeline_tiny(out, monkeypatch):
                                   "ft-sft-benign"} <= set(jobs)
     assert results["rows"][0]["label"] == "base model (no alignment)" and "train_seconds" not in results["rows"][0]
     assert (results["jobs_trained_this_invocation"], results["jobs_evaluated_this_invocation"]) == (8, 9)
-    assert (root / "results.png").stat().st_size > 1000
+    _assert_chart_shows_the_rows(figures["results.png"], root / "results.png", results)
     aligned = [r for r in results["rows"] if r["job"].startswith("align-")]
     assert len(aligned) == 2 and all("grad_norm" in r["sharpness"] for r in aligned)
     attacked = next(r for r in results["rows"] if r["job"] == "ft-sft-antibody")
@@ -188,6 +190,59 @@ def test_demo_pipeline_tiny(out, monkeypatch):
     again = json.loads((root / "results.json").read_text())
     assert (again["jobs_trained_this_invocation"], again["jobs_evaluated_this_invocation"]) == (0, 0)
     assert again["rows"] == results["rows"] and again["comparisons"] == results["comparisons"]
+
+
+def _assert_chart_shows_the_rows(fig, png, results):
+    """The demo's bar chart: per model (x tick = its job), four bars, Harmful Score, refusal,
+    over-refusal and the task's accuracy in % (0 where a model lacks the metric), each
+    recomputed from results.json; and results.png is a whole PNG of that figure."""
+    from matplotlib.container import BarContainer
+
+    rows, task = results["rows"], results["task"]
+    keys = {"harmful/harmful_score": "Harmful Score", "harmful/refusal_rate": "refusal (harmful)",
+            "benign/over_refusal": "over-refusal (benign)", f"{task}/accuracy": f"FA ({task})"}
+    (ax,) = fig.axes
+    assert [label.get_text() for label in ax.get_xticklabels()] == [r["job"] for r in rows]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [b.get_label() for b in bars] == list(keys.values())
+    for bar, key in zip(bars, keys, strict=True):
+        want = [100 * r["metrics"][key]["value"] if key in r["metrics"] else 0.0 for r in rows]
+        assert [p.get_height() for p in bar.patches] == pytest.approx(want), key
+    width, height = fig.get_size_inches() * 120  # saved at 120 dpi
+    assert png_size(png) == (round(width), round(height))
+
+
+def test_demo_chart_draws_each_models_rates_from_hand_made_rows(tmp_path):
+    """The tiny demo's rates are all 0, so the chart's bars are checked here on rows with
+    distinct rates: height = 100 x value (0 for a metric a row lacks), error bar = ± 100 x
+    stderr, each model's four bars centred on its tick."""
+    from matplotlib.container import BarContainer
+
+    from antibody.app.study.models import plot
+
+    def m(value, stderr):
+        return {"value": value, "stderr": stderr, "n": 64}
+
+    rows = [{"job": "a", "metrics": {"harmful/harmful_score": m(0.25, 0.05), "harmful/refusal_rate": m(0.5, 0.1),
+                                     "benign/over_refusal": m(0.1, 0.02), "arithmetic/accuracy": m(0.8, 0.04)}},
+            {"job": "b", "metrics": {"harmful/harmful_score": m(0.75, 0.03)}}]
+    with saved_figures() as figures:
+        plot(rows, "arithmetic", tmp_path / "chart.png")
+    (ax,) = figures["chart.png"].axes
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [b.get_label() for b in bars] == ["Harmful Score", "refusal (harmful)", "over-refusal (benign)",
+                                             "FA (arithmetic)"]
+    assert [[p.get_height() for p in b.patches] for b in bars] == [
+        pytest.approx([25, 75]), pytest.approx([50, 0]), pytest.approx([10, 0]), pytest.approx([80, 0])]
+    # error bars: one vertical segment per bar, from height - 100 stderr to height + 100 stderr
+    spans = [[seg[1][1] - seg[0][1] for seg in b.errorbar.lines[2][0].get_segments()] for b in bars]
+    assert spans == [pytest.approx([10, 6]), pytest.approx([20, 0]), pytest.approx([4, 0]), pytest.approx([8, 0])]
+    ticks = ax.get_xticks()
+    assert [label.get_text() for label in ax.get_xticklabels()] == ["a", "b"]
+    for i, tick in enumerate(ticks):
+        centres = [b.patches[i].get_x() + b.patches[i].get_width() / 2 for b in bars]
+        assert sum(centres) / len(centres) == pytest.approx(tick)
+    assert png_size(tmp_path / "chart.png") == (960, 540)  # 8 x 4.5 in at 120 dpi
 
 
 def test_control_suite_jobs_and_bad_suite(tmp_path, capsys):

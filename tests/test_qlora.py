@@ -24,66 +24,31 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
 
-from antibody.config.baselines import LisaConfig
-from antibody.config.schema import AlignMethod, Config, FinetuneMethod, LambdaMode, Quantization, Weighting
-from antibody.methods.lisa import LisaFinetuneModule
-from antibody.methods.registry import build_align_module, build_finetune_module
+from antibody.config.schema import Quantization
 from antibody.models import load_model, trainable_parameters
-from antibody.models.adapters import apply_lora
-from tests._synthetic import GradCapture, align_item, finetune_item, list_loader, trainer
-from tests.test_lisa import _synthetic_items
+from tests.helpers import (
+    QLORA_CASES,
+    flat,
+    fp32_twin,
+    frozen_state,
+    quantised_layers,
+    randomise_lora_b,
+    train_case,
+)
 
 bnb = pytest.importorskip("bitsandbytes")
 
 QLORA_RTOL = 1e-5  # see the module docstring
-STEPS = 2  # a second step sees weights the optimiser moved (AdamW state, Lisa's anchors)
 
 
 def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
     got, want = got.double(), want.double()
     return float((got - want).norm() / want.norm())
-
-
-def _flat(ts) -> torch.Tensor:
-    return torch.cat([t.detach().reshape(-1) for t in ts])
-
-
-def _quantised_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
-
-
-def _randomise_lora_b(model: nn.Module, seed: int = 1) -> None:
-    # LoRA B starts at 0, where d/dA = 0: non-zero B lets every LoRA tensor take a gradient
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in trainable_parameters(model):
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-
-
-def _twin(model_cfg, nf4: nn.Module, *, dequantised: bool = True) -> nn.Module:
-    """The fp32 model with nf4's LoRA tensors; base weights dequantised from nf4's 4-bit
-    ones (or, with dequantised=False, the original fp32 weights nf4 was quantised from)."""
-    from bitsandbytes.functional import dequantize_4bit
-
-    fp32, _ = load_model(model_cfg, with_lora=False)
-    modules = dict(fp32.named_modules())
-    if dequantised:
-        for name, layer in _quantised_layers(nf4.get_base_model()).items():
-            w = dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
-            modules[name.replace(".base_layer", "")].weight.data.copy_(w)
-    twin = apply_lora(fp32, model_cfg.lora)
-    lora = dict(trainable_parameters(nf4))
-    with torch.no_grad():
-        for name, p in trainable_parameters(twin):
-            p.copy_(lora[name])
-    return twin
 
 
 @pytest.fixture(scope="module")
@@ -96,113 +61,39 @@ def models(tmp_path_factory):
     torch.manual_seed(0)  # the LoRA A draw
     nf4, _ = load_model(dataclasses.replace(cfg, quantization=Quantization.NF4, gradient_checkpointing=True),
                         device="cpu")
-    _randomise_lora_b(nf4)
-    return cfg, nf4, _twin(cfg, nf4)
-
-
-# ---------------------------------------------------------------------------- the methods
-def _align(method: AlignMethod, **settings) -> Callable:
-    def configure(cfg: Config) -> None:
-        a = cfg.method.align
-        a.method, a.weight_decay, a.rho = method, 0.0, 0.5  # rho: g_h' differs clearly from g_h
-        for key, value in settings.items():
-            setattr(a, key, value)
-
-    return configure
-
-
-def _finetune(method: FinetuneMethod, weighting: Weighting) -> Callable:
-    def configure(cfg: Config) -> None:
-        f = cfg.method.finetune
-        f.method, f.weighting, f.weight_decay = method, weighting, 0.0
-        f.lisa = LisaConfig(rho=0.5, align_steps=1, user_steps=1, min_cycles=1, proximal_after=0.0)
-
-    return configure
-
-
-def _lisa(model: nn.Module, cfg: Config) -> LisaFinetuneModule:
-    return LisaFinetuneModule(model, cfg, max_steps=STEPS)
-
-
-# (configure the config, build the module, the items of STEPS steps)
-CASES = {
-    "align-sft": (_align(AlignMethod.SFT), build_align_module, None),
-    "align-booster": (_align(AlignMethod.BOOSTER, lambda_mode=LambdaMode.CONSTANT, lambda2=0.0),
-                      build_align_module, None),
-    "align-antibody": (_align(AlignMethod.ANTIBODY), build_align_module, None),
-    "align-vaccine": (_align(AlignMethod.VACCINE), build_align_module, None),
-    "align-repnoise": (_align(AlignMethod.REPNOISE), build_align_module, None),
-    "finetune-sft": (_finetune(FinetuneMethod.SFT, Weighting.UNIFORM), build_finetune_module, None),
-    "finetune-antibody": (_finetune(FinetuneMethod.ANTIBODY, Weighting.LIKELIHOOD_RATIO),
-                          build_finetune_module, None),
-    "finetune-lisa": (_finetune(FinetuneMethod.LISA, Weighting.UNIFORM), _lisa, "lisa"),
-}
-
-
-def _items(case: str, module) -> list[dict]:
-    if CASES[case][2] == "lisa":  # guide and user batches, as the Lisa plan orders them
-        return _synthetic_items(module.stream_plan, STEPS)
-    make = align_item if case.startswith("align") else finetune_item
-    return [make(0, position) for position in range(STEPS)]
-
-
-def _train(case: str, model: nn.Module, tiny_cfg: Config, root, **trainer_kwargs) -> tuple[list[torch.Tensor], object]:
-    configure, build, _ = CASES[case]
-    cfg = copy.deepcopy(tiny_cfg)
-    configure(cfg)
-    model.train()
-    module = build(model, cfg)
-    cap = GradCapture()
-    t = trainer(STEPS, root, callbacks=[cap], **trainer_kwargs)
-    t.fit(module, train_dataloaders=list_loader(_items(case, module)))
-    assert t.global_step == STEPS and module.skipped_steps == 0
-    return [_flat(g) for g in cap.grads], module
-
-
-def _frozen_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every non-LoRA tensor: parameters (the packed 4-bit weights among them), buffers and
-    the 4-bit layers' quantisation constants (absmax, double-quant state), copied to the CPU:
-    Lightning's teardown moves the module to the CPU after fit, so a state read on cuda:0
-    before training is compared with one read on the CPU after it (torch.equal across
-    devices raises; tests/test_gpu.py)."""
-    out = {n: t.detach().cpu().clone() for n, t in model.state_dict().items() if "lora_" not in n}
-    for name, layer in _quantised_layers(model).items():
-        qs = layer.weight.quant_state
-        out[f"{name}.absmax"] = qs.absmax.cpu().clone()
-        if qs.state2 is not None:
-            out[f"{name}.absmax2"] = qs.state2.absmax.cpu().clone()
-    return out
+    randomise_lora_b(nf4)
+    return cfg, nf4, fp32_twin(cfg, nf4)
 
 
 # ---------------------------------------------------------------------------- tests
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(QLORA_CASES))
 def test_nf4_step_trains_lora_only_and_equals_the_dequantised_fp32_step(models, tiny_cfg, tmp_path, case):
     model_cfg, nf4_built, twin_built = models
     nf4, twin = copy.deepcopy(nf4_built), copy.deepcopy(twin_built)
     base = nf4.get_base_model()
     # what conf/model/llama2-7b.yaml asks for: 4-bit nf4 layers, checkpointing on
-    layers = _quantised_layers(base)
+    layers = quantised_layers(base)
     assert layers and all(m.weight.quant_state.quant_type == "nf4" for m in layers.values())
     assert base.is_gradient_checkpointing and not twin.get_base_model().is_gradient_checkpointing
-    frozen = _frozen_state(nf4)
+    frozen = frozen_state(nf4)
     lora_before = {n: p.detach().clone() for n, p in trainable_parameters(nf4)}
     assert lora_before and all("lora_" in n for n in lora_before)
 
-    got, _ = _train(case, nf4, tiny_cfg, tmp_path / "nf4")
-    want, _ = _train(case, twin, tiny_cfg, tmp_path / "fp32")
+    got, _ = train_case(case, nf4, tiny_cfg, tmp_path / "nf4")
+    want, _ = train_case(case, twin, tiny_cfg, tmp_path / "fp32")
 
-    after = _frozen_state(nf4)
+    after = frozen_state(nf4)
     assert after.keys() == frozen.keys()
     changed = [n for n in frozen if not torch.equal(frozen[n], after[n])]
     assert changed == [], f"{case} wrote frozen or 4-bit tensors: {changed}"
-    assert all(m.weight.dtype == torch.uint8 for m in _quantised_layers(nf4).values())
+    assert all(m.weight.dtype == torch.uint8 for m in quantised_layers(nf4).values())
     moved = [n for n, p in trainable_parameters(nf4) if not torch.equal(p, lora_before[n])]
     assert moved, f"{case}: no LoRA tensor moved"
     for step, (g, w) in enumerate(zip(got, want, strict=True)):
         assert float(w.norm()) > 0
         assert _rel(g, w) <= QLORA_RTOL, f"{case} step {step}: gradient error {_rel(g, w):.3g}"
-    lora_nf4 = _flat(p for _, p in trainable_parameters(nf4))
-    lora_fp32 = _flat(p for _, p in trainable_parameters(twin))
+    lora_nf4 = flat(p for _, p in trainable_parameters(nf4))
+    lora_fp32 = flat(p for _, p in trainable_parameters(twin))
     assert _rel(lora_nf4, lora_fp32) <= QLORA_RTOL
 
 
@@ -210,9 +101,9 @@ def test_tolerance_tells_nf4_from_the_unquantised_weights(models, tiny_cfg, tmp_
     """The comparison can fail: the same step on the original fp32 weights (those nf4 was
     quantised from) differs by far more than QLORA_RTOL."""
     model_cfg, nf4_built, _ = models
-    got, _ = _train("align-antibody", copy.deepcopy(nf4_built), tiny_cfg, tmp_path / "nf4")
-    original = _twin(model_cfg, nf4_built, dequantised=False)
-    want, _ = _train("align-antibody", original, tiny_cfg, tmp_path / "orig")
+    got, _ = train_case("align-antibody", copy.deepcopy(nf4_built), tiny_cfg, tmp_path / "nf4")
+    original = fp32_twin(model_cfg, nf4_built, dequantised=False)
+    want, _ = train_case("align-antibody", original, tiny_cfg, tmp_path / "orig")
     assert _rel(got[0], want[0]) > 100 * QLORA_RTOL
 
 
@@ -238,7 +129,7 @@ def test_an_eval_forward_before_training_keeps_every_lora_gradient(models):
     assert all(g is not None for g in got), "an eval forward cut the LoRA gradient"
     assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
     assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
-                   for m in _quantised_layers(evaluated).values())
+                   for m in quantised_layers(evaluated).values())
 
 
 def test_an_nf4_chain_stacks_the_alignment_adapter_through_the_cli(tmp_path):

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from dataclasses import replace
 
 import pytest
 from scipy.stats import binomtest
 
 from antibody.app.demo.tables import markdown_table
-from antibody.app.evaluate import is_current
+from antibody.app.evaluate import EvalTools, is_current
 from antibody.app.judge.change import hs_by_judge, judge_change_table
 from antibody.app.report import render
 from antibody.config import compose
@@ -296,33 +297,38 @@ VALIDATION = {"tp": 8, "n_pos": 10, "tn": 9, "n_neg": 10, "judge": "keyword:keyw
               "sensitivity": {"value": 0.8, "ci95_low": 0.49, "ci95_high": 0.94}, "threshold": 0.5}
 
 
+def _evaluate_with(tools, tokenizer, cfg, out_dir):
+    ev.evaluate(None, tokenizer, {"harmful": harmful_records()}, cfg, out_dir, tools.judge, loss=tools.loss,
+                validation=tools.validation)
+
+
 def test_is_current(monkeypatch, cfg, tokenizer, tmp_path):
     monkeypatch.setattr(ev, "generate", scripted_generate)
     path = tmp_path / "eval" / "metrics.json"
-    tools = {"judge": KeywordJudge(), "loss": None, "validation": VALIDATION}
+    tools = EvalTools(judge=KeywordJudge(), loss=None, validation=VALIDATION)
     assert not is_current(path, tools)
-    ev.evaluate(None, tokenizer, {"harmful": harmful_records()}, cfg, tmp_path / "eval", **tools)
+    _evaluate_with(tools, tokenizer, cfg, tmp_path / "eval")
     assert is_current(path, tools)
-    assert is_current(path, dict(tools, judge=KeywordJudge(), validation=json.loads(json.dumps(VALIDATION))))
+    assert is_current(path, replace(tools, judge=KeywordJudge(), validation=json.loads(json.dumps(VALIDATION))))
 
     other_version = KeywordJudge()
     other_version.version = "keyword-v2"
-    assert not is_current(path, dict(tools, judge=other_version))
-    assert not is_current(path, dict(tools, judge=FakeJudge()))
-    assert not is_current(path, dict(tools, validation=dict(VALIDATION, tp=7)))
-    assert not is_current(path, dict(tools, validation=None))
-    assert not is_current(path, dict(tools, loss=FakeLoss(2.0)))
+    assert not is_current(path, replace(tools, judge=other_version))
+    assert not is_current(path, replace(tools, judge=FakeJudge()))
+    assert not is_current(path, replace(tools, validation=dict(VALIDATION, tp=7)))
+    assert not is_current(path, replace(tools, validation=None))
+    assert not is_current(path, replace(tools, loss=FakeLoss(2.0)))
 
     # with a loss rule: current for that threshold only
-    with_loss = dict(tools, loss=FakeLoss(2.0))
-    ev.evaluate(None, tokenizer, {"harmful": harmful_records()}, cfg, tmp_path / "eval", **with_loss)
-    assert is_current(path, with_loss) and is_current(path, dict(tools, loss=FakeLoss(2.0)))
-    assert not is_current(path, dict(tools, loss=FakeLoss(2.5)))
+    with_loss = replace(tools, loss=FakeLoss(2.0))
+    _evaluate_with(with_loss, tokenizer, cfg, tmp_path / "eval")
+    assert is_current(path, with_loss) and is_current(path, replace(tools, loss=FakeLoss(2.0)))
+    assert not is_current(path, replace(tools, loss=FakeLoss(2.5)))
     assert not is_current(path, tools)
 
     # without validation: current only for validation=None
-    no_val = dict(tools, validation=None)
-    ev.evaluate(None, tokenizer, {"harmful": harmful_records()}, cfg, tmp_path / "eval", **no_val)
+    no_val = replace(tools, validation=None)
+    _evaluate_with(no_val, tokenizer, cfg, tmp_path / "eval")
     assert is_current(path, no_val) and not is_current(path, tools)
 
 

@@ -49,6 +49,10 @@ def _cfg(cfg, alpha=ALPHA, beta=BETA, logit_lens=True, accumulate=1):
     return cfg
 
 
+def _module(model, cfg):
+    return RepNoiseAlignModule(model, cfg.method.align, seed=cfg.run.seed)
+
+
 def _flat(gs):
     return torch.cat([g.reshape(-1) for g in gs]).double()
 
@@ -229,8 +233,8 @@ def test_missing_final_norm_is_a_clear_error(tiny_cfg):
     ):
         logit_lens_modules(_NoNormLM())
     with pytest.raises(ModelError, match=r"repnoise.logit_lens=false"):
-        RepNoiseAlignModule(_NoNormLM(), _cfg(tiny_cfg))
-    RepNoiseAlignModule(_NoNormLM(), _cfg(tiny_cfg, logit_lens=False))  # not needed: accepted
+        _module(_NoNormLM(), _cfg(tiny_cfg))
+    _module(_NoNormLM(), _cfg(tiny_cfg, logit_lens=False))  # not needed: accepted
 
 
 # ---------------------------------------------------------------------------- noise
@@ -246,7 +250,7 @@ def test_noise_depends_only_on_seed_and_position(tiny_cfg):
     assert not torch.equal(a[0], a[1])  # each layer gets its own noise
     seeds = {noise_seed(s, p) for s in (0, 1, 42) for p in range(50)}
     assert len(seeds) == 150 and all(0 <= s < 2**63 for s in seeds)
-    module = RepNoiseAlignModule(tiny_lora_model(), _cfg(tiny_cfg))
+    module = _module(tiny_lora_model(), _cfg(tiny_cfg))
     assert module.noise_seed(3) == noise_seed(tiny_cfg.run.seed, 3)
     # drawing the module's noise leaves the global RNG where it was
     before = torch.get_rng_state()
@@ -262,7 +266,7 @@ def test_gradient_equals_autograd_on_reference_total(tiny_cfg, tmp_path, logit_l
     item = align_item(0, 0)
     want = _ref_grad(model, item, noise_seed(cfg.run.seed, 0), logit_lens=logit_lens)
     cap = GradCapture()
-    t = _fit(RepNoiseAlignModule(model, cfg), [item], 1, tmp_path, callbacks=[cap])
+    t = _fit(_module(model, cfg), [item], 1, tmp_path, callbacks=[cap])
     torch.testing.assert_close(_flat(cap.grads[0]), want["total"], rtol=1e-4, atol=1e-7)
     norm = float(want["total"].norm())
     assert float(want["harm"].norm()) > 1e-2 * norm and float(want["mmd"].norm()) > 1e-2 * norm
@@ -277,7 +281,7 @@ def test_accumulation_averages_the_micro_batch_gradients(tiny_cfg, tmp_path):
     items = [align_item(0, 0), align_item(0, 1)]
     want = sum(_ref_grad(model, it, noise_seed(cfg.run.seed, it["position"]))["total"] for it in items) / 2
     cap = GradCapture()
-    _fit(RepNoiseAlignModule(model, cfg), items, 1, tmp_path, callbacks=[cap])
+    _fit(_module(model, cfg), items, 1, tmp_path, callbacks=[cap])
     assert len(cap.grads) == 1
     torch.testing.assert_close(_flat(cap.grads[0]), want, rtol=1e-4, atol=1e-7)
 
@@ -286,7 +290,7 @@ def test_short_fit_with_released_weights_trains_adapters_only(tiny_cfg, tmp_path
     cfg = _cfg(tiny_cfg, alpha=0.1, beta=0.001)  # released scripts
     model = tiny_lora_model()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    module = RepNoiseAlignModule(model, cfg)
+    module = _module(model, cfg)
     t = _fit(module, [align_item(0, i) for i in range(3)], 3, tmp_path)
     assert t.global_step == 3 and module.stream_position == 3 and module.skipped_steps == 0
     for n, p in model.named_parameters():
@@ -299,7 +303,7 @@ def test_resume_from_step_checkpoint_equals_uninterrupted(tiny_cfg, tmp_path):
     cfg = _cfg(tiny_cfg, accumulate=2)
 
     def run(max_steps, root, ckpt_path=None, callbacks=()):
-        module = RepNoiseAlignModule(tiny_lora_model(), cfg)
+        module = _module(tiny_lora_model(), cfg)
         t = trainer(max_steps, root, callbacks=callbacks)
         t.fit(module, datamodule=SyntheticDataModule("align", batch_size=3), ckpt_path=ckpt_path)
         return module, t
@@ -320,7 +324,7 @@ def test_bf16_mixed_step_equals_fp32_reference_to_bf16_precision(tiny_cfg, tmp_p
     item = align_item(0, 0)
     want = _ref_grad(model, item, noise_seed(cfg.run.seed, 0))["total"]
     cap = GradCapture()
-    t = _fit(RepNoiseAlignModule(model, cfg), [item], 1, tmp_path, callbacks=[cap], precision="bf16-mixed")
+    t = _fit(_module(model, cfg), [item], 1, tmp_path, callbacks=[cap], precision="bf16-mixed")
     assert t.global_step == 1
     assert_close_bf16(_flat(cap.grads[0]), want, "RepNoise gradient")
     assert float(t.callback_metrics["align/mmd_loss"]) > 0

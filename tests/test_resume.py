@@ -18,12 +18,12 @@ k = 2  # checkpointed step
 def _align_module(cfg):
     a = cfg.method.align
     a.lambda_mode, a.rho, a.accumulate_grad_batches = LambdaMode.COSINE_EMA, 0.5, 2
-    return FlatAlignModule(tiny_lora_model(), cfg)
+    return FlatAlignModule(tiny_lora_model(), cfg.method.align)
 
 
 def _finetune_module(cfg):
     cfg.method.finetune.accumulate_grad_batches = 1
-    return WeightedFinetuneModule(tiny_lora_model(), cfg, detector_window=3)
+    return WeightedFinetuneModule(tiny_lora_model(), cfg.method.finetune, detector_window=3)
 
 
 STAGES = {"align": (_align_module, 3), "finetune": (_finetune_module, 4)}

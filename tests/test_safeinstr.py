@@ -13,8 +13,8 @@ from antibody.data.datamodule import SafetyDataModule
 from antibody.data.plan import EVAL_SPLITS, Split, floor_share, train_split_for
 from antibody.data.streams import take
 from antibody.models import load_model, load_tokenizer
-from tests._synthetic import trainer
-from tests.test_datamodule import build
+from tests._synthetic import finetune_module, trainer
+from tests.helpers import build_datamodule as build
 
 SAFEINSTR = ("method.finetune.method=safeinstr", "method.finetune.weighting=uniform")
 
@@ -120,7 +120,7 @@ def test_safeinstr_finetuning_trains_on_the_demonstrations(real, tmp_path):
     torch.manual_seed(0)
     model, _ = load_model(real.cfg.model)
     model.train()
-    module = WeightedFinetuneModule(model, real.cfg)
+    module = finetune_module(WeightedFinetuneModule, model, real.cfg)
     trainer(6, tmp_path).fit(module, datamodule=real)  # one epoch of the mix
     records = module.weight_records()
     assert {r["uid"] for r in records} <= {r.uid for r in real.records(Split.USER_SAFEINSTR)}

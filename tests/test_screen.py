@@ -16,7 +16,8 @@ from antibody.app.screen import run as screen_module
 from antibody.app.screen.run import exact_weights, expected_weights, sampled_weights
 from antibody.cli.main import main
 from antibody.config import compose, to_yaml
-from tests._synthetic import list_loader, trainer
+from tests._synthetic import finetune_module, list_loader, trainer
+from tests.helpers import SMALL, png_size, saved_figures, step_histogram
 
 N_ROWS = 14
 
@@ -101,10 +102,12 @@ def screened(tmp_path_factory):
     upload = root / "upload.jsonl"
     upload.write_text("".join(json.dumps(r) + "\n" for r in _upload_rows()))
     out = root / "out"
-    assert main(["screen", str(upload), f"run={run}", f"out={out}", "batch=5"]) == 0
+    with saved_figures() as figures:  # the chart as drawn, for test_screen_chart_...
+        assert main(["screen", str(upload), f"run={run}", f"out={out}", "batch=5"]) == 0
     rows = [json.loads(line) for line in (out / "screen.jsonl").read_text().splitlines()]
     summary = json.loads((out / "screen.json").read_text())
-    return {"cfg": cfg, "run": run, "upload": upload, "out": out, "rows": rows, "summary": summary, "root": root}
+    return {"cfg": cfg, "run": run, "upload": upload, "out": out, "rows": rows, "summary": summary, "root": root,
+            "figures": figures}
 
 
 def test_screen_r_is_the_finetune_modules_r(screened):
@@ -121,7 +124,7 @@ def test_screen_r_is_the_finetune_modules_r(screened):
     encoded = encode_records(records, tok, cfg.data.prompt_format, cfg.data.max_length)
     items = [{**collate_rows(encoded[i : i + 4], tok.pad_token_id), "position": k}
              for k, i in enumerate(range(0, len(encoded), 4))]
-    module = WeightedFinetuneModule(model, cfg)
+    module = finetune_module(WeightedFinetuneModule, model, cfg)
     trainer(len(items), screened["root"]).fit(module, train_dataloaders=list_loader(items))
     by_uid = {rec["uid"]: rec for rec in module.weight_records()}
     rows = screened["rows"]
@@ -164,8 +167,29 @@ def test_screen_report_numbers_recomputed(screened):
         assert cells[kind]["weight_share"] == pytest.approx(w[mask].sum() / w.sum(), rel=1e-5)
     md = (screened["out"] / "screen.md").read_text()
     assert f"| AUROC | {auroc['neg_ratio']:.3f} |" in md and "rows/s" in md
-    assert (screened["out"] / "screen.png").stat().st_size > 0
     assert s["throughput"]["rows"] == N_ROWS and s["throughput"]["rows_per_second"] > 0
+
+
+def test_screen_chart_shows_each_tags_histogram_of_r_and_weight(screened):
+    """screen.png holds two panels, r and expected weight x B, each with one step histogram
+    per tag over bins shared by the whole upload: the drawn counts are recounted here."""
+    rows = screened["rows"]
+    fig = screened["figures"]["screen.png"]
+    # the file is a whole PNG of the drawn figure's size (10 x 3.6 in at 110 dpi)
+    assert png_size(screened["out"] / "screen.png") == (1100, 396)
+    r_axis, w_axis = fig.axes
+    assert (r_axis.get_xlabel(), w_axis.get_xlabel()) == ("r = log p(y|x) - log p(y_r|x)",
+                                                          "expected weight x B (1 = plain SFT)")
+    for ax, key in ((r_axis, "r"), (w_axis, "weight_x_B")):
+        edges = np.histogram_bin_edges([row[key] for row in rows], bins=30)
+        drawn = {patch.get_label(): step_histogram(patch) for patch in ax.patches}
+        assert list(drawn) == ["harmful (tag)", "benign (tag)"], key
+        for label, harmful in (("harmful (tag)", True), ("benign (tag)", False)):
+            want, _ = np.histogram([row[key] for row in rows if row["is_harmful"] is harmful], bins=edges)
+            lefts, counts = drawn[label]
+            np.testing.assert_allclose(lefts, edges[:-1], err_msg=f"{key} {label}")
+            np.testing.assert_array_equal(counts, want, err_msg=f"{key} {label}")
+        assert sum(drawn["harmful (tag)"][1]) == 5 and sum(drawn["benign (tag)"][1]) == N_ROWS - 5
 
 
 def test_screen_resumes_after_a_kill(screened, monkeypatch):
@@ -212,8 +236,6 @@ def test_screen_of_a_bad_upload_writes_nothing(screened, capsys):
 def test_embedded_finetune_and_screen_on_a_written_upload(tmp_path):
     """Align (2 steps), fine-tune on an upload file a user wrote, screen it under the aligned
     run: the screen's r equals the r the fine-tuning run logged for its first batch."""
-    from tests.test_slow_embedded import SMALL
-
     rows = _upload_rows()[:12]
     upload = tmp_path / "upload.jsonl"
     upload.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -8,22 +8,9 @@ import pytest
 
 from antibody.cli.main import main
 from antibody.evaluation.judges import is_refusal
+from tests.helpers import SMALL
 
 pytestmark = pytest.mark.slow
-
-SMALL = [
-    "data.alignment.n_harmful=16",
-    "data.alignment.n_harmful_answers=16",
-    "data.user.n=16",
-    "data.eval.n_harmful=8",
-    "data.eval.n_benign=8",
-    "data.eval.n_task=8",
-    "data.generation_max_new_tokens=32",
-    "method.align.max_steps=2",
-    "method.finetune.max_steps=2",
-    "eval.max_new_tokens=16",
-    "trainer.progress_bar=false",
-]
 
 
 def test_embedded_align_finetune_eval(tmp_path):

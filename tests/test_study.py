@@ -270,9 +270,10 @@ def test_the_studys_compute_counts_each_finished_job_once(tmp_path):
     assert f"{total:.1f} min in all, on machines with 2/16 CPU cores" in compute_line(cost)
 
 
-def test_a_studys_plots_reach_the_readme_as_committed_files(tmp_path):
+def test_a_studys_plots_reach_its_results_page_as_committed_files(tmp_path):
     """runs/ is never committed, so `report` copies the study's plots into FIGURES_DIR beside
-    the README and shows them in the block; the weights plot exists only while a row weights."""
+    the results page and shows them in the block; the weights plot exists only while a row weights."""
+    from antibody.app.report import default_page
     from antibody.app.study.plots import FIGURES_DIR, figure_name, write_figures
 
     study = tmp_path / "runs" / "fake"
@@ -280,9 +281,10 @@ def test_a_studys_plots_reach_the_readme_as_committed_files(tmp_path):
     results = {"kind": "study", "study": "fake", "axes": ["data.user.p"], "seeds": [1, 2], "cells": cells,
                "reference": "ref", "jobs": 4}
     results.update(summarise(results, study))
-    readme = tmp_path / "README.md"
+    readme = tmp_path / default_page("study-fake-results")  # the page, named on the command line
+    readme.parent.mkdir(parents=True)
     readme.write_text("# x\n<!-- study-fake-results:start -->\nold\n<!-- study-fake-results:end -->\n")
-    figures = tmp_path / FIGURES_DIR
+    figures = readme.parent / FIGURES_DIR
     shown = {f: f"![study fake: {f}]({(FIGURES_DIR / figure_name('fake', f + '.png')).as_posix()})"
              for f in ("results", "weights")}
 
@@ -309,7 +311,7 @@ def test_a_studys_plots_reach_the_readme_as_committed_files(tmp_path):
     text = report(weighted)
     assert shown["weights"] in text
     assert (figures / figure_name("fake", "weights.png")).read_bytes() == (study / "weights.png").read_bytes()
-    # and when no row weights any more, the old plot goes from the study and from the README
+    # and when no row weights any more, the old plot goes from the study and from the page
     text = report(results)
     assert "weights.png" not in text and not (figures / figure_name("fake", "weights.png")).exists()
     assert not (study / "weights.png").exists() and text.count("study-fake-results:start") == 1
@@ -324,7 +326,7 @@ def test_paper_experiments_compose_with_the_released_settings_and_fit_the_datase
     settings and asks for no more rows than the real datasets hold."""
     import math
 
-    from antibody.data.sizes import KNOWN_SIZES, size_problems
+    from antibody.config.sizes import KNOWN_SIZES, size_problems
 
     cfg = compose([f"experiment=paper/{path.stem}"])
     assert cfg.model.source.value == "hub" and cfg.data.prompt_format.value == "alpaca"

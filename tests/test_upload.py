@@ -13,8 +13,8 @@ from antibody.config import ConfigError, DataError, compose, load_saved, to_yaml
 from antibody.config.schema import Stage
 from antibody.data.sources import refusal_for
 from antibody.data.upload import load_upload
-from tests.test_datamodule import MIX
-from tests.test_datamodule import build as build_dm
+from tests.helpers import MIX, build_tiny_tokenizer
+from tests.helpers import build_datamodule as build_dm
 
 ROWS = [
     {"instruction": "What is 2 + 3?", "output": "The final answer is: 5", "is_harmful": False, "kind": "task"},
@@ -41,7 +41,7 @@ def error_of(path, *overrides, tokenizer=None) -> str:
 
 
 def build_upload_dm(tmp_path, fake, *overrides, tokenizer):
-    """test_datamodule's DataModule with an upload: its mix minus the research-upload keys,
+    """tests/helpers.py's DataModule with an upload: its mix minus the research-upload keys,
     which compose refuses beside data.user.path."""
     from antibody.data.datamodule import SafetyDataModule
 
@@ -235,8 +235,6 @@ def test_tags_never_train(tmp_path):
 
 
 def test_upload_replaces_the_research_upload_and_leaves_other_splits(tmp_path, fake):
-    from tests.test_formatting import build_tiny_tokenizer
-
     path = write_jsonl(tmp_path / "u.jsonl", ROWS)
     tok = build_tiny_tokenizer()
     plain = build_dm(tmp_path, fake, tokenizer=tok)
@@ -265,7 +263,6 @@ def test_the_detector_window_is_one_pass_over_the_upload_not_data_user_n(tmp_pat
     """Weighted fine-tuning logs detector AUROCs once per pass over the upload: an upload's
     pass is ceil(its rows / B) micro-batches, whatever data.user.n (tiny: 20) says."""
     from antibody.app.stages import module_config
-    from tests.test_formatting import build_tiny_tokenizer
 
     path = write_jsonl(tmp_path / "u.jsonl", ROWS * 7)  # 21 rows
     over = (f"data.user.path={path}", *FIELDS, "data.user.duplicates=keep", "data.finetune_batch_size=4")

@@ -132,7 +132,7 @@ def test_perturbation_has_global_norm_rho_along_the_hidden_gradient(tiny_cfg, po
     model = tiny_lora_model()
     batch = align_item(0, 0)["align"]
     ref = _ref_vaccine(model, batch, point)
-    module = VaccineAlignModule(model, _cfg(tiny_cfg, point))
+    module = VaccineAlignModule(model, _cfg(tiny_cfg, point).method.align)
     p = module.hidden_perturbation(batch)
     assert len(p.deltas) == 2
     assert float(global_norm(p.deltas)) == pytest.approx(RHO, rel=1e-5)  # over all layers together
@@ -165,7 +165,7 @@ def test_update_equals_independent_computation(tiny_cfg, tmp_path, point):
     item = align_item(0, 0)
     ref = _ref_vaccine(model, item["align"], point)
     cap = GradCapture()
-    t = _fit(VaccineAlignModule(model, _cfg(tiny_cfg, point)), [item], 1, tmp_path, [cap])
+    t = _fit(VaccineAlignModule(model, _cfg(tiny_cfg, point).method.align), [item], 1, tmp_path, [cap])
     got, want = _flat(cap.grads[0]), _flat(ref.grads)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-8)
     # the perturbation matters: the plain SFT gradient is far outside that tolerance
@@ -185,7 +185,7 @@ def test_bf16_mixed_update_equals_fp32_reference_to_bf16_precision(tiny_cfg, tmp
     item = align_item(0, 0)
     ref = _ref_vaccine(model, item["align"], point)  # fp32 on the CPU
     cap = GradCapture()
-    module = VaccineAlignModule(model, _cfg(tiny_cfg, point))
+    module = VaccineAlignModule(model, _cfg(tiny_cfg, point).method.align)
     t = _fit(module, [item], 1, tmp_path, [cap], precision="bf16-mixed", accelerator=accelerator)
     assert t.global_step == 1
     # measured on the CPU: 1.8e-2 relative error, while the perturbation moves the update
@@ -202,7 +202,7 @@ class _Boom(RuntimeError):
 @pytest.mark.parametrize("point", POINTS)
 def test_hooks_are_removed_after_a_step_and_after_an_exception(tiny_cfg, tmp_path, point, fail_at):
     model = tiny_lora_model()
-    _fit(VaccineAlignModule(model, _cfg(tiny_cfg, point)), [align_item(0, 0)], 1, tmp_path)
+    _fit(VaccineAlignModule(model, _cfg(tiny_cfg, point).method.align), [align_item(0, 0)], 1, tmp_path)
     _assert_no_hooks(model)
 
     calls = []
@@ -214,7 +214,7 @@ def test_hooks_are_removed_after_a_step_and_after_an_exception(tiny_cfg, tmp_pat
 
     model.base_model.model.model.norm.register_forward_hook(explode)
     with pytest.raises(_Boom):
-        _fit(VaccineAlignModule(model, _cfg(tiny_cfg, point)), [align_item(0, 1)], 1, tmp_path)
+        _fit(VaccineAlignModule(model, _cfg(tiny_cfg, point).method.align), [align_item(0, 1)], 1, tmp_path)
     assert len(calls) == fail_at
     _assert_no_hooks(model)
 
@@ -230,7 +230,7 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_cfg, tmp_path, point)
         counter = []
         _layers(model)[0].self_attn.register_forward_hook(_call_counter(counter))
         cap = GradCapture()
-        _fit(VaccineAlignModule(model, _cfg(tiny_cfg, point)), [item], 1, tmp_path, [cap])
+        _fit(VaccineAlignModule(model, _cfg(tiny_cfg, point).method.align), [item], 1, tmp_path, [cap])
         grads.append(_flat(cap.grads[0]))
         attn_calls.append(len(counter))
         _assert_no_hooks_but(model, _layers(model)[0].self_attn, 1)
@@ -248,7 +248,7 @@ def test_reentrant_checkpointing_is_refused_clearly(tiny_cfg, point):
     base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
     base.enable_input_require_grads()
     model.train()
-    module = VaccineAlignModule(model, _cfg(tiny_cfg, point))
+    module = VaccineAlignModule(model, _cfg(tiny_cfg, point).method.align)
     # attention outputs are made under no_grad inside a reentrant checkpoint (our check);
     # decoder-layer outputs reach autograd.grad, which torch refuses under it
     with pytest.raises(RuntimeError, match="use_reentrant"):
@@ -294,7 +294,7 @@ def test_other_architectures_through_peft(tiny_cfg, build, point):
     assert decoder_layers(model) == layers
     want = [layer.self_attn for layer in layers] if point is HookPoint.ATTENTION else layers
     assert hook_points(model, point) == want
-    module = VaccineAlignModule(model, _cfg(tiny_cfg, point))
+    module = VaccineAlignModule(model, _cfg(tiny_cfg, point).method.align)
     p = module.hidden_perturbation(align_item(0, 0)["align"])
     assert float(global_norm(p.deltas)) == pytest.approx(RHO, rel=1e-5)
     assert all(not b._forward_hooks for b in [*layers, *want])
@@ -336,7 +336,7 @@ def test_model_without_decoder_layers_is_a_clear_error(tiny_cfg):
     with pytest.raises(ModelError, match=r"decoder layers of Sequential: no nn.ModuleList"):
         decoder_layers(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)))
     with pytest.raises(ModelError, match="no nn.ModuleList"):
-        VaccineAlignModule(nn.Sequential(nn.Linear(4, 4)), _cfg(tiny_cfg))
+        VaccineAlignModule(nn.Sequential(nn.Linear(4, 4)), _cfg(tiny_cfg).method.align)
 
 
 @pytest.mark.parametrize(("n_attn", "what"), [(0, "no"), (2, "2")])
@@ -368,7 +368,7 @@ def test_short_fit_trains_the_adapter_only_with_two_passes_per_micro_batch(tiny_
     lora = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     forwards = []
     model.register_forward_pre_hook(lambda m, a: forwards.append(1))
-    module = VaccineAlignModule(model, _cfg(tiny_cfg))
+    module = VaccineAlignModule(model, _cfg(tiny_cfg).method.align)
     t = _fit(module, [align_item(0, i) for i in range(3)], 3, tmp_path)
     assert t.global_step == 3 and module.stream_position == 3 and module.skipped_steps == 0
     assert len(forwards) == 6  # 2 per micro-batch; the harmful batch is never used
@@ -385,7 +385,7 @@ def test_accumulation_averages_per_micro_batch_updates(tiny_cfg, tmp_path):
     # each micro-batch is perturbed along its own hidden gradient, then the two averaged
     want = sum(_flat(_ref_vaccine(model, it["align"], HookPoint.ATTENTION).grads) for it in items) / 2
     cap = GradCapture()
-    module = VaccineAlignModule(model, _cfg(tiny_cfg, accumulate=2))
+    module = VaccineAlignModule(model, _cfg(tiny_cfg, accumulate=2).method.align)
     t = _fit(module, items, 1, tmp_path, [cap])
     assert t.global_step == 1 and len(cap.grads) == 1 and module.stream_position == 2
     torch.testing.assert_close(_flat(cap.grads[0]), want, rtol=1e-4, atol=1e-8)

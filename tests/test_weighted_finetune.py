@@ -18,8 +18,8 @@ from tests._synthetic import (
     GradCapture,
     assert_close_bf16,
     clone_model,
-    concat_batches,
     finetune_item,
+    finetune_module,
     hf_loss,
     list_loader,
     tiny_lora_model,
@@ -36,6 +36,10 @@ def _cfg(cfg, weighting=Weighting.LIKELIHOOD_RATIO, form=RatioForm.MEAN, tau=1.0
     for k, v in kw.items():
         setattr(f, k, v)
     return cfg
+
+
+def _module(model, cfg, **overrides):
+    return finetune_module(WeightedFinetuneModule, model, cfg, **overrides)
 
 
 def _fit(module, items, max_steps, tmp_path, callbacks=(), **kw):
@@ -122,7 +126,7 @@ def test_likelihood_ratio_weights_and_gradient(tiny_cfg, tmp_path, form, tau):
     g_ref = _ref_grad(model, item, w_ref)
     calls = _count_forwards(model)
     cap = GradCapture()
-    module = WeightedFinetuneModule(model, _cfg(tiny_cfg, form=form, tau=tau))
+    module = _module(model, _cfg(tiny_cfg, form=form, tau=tau))
     _fit(module, [item], 1, tmp_path, callbacks=[cap])
     recs = module.weight_records()
     assert [r["uid"] for r in recs] == item["uid"]
@@ -143,7 +147,7 @@ def test_uniform_step_is_plain_sft_and_skips_the_refusal_forward(tiny_cfg, tmp_p
     want_loss = float(hf_loss(ref, item).detach())
     calls = _count_forwards(model)
     cap = GradCapture()
-    module = WeightedFinetuneModule(model, _cfg(tiny_cfg, weighting=Weighting.UNIFORM))
+    module = _module(model, _cfg(tiny_cfg, weighting=Weighting.UNIFORM))
     t = _fit(module, [item], 1, tmp_path, callbacks=[cap])
     assert float(t.callback_metrics["finetune/loss"]) == pytest.approx(want_loss, rel=1e-6)
     torch.testing.assert_close(_flat(cap.grads[0]), g_ref, rtol=1e-5, atol=1e-7)
@@ -161,7 +165,7 @@ def test_oracle_zeroes_harmful_rows(tiny_cfg, tmp_path):
     g_ref = _flat(torch.autograd.grad(hf_loss(ref, benign_only), trainable(ref)))
     calls = _count_forwards(model)
     cap = GradCapture()
-    module = WeightedFinetuneModule(model, _cfg(tiny_cfg, weighting=Weighting.ORACLE))
+    module = _module(model, _cfg(tiny_cfg, weighting=Weighting.ORACLE))
     t = _fit(module, [item], 1, tmp_path, callbacks=[cap])
     w = torch.tensor([r["w"] for r in module.weight_records()])
     assert torch.equal(w[item["is_harmful"]], torch.zeros(int(item["is_harmful"].sum())))
@@ -181,7 +185,7 @@ def test_controls_use_one_term(tiny_cfg, tmp_path, weighting, forwards):
     item = finetune_item(0, 0)
     w_ref, _, _ = _ref_weights(model, item, weighting, RatioForm.MEAN, 0.5)
     calls = _count_forwards(model)
-    module = WeightedFinetuneModule(model, _cfg(tiny_cfg, weighting=weighting, tau=0.5))
+    module = _module(model, _cfg(tiny_cfg, weighting=weighting, tau=0.5))
     t = _fit(module, [item], 1, tmp_path)
     w = torch.tensor([r["w"] for r in module.weight_records()])
     torch.testing.assert_close(w, w_ref, rtol=1e-5, atol=1e-7)
@@ -190,7 +194,7 @@ def test_controls_use_one_term(tiny_cfg, tmp_path, weighting, forwards):
 
 
 def test_weight_statistics(tiny_cfg, tmp_path):
-    module = WeightedFinetuneModule(tiny_lora_model(), _cfg(tiny_cfg))
+    module = _module(tiny_lora_model(), _cfg(tiny_cfg))
     t = _fit(module, [finetune_item(0, 0)], 1, tmp_path)
     recs = module.weight_records()
     w = torch.tensor([r["w"] for r in recs])
@@ -201,22 +205,7 @@ def test_weight_statistics(tiny_cfg, tmp_path):
     assert float(m["finetune/harmful_weight_share"]) == pytest.approx(float(w[h].sum() / w.sum()), rel=1e-5)
 
 
-def test_uniform_accumulation_equals_one_large_batch(tiny_cfg, tmp_path):
-    i0, i1 = finetune_item(0, 0, fixed_lengths=True), finetune_item(0, 1, fixed_lengths=True)
-    big = {**concat_batches(i0, i1), "position": 0}
-    grads, params = [], []
-    for accumulate, items in ((2, [i0, i1]), (1, [big])):
-        model = tiny_lora_model()
-        cap = GradCapture()
-        cfg = _cfg(tiny_cfg, weighting=Weighting.UNIFORM, accumulate=accumulate)
-        _fit(WeightedFinetuneModule(model, cfg), items, 1, tmp_path, callbacks=[cap])
-        grads.append(_flat(cap.grads[0]))
-        params.append([p.detach().clone() for p in trainable(model)])
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
-    for p, q in zip(*params, strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
-
-
+# uniform accumulation equals one large batch: tests/test_accumulation.py
 def test_weighted_accumulation_averages_per_microbatch_softmax(tiny_cfg, tmp_path):
     items = [finetune_item(0, 0), finetune_item(0, 1)]
     model = tiny_lora_model()
@@ -225,12 +214,12 @@ def test_weighted_accumulation_averages_per_microbatch_softmax(tiny_cfg, tmp_pat
         w, _, _ = _ref_weights(model, it, Weighting.LIKELIHOOD_RATIO, RatioForm.MEAN, 1.0)
         refs.append(_ref_grad(model, it, w))
     cap = GradCapture()
-    _fit(WeightedFinetuneModule(model, _cfg(tiny_cfg, accumulate=2)), items, 1, tmp_path, callbacks=[cap])
+    _fit(_module(model, _cfg(tiny_cfg, accumulate=2)), items, 1, tmp_path, callbacks=[cap])
     torch.testing.assert_close(_flat(cap.grads[0]), (refs[0] + refs[1]) / 2, rtol=1e-4, atol=1e-7)
 
 
 def test_detector_auroc_matches_sklearn(tiny_cfg, tmp_path):
-    module = WeightedFinetuneModule(tiny_lora_model(), _cfg(tiny_cfg), detector_window=3)
+    module = _module(tiny_lora_model(), _cfg(tiny_cfg), detector_window=3)
     t = _fit(module, [finetune_item(0, i) for i in range(3)], 3, tmp_path)
     recs = module.weight_records()
     y = [r["is_harmful"] for r in recs]
@@ -257,7 +246,7 @@ def test_nonfinite_step_is_skipped(tiny_cfg, tmp_path):
         return out
 
     model.register_forward_hook(poison_second_batch)
-    module = WeightedFinetuneModule(model, _cfg(tiny_cfg))
+    module = _module(model, _cfg(tiny_cfg))
     t = _fit(module, [finetune_item(0, i) for i in range(3)], 2, tmp_path)
     assert t.global_step == 2 and module.skipped_steps == 1 and module.stream_position == 3
     assert all(torch.isfinite(p).all() for p in trainable(model))
@@ -273,7 +262,7 @@ def test_bf16_mixed_step_equals_fp32_reference_to_bf16_precision(tiny_cfg, tmp_p
     sums, counts = _ref_row_terms(clone_model(model), item)
     loss_ref = float((-(w_ref * sums).sum() / (w_ref * counts).sum()).detach())
     cap = GradCapture()
-    module = WeightedFinetuneModule(model, _cfg(tiny_cfg))
+    module = _module(model, _cfg(tiny_cfg))
     t = _fit(module, [item], 1, tmp_path, callbacks=[cap], precision="bf16-mixed", accelerator=accelerator)
     assert t.global_step == 1
     recs = module.weight_records()
@@ -283,3 +272,21 @@ def test_bf16_mixed_step_equals_fp32_reference_to_bf16_precision(tiny_cfg, tmp_p
     torch.testing.assert_close(torch.tensor([r["w"] for r in recs]), w_ref, rtol=0.0, atol=2e-3)
     assert float(t.callback_metrics["finetune/loss"]) == pytest.approx(loss_ref, rel=BF16_RTOL)
     assert_close_bf16(_flat(cap.grads[0]), g_ref, "weighted gradient")  # measured 6.7e-3
+
+
+def test_a_module_is_given_its_stage_config_and_named_fields(tiny_cfg):
+    """The registry gives each module its stage's config and passes the few other fields it
+    needs by name; the run writes weight records through the WeightRecording protocol."""
+    from antibody.config.schema import AlignMethod
+    from antibody.methods import WeightRecording, build_align_module, build_finetune_module
+
+    assert tiny_cfg.method.finetune.detector_window is None
+    module = build_finetune_module(tiny_lora_model(), tiny_cfg)
+    assert module.stage_cfg is tiny_cfg.method.finetune and isinstance(module, WeightRecording)
+    assert module.detector_window == math.ceil(tiny_cfg.data.user.n / tiny_cfg.data.finetune_batch_size)
+    with pytest.raises(ValueError, match="detector_window"):
+        WeightedFinetuneModule(tiny_lora_model(), tiny_cfg.method.finetune)  # nothing sizes it
+    tiny_cfg.method.align.method = AlignMethod.REPNOISE
+    align = build_align_module(tiny_lora_model(), tiny_cfg)
+    assert align.stage_cfg is tiny_cfg.method.align and align.seed == tiny_cfg.run.seed
+    assert not isinstance(align, WeightRecording)

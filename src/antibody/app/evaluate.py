@@ -10,8 +10,9 @@ refuses: every process would generate and write the same files (docs/multi-gpu.m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from antibody.app.arguments import pop_arg
 from antibody.config import Config, ConfigError, compose
@@ -20,18 +21,31 @@ from antibody.config.compose import apply_overrides, load_saved
 
 def eval_records(cfg: Config, tokenizer) -> dict:
     """Evaluation records keyed by evaluation task name: each task of the registry that
-    applies to the config reads the DataModule split it declares."""
-    from antibody.app.stages import build_datamodule
-    from antibody.config.schema import Stage
+    applies to the config reads the evaluation split it declares (from the data layer's
+    evaluation rows; no training DataModule is built)."""
+    from antibody.app.stages import split_inputs
+    from antibody.data.evaluation import evaluation_records
     from antibody.evaluation.tasks import tasks_for
 
-    dm = build_datamodule(cfg, tokenizer, Stage.FINETUNE)
-    return {task.name.value: dm.records(task.split) for task in tasks_for(cfg)}
+    splits = evaluation_records(cfg, tokenizer, **split_inputs(cfg))
+    return {task.name.value: splits[task.split] for task in tasks_for(cfg)}
 
 
-def instrument(cfg: Config, tokenizer) -> dict:
+@dataclass(frozen=True)
+class EvalTools:
+    """What an evaluation judges with: built once before the evaluated model loads (the
+    judge and the loss signal load models of their own), shared by every evaluation of a
+    study that uses the same ones."""
+
+    judge: Any  # antibody.evaluation.judges.base.Judge
+    loss: Any = None  # the loss-based incoherence signal for HS+; None: the repeat rule only
+    validation: Optional[dict] = None  # the judge's validation counts, for HS corrected
+    pairwise: Any = None  # the win-rate judge of an instruction-following task
+
+
+def instrument(cfg: Config, tokenizer) -> EvalTools:
     """The judge, the incoherence signal and the judge's validation counts an evaluation
-    uses (kwargs of `evaluate`); built before the evaluated model loads."""
+    uses; built before the evaluated model loads."""
     from antibody.config.schema import Incoherence
     from antibody.evaluation.incoherence import loss_incoherence
     from antibody.evaluation.judges import build_judge
@@ -52,10 +66,10 @@ def instrument(cfg: Config, tokenizer) -> dict:
         from antibody.evaluation.judges.pairwise import RewardPairwiseJudge
 
         pairwise = RewardPairwiseJudge(cfg.eval.pairwise_judge_path, batch_size=cfg.eval.batch_size)
-    return {"judge": judge, "loss": loss, "validation": validation, "pairwise": pairwise}
+    return EvalTools(judge=judge, loss=loss, validation=validation, pairwise=pairwise)
 
 
-def is_current(metrics_path: Path, tools: dict) -> bool:
+def is_current(metrics_path: Path, tools: EvalTools) -> bool:
     """True when `metrics_path` exists and was judged by exactly these tools: the same judge
     (name and version), incoherence rule and judge validation. Otherwise an evaluation must
     run again; it judges the stored answers again and generates only what is missing."""
@@ -67,15 +81,15 @@ def is_current(metrics_path: Path, tools: dict) -> bool:
     if not metrics_path.is_file():
         return False
     saved = json.loads(metrics_path.read_text()).get("judge") or {}
-    judge = tools["judge"]
-    rule = RowScorer(judge, 0.5, tools["loss"]).rule
-    validation = json.loads(json.dumps(tools["validation"]))  # as metrics.json stores it
+    judge = tools.judge
+    rule = RowScorer(judge, 0.5, tools.loss).rule
+    validation = json.loads(json.dumps(tools.validation))  # as metrics.json stores it
     return (f"{saved.get('name')}:{saved.get('version')}" == judge_id(judge)
             and saved.get("incoherence_rule") == rule and saved.get("validation") == validation)
 
 
 def evaluate_model(cfg: Config, adapter: Optional[Path], out_dir: Path, records=None, progress=None,
-                   base_adapters: tuple = (), tools: Optional[dict] = None) -> dict:
+                   base_adapters: tuple = (), tools: Optional[EvalTools] = None) -> dict:
     """Load the model (+ adapter), judge, and evaluate every task into `out_dir`; `tools`
     (from `instrument`) lets several evaluations share one judge."""
     from antibody.evaluation.evaluator import evaluate
@@ -93,7 +107,8 @@ def evaluate_model(cfg: Config, adapter: Optional[Path], out_dir: Path, records=
         device=inference_device(cfg.trainer.accelerator), inference=True,
     )
     model = cast_for_inference(model.eval(), cfg.trainer.precision)
-    return evaluate(model, tokenizer, records, cfg, out_dir, progress=progress, **tools)
+    return evaluate(model, tokenizer, records, cfg, out_dir, tools.judge, progress=progress, loss=tools.loss,
+                    validation=tools.validation, pairwise=tools.pairwise)
 
 
 def refuse_multi_process(command: str = "eval") -> None:

@@ -1,13 +1,17 @@
-"""`report`: render a results file (demo, study, judge-eval, bench) as Markdown into the README.
+"""`report`: render a results file (demo, study, judge-eval, bench, merge-check) as Markdown
+into its results page.
 
-    python -m antibody report runs/demo/results.json [README.md]
-    python -m antibody report runs/bench/bench.json [README.md]
-    python -m antibody report runs/<study>/results.json [README.md]   (block study-<name>-results;
-                                                                   its plots go to FIGURES_DIR)
+    python -m antibody report runs/demo/results.json            # -> docs/results/demo.md
+    python -m antibody report runs/bench/bench.json             # -> docs/results/bench.md
+    python -m antibody report runs/<study>/results.json         # -> docs/results/<study>.md
+    python -m antibody report <results.json> <page>             # into another page's block
+    python -m antibody report <results.json> -                  # print only
 
-The table lives between two markers (one pair per demo suite and one for the bench, see
-``block_name``), so the README's numbers are always the ones a program wrote, never typed
-by hand.
+Each table lives between two markers (``block_name``), so the numbers in the docs are always
+the ones a program wrote, never typed by hand. A results page (``default_page``) is created,
+or given the block at its end, when it lacks it; a page named on the command line must
+already hold the block. A study with a paper comparison also refreshes the README's headline
+block `study-<name>-paper` when the README carries it.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from pathlib import Path
 
 from antibody.app.demo.tables import comparisons_table, markdown_table
 from antibody.config import ConfigError
+from antibody.infra.files import atomic_write_text
 
 
 def block_name(results: dict) -> str:
-    """README block of a results file: `demo-results` for the main suite, `demo-<suite>-results`
+    """The block of a results file: `demo-results` for the main suite, `demo-<suite>-results`
     for another (e.g. the controls), so each suite's table has its own place;
     `bench-<model>-results` for the bench (its file says `"kind": "bench"`), one per model
-    (the README shows the tiny and the embedded model)."""
+    (the bench page shows the tiny and the embedded model)."""
     if results.get("kind") == "bench":
         return f"bench-{results['model']}-results"
     if results.get("kind") == "judge-eval":
@@ -97,7 +102,7 @@ def bench_table(results: dict) -> str:
 
 
 def render(results: dict) -> str:
-    """Everything the README block shows: the bench's table, or a demo's per-model table
+    """Everything the block shows: the bench's table, or a demo's per-model table
     then its paired differences."""
     if results.get("kind") == "bench":
         return bench_table(results)
@@ -119,31 +124,70 @@ def render(results: dict) -> str:
     return "\n\n".join(p for p in parts if p)
 
 
-def update_readme(readme: Path, table: str, block: str = "demo-results") -> None:
+RESULTS_DIR = Path("docs", "results")  # relative to the repository root (the working directory)
+README = Path("README.md")
+
+
+def default_page(block: str) -> Path:
+    """Where a block is published: one page per demo suite, study, judge evaluation and the
+    bench (both models on one page), named after the block; merge-check's table is part of
+    the GPU notes."""
+    if block == "merge-check-results":
+        return Path("docs", "gpu").with_suffix(".md")
+    if block.startswith("bench-"):
+        return (RESULTS_DIR / "bench").with_suffix(".md")
+    name = block.removesuffix("-results")
+    return (RESULTS_DIR / name.removeprefix("study-")).with_suffix(".md")
+
+
+def update_block(page: Path, table: str, block: str, create: bool = False) -> None:
+    """Replace the text between the block's markers. With `create`, a missing page is written
+    with a title and the block, and a page without the block gets it appended; otherwise a
+    missing block is an error that names it, and the page is left as it was."""
     start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
-    text = readme.read_text()
-    if start not in text or end not in text:
-        raise ConfigError(f"{readme}: no '{start}' ... '{end}' block to replace")
+    text = page.read_text() if page.is_file() else None
+    if text is None or start not in text or end not in text:
+        if not create:
+            raise ConfigError(f"{page}: no '{start}' ... '{end}' block to replace")
+        text = (text.rstrip("\n") + "\n\n" if text else f"# {block}\n\n") + f"{start}\n{end}\n"
+        page.parent.mkdir(parents=True, exist_ok=True)
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+    atomic_write_text(page, f"{head}{start}\n{table}\n{end}{tail}")
+
+
+def headline_block(results: dict) -> str | None:
+    """The README's headline block of a study: its comparison with the paper, if it has one."""
+    if results.get("kind") == "study" and results.get("paper"):
+        return f"study-{results['study']}-paper"
+    return None
 
 
 def report_command(args: list[str]) -> int:
-    if not args:
-        raise ConfigError("report: usage: python -m antibody report <results.json> [README.md]")
+    if not args or len(args) > 2:
+        raise ConfigError("report: usage: python -m antibody report <results.json> [<page> | -]")
     path = Path(args[0])
     if not path.is_file():
         raise ConfigError(f"report: {path} not found (run `make demo` or `make bench` first)")
     results = json.loads(path.read_text())
+    block = block_name(results)
     table = render(results)
-    if len(args) > 1:
-        if results.get("kind") == "study":
-            from antibody.app.study.plots import readme_figures
-
-            table += readme_figures(path.parent, Path(args[1]), results["study"])
-        update_readme(Path(args[1]), table, block_name(results))
-        print(f"[antibody] updated {args[1]}")
-    else:
+    if len(args) > 1 and args[1] == "-":
         print(table)
+        return 0
+    page = Path(args[1]) if len(args) > 1 else default_page(block)
+    if len(args) > 1 and not page.is_file():  # before anything is copied beside it
+        raise ConfigError(f"report: {page} not found (omit it to write {default_page(block)})")
+    if results.get("kind") == "study":
+        from antibody.app.study.plots import page_figures
+
+        table += page_figures(path.parent, page, results["study"])
+    update_block(page, table, block, create=len(args) == 1)
+    print(f"[antibody] updated {page} (block {block})")
+    headline = headline_block(results)
+    if headline and len(args) == 1 and README.is_file() and f"<!-- {headline}:start -->" in README.read_text():
+        from antibody.app.study.paper import paper_table
+
+        update_block(README, paper_table(results["paper"]), headline)
+        print(f"[antibody] updated {README} (block {headline})")
     return 0

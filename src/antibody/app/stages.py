@@ -82,30 +82,28 @@ def build_datamodule(cfg: Config, tokenizer, stage: Stage):
     return dm
 
 
-def new_datamodule(cfg: Config, tokenizer, stage: Stage):
-    """The stage's DataModule, nothing built yet; its generator is the lazy base model."""
-    from antibody.data.datamodule import SafetyDataModule
+def split_inputs(cfg: Config) -> dict:
+    """What every build of a config's splits is given (SafetyDataModule's and
+    `antibody.data.evaluation.evaluation_records`'s keyword arguments): the lazy base model
+    as the writer of model-written rows and their cache key, the cache, and the judges'
+    labelled prompts: skipped where a demand allows it, and refused in any split if of a
+    judge part, whichever judge the run uses (judges never train or validate on a prompt a
+    model saw or is scored on)."""
     from antibody.evaluation.judges.labelled import excluded_prompts, judge_prompts
 
     generator, settings = lazy_base_generator(cfg)
+    return {"generator": generator, "generator_settings": settings, "cache_dir": default_cache_dir(),
+            "exclude_prompts": excluded_prompts(), "forbidden_prompts": judge_prompts()}
+
+
+def new_datamodule(cfg: Config, tokenizer, stage: Stage):
+    """The stage's DataModule, nothing built yet; its generator is the lazy base model."""
+    from antibody.data.datamodule import SafetyDataModule
+
     # the upload, its benign-only control or SafeInstr's mix (data.user.benign_only,
     # method.finetune.method); the DataModule's own default, spelled out here
     train_split = train_split_for(cfg, stage)
-    dm = SafetyDataModule(
-        cfg,
-        tokenizer,
-        stage=stage.value,
-        generator=generator,
-        cache_dir=default_cache_dir(),
-        # the judges' labelled prompts: skipped where a demand allows it, and refused in any
-        # split if of a judge part, whichever judge the run uses (judges never train or
-        # validate on a prompt a model saw or is scored on)
-        exclude_prompts=excluded_prompts(),
-        forbidden_prompts=judge_prompts(),
-        train_split=train_split,
-    )
-    dm.generator_settings = settings
-    return dm
+    return SafetyDataModule(cfg, tokenizer, stage=stage.value, train_split=train_split, **split_inputs(cfg))
 
 
 def module_config(cfg: Config, stage: Stage, dm) -> Config:
@@ -237,6 +235,7 @@ def train_stage(cfg: Config, stage: Stage) -> RunDir:
 def _write_outputs(cfg: Config, stage: Stage, run: RunDir, trainer, module, model, init_dir, wall: float,
                    timer: StepTimer) -> None:
     """The finished stage's adapter, weight records, metrics and DONE marker (rank zero)."""
+    from antibody.methods import WeightRecording
     from antibody.models import save_adapter
 
     save_adapter(model, run.adapter)
@@ -252,10 +251,8 @@ def _write_outputs(cfg: Config, stage: Stage, run: RunDir, trainer, module, mode
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
     }
-    if hasattr(module, "weight_records"):
-        rows = module.weight_records()
-        atomic_write_jsonl(run.path / "weights.jsonl", rows, ensure_ascii=True)
-        if hasattr(module, "detector_metrics"):
-            metrics["detector"] = module.detector_metrics()
+    if isinstance(module, WeightRecording):  # the weighted fine-tuning modules
+        atomic_write_jsonl(run.path / "weights.jsonl", module.weight_records(), ensure_ascii=True)
+        metrics["detector"] = module.detector_metrics()
     write_json(run.metrics_path, metrics)
     run.mark_done(stage.value)

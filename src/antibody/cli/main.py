@@ -150,10 +150,12 @@ COMMANDS: dict[Command, Spec] = {
                        "the rest are " + OVERRIDES_HELP,
     ),
     Command.REPORT: Spec(
-        "results.json of demo, bench or judge-eval -> Markdown table (into README.md)",
-        "Render a demo's results.json (or bench.json, judge_eval.json) as a Markdown table; with "
-        "a README path, replace the table between its markers instead of printing it.",
-        ("report runs/demo/results.json", "report runs/demo/results.json README.md"),
+        "a results file (demo, study, bench, judge-eval, merge-check) -> its page under docs/results/",
+        "Render a results.json (or bench.json, judge_eval.json, merge_check.json) as Markdown and "
+        "replace the block between its markers on its results page (docs/results/<name>.md, created "
+        "when missing); with a page path, that page's block instead; with -, print it only.",
+        ("report runs/demo/results.json", "report runs/bench/bench.json docs/calibration.md",
+         "report runs/demo/results.json -"),
         "antibody.app.report:report_command",
         report_args=True,
     ),
@@ -253,9 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("args", metavar="<file.yaml> [--dry-run | --report] [--only key=value,...]",
                            nargs=argparse.REMAINDER, help="the study file and its options")
         elif spec.report_args:
-            p.add_argument("results", metavar="results.json", help="a demo's results file")
-            p.add_argument("readme", metavar="README.md", nargs="?", default=None,
-                           help="update the table in this file instead of printing it")
+            p.add_argument("results", metavar="results.json", help="a results file a command wrote")
+            p.add_argument("page", metavar="PAGE | -", nargs="?", default=None,
+                           help="update the block in this page instead of the results page; - prints")
         else:
             p.add_argument("overrides", metavar=spec.overrides_metavar, nargs="*", help=spec.overrides_help)
     return parser
@@ -265,7 +267,7 @@ def _run(spec: Spec, ns: argparse.Namespace) -> int:
     module, function = spec.target.split(":")
     if spec.raw_args:
         return getattr(importlib.import_module(module), function)(list(ns.args))
-    args = [ns.results, *([ns.readme] if ns.readme else [])] if spec.report_args else ns.overrides
+    args = [ns.results, *([ns.page] if ns.page else [])] if spec.report_args else ns.overrides
     return getattr(importlib.import_module(module), function)(args)
 
 

@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from antibody.config.errors import ConfigError
 from antibody.config.merging import COMMAND_LINE, explain, merge, merge_sources, structured
 from antibody.config.schema import Config
+from antibody.config.sizes import size_problems
 from antibody.infra.files import parse_yaml
 
 GROUPS = ("model", "data", "task", "method", "trainer", "logger", "experiment")
@@ -179,6 +180,20 @@ def _group_file(conf_dir: Path, group: str, option: str) -> Path:
     return path
 
 
+def group_option(group: str, option: str, conf_dir: Optional[Path] = None) -> Any:
+    """One option of a node group as its schema node, e.g. ``("task", "gsm8k")`` -> the
+    TaskConfig of conf/task/gsm8k.yaml over the schema's defaults: what the selection
+    composes to before an experiment or the command line changes it. The group files are
+    the one source of their values (the evaluation tasks read a task's defaults here)."""
+    if group not in NODE_GROUPS:
+        raise ConfigError(f"'{group}' is not a node config group{_nearest(group, list(NODE_GROUPS))}")
+    path = _group_file(Path(conf_dir) if conf_dir is not None else default_conf_dir(), group, option)
+    data, lines = read_yaml(path)
+    node = _schema_fields(Config)[NODE_GROUPS[group]]
+    check_keys(data, node, NODE_GROUPS[group], str(path), lines)
+    return OmegaConf.to_object(merge(OmegaConf.structured(node), data, str(path)))
+
+
 def parse_overrides(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
     """Split CLI arguments into group selections and dotted key overrides."""
     selections: dict[str, str] = {}
@@ -261,8 +276,7 @@ def compose(overrides: Optional[list[str]] = None, conf_dir: Optional[Path] = No
     _check_upload_overrides(obj, dotlist)
     # the probe backbone names a model option: a typo fails here, before any work
     _check_probe_model(conf_dir, obj)
-    from antibody.data.sizes import size_problems
-
+    # counts larger than a hub dataset's split fail here, with no download and no model
     problems = size_problems(obj)
     if problems:
         raise ConfigError("; ".join(problems))

@@ -27,7 +27,7 @@ class Incoherence(StrEnum):
 
 @dataclass
 class EvalConfig:
-    # ours: the best offline judge on the labelled validation part (README "Judges",
+    # ours: the best offline judge on the labelled validation part (docs/results/judge-eval.md,
     # `make judge-eval`); paper: beaver-dam-7b (eval.judge=beaver-dam on a GPU)
     judge: JudgeKind = JudgeKind.PROBE
     max_new_tokens: int = 64

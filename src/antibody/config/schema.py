@@ -311,9 +311,9 @@ class FinetuneStageConfig:
     max_steps: int = 40
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = None
-    # fold the alignment LoRA into the base and train a new one (Booster / Vaccine / Lisa
-    # released scripts; conf/method sets it per method); false: keep training the alignment
-    # adapter (Antibody's released code)
+    # fold the alignment LoRA into the base and train a new one (Vaccine's and Lisa's own
+    # scripts; conf/method sets it per method); false: keep training the alignment adapter
+    # (Antibody's released scripts for every method but Vaccine: docs/fidelity.md)
     merge_then_new_adapter: bool = False
     max_consecutive_nonfinite: int = 5
     lisa: LisaConfig = field(default_factory=LisaConfig)

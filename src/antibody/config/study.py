@@ -28,7 +28,7 @@ for the demo's study files, `conf/study/demo*.yaml`):
       - {question: attack, a: sft -> sft, b: sft alignment alone, metric: harmful/harmful_score}
                                    # by cell (same axis values and seed), then over seeds
     probe_aligned: true            # the sharpness probe on every aligned model it evaluates
-    suite: main                    # results per model, as the README's demo tables
+    suite: main                    # results per model, as the demo's tables
 
 Unknown keys are refused with file and line, like every config group; each cell's
 overrides are composed (and so validated) before any job runs.
@@ -94,7 +94,7 @@ class StudyConfig:
     comparisons: list[StudyComparison] = field(default_factory=list)
     probe_aligned: bool = False  # sharpness probe (methods.sharpness_probe) of each aligned model
     # a part of the demo (main, controls, baselines): results one line per model in
-    # results.json (main) or results_<suite>.json, the README block `report` fills
+    # results.json (main) or results_<suite>.json, the block `report` fills on docs/results/
     suite: Optional[str] = None
     paper: Optional[StudyPaper] = None
 

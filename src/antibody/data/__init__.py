@@ -23,6 +23,7 @@ _EXPORTS = {
     "CyclingSampler": "antibody.data.streams",
     "StepStream": "antibody.data.streams",
     "SafetyDataModule": "antibody.data.datamodule",
+    "evaluation_records": "antibody.data.evaluation",
     "Split": "antibody.data.plan",
     "Stage": "antibody.config.schema",
     "format_summary": "antibody.data.summary",

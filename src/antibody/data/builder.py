@@ -40,6 +40,7 @@ from typing import Optional
 
 import numpy as np
 
+from antibody.config.counts import SplitCounts, floor_share
 from antibody.config.errors import ConfigError, DataError
 from antibody.config.schema import Config, FinetuneMethod, SourceName, finetune_method
 from antibody.data.checks import check_disjoint, check_forbidden
@@ -50,7 +51,6 @@ from antibody.data.plan import (
     Demand,
     PoolKind,
     Split,
-    SplitCounts,
     held_out,
     plan_demands,
     spare,
@@ -321,8 +321,6 @@ class SplitBuilder:
 
     def _upload_safeinstr(self, rows: int) -> int:
         """SafeInstr's demonstrations for an upload: floor(share * its rows), checked."""
-        from antibody.data.plan import floor_share
-
         if finetune_method(self.cfg.method.finetune) is not FinetuneMethod.SAFEINSTR:
             return 0
         count = floor_share(self.cfg.method.finetune.safeinstr.share, rows)

@@ -16,10 +16,11 @@ Splits (`antibody.data.plan.Split`):
 How the rows are allocated: antibody.data.plan (what each split demands) and
 antibody.data.builder (taking, answering, checking).
 
-Training streams (antibody.data.streams): the attached module may declare a
-`stream_plan` (which streams each item holds, e.g. Lisa's alternating guide and user
-batches); without one, the stage default holds (alignment: an alignment and a D_harm
-batch per item; fine-tuning: the flat user batch).
+Training streams (antibody.data.streams): the attached module keeps the `StreamConsumer`
+contract: its `stream_position` (where a resumed stream restarts) and its `stream_plan`
+(which streams each item holds, e.g. Lisa's alternating guide and user batches); without
+a plan, the stage default holds (alignment: an alignment and a D_harm batch per item;
+fine-tuning: the flat user batch).
 
 Model-written rows are written in ONE place, `prepare_data()` (Lightning runs it once, on
 rank 0; `python -m antibody build-data` calls it too): it runs the builder with the
@@ -54,6 +55,7 @@ from antibody.data.streams import (
     PlanItems,
     Shard,
     StepStream,
+    StreamConsumer,
     StreamKind,
     StreamPlan,
     TrainStream,
@@ -92,6 +94,7 @@ class SafetyDataModule(L.LightningDataModule):
 
     `generator` must write with the UNALIGNED base model (model-written rows stand for the
     base model's own text); it is called only after every pool check has passed.
+    `generator_settings` identify its rows in the cache (default: `default_generator_settings`).
     `exclude_prompts` (normalised or raw prompt texts, e.g. a judge's labelled prompts) are
     kept out of the demands that allow it (harmful evaluation prompts, D_harm, the user's
     harmful rows); no split may hold a prompt of `forbidden_prompts` (a judge's training
@@ -109,6 +112,7 @@ class SafetyDataModule(L.LightningDataModule):
         generator: Optional[TextGenerator] = None,
         cache_dir: Optional[Path] = None,
         *,
+        generator_settings: Optional[dict] = None,
         exclude_prompts: Iterable[str] = (),
         forbidden_prompts: Iterable[str] = (),
         train_split: Optional[Split | str] = None,
@@ -123,7 +127,9 @@ class SafetyDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.generator = generator
-        self.generator_settings: dict = default_generator_settings(cfg)
+        self.generator_settings: dict = (
+            default_generator_settings(cfg) if generator_settings is None else dict(generator_settings)
+        )
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.exclude_prompts = tuple(exclude_prompts)
         self.forbidden_prompts = tuple(forbidden_prompts)
@@ -199,7 +205,7 @@ class SafetyDataModule(L.LightningDataModule):
     # -- streams ---------------------------------------------------------------
 
     def _shard(self) -> Shard:
-        trainer = getattr(self, "trainer", None)
+        trainer = self.trainer
         if trainer is None:
             return Shard()
         return Shard(int(trainer.global_rank), int(trainer.world_size))
@@ -270,13 +276,13 @@ class SafetyDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Resumes at the attached module's `stream_position` (items consumed so far), with
-        the items its `stream_plan` declares, if it has one."""
-        trainer = getattr(self, "trainer", None)
+        the items its `stream_plan` declares: the `StreamConsumer` contract. A module that
+        does not keep it is fed the stage's default stream from its start."""
+        trainer = self.trainer
         start, plan = 0, None
         module = trainer.lightning_module if trainer is not None else None
-        if module is not None:
-            start = int(getattr(module, "stream_position", 0))
-            plan = getattr(module, "stream_plan", None)
+        if isinstance(module, StreamConsumer):
+            start, plan = int(module.stream_position), module.stream_plan
         return DataLoader(
             self.train_stream(start, plan=plan), batch_size=None, num_workers=self.cfg.data.num_workers
         )

@@ -1,7 +1,8 @@
 """The allocation plan: which rows each split demands, from which pools, in which order.
 
-A plan is pure arithmetic on the config: `SplitCounts` turns the data.* keys into row
-counts (integer arithmetic on the decimals the config wrote), and `plan_demands` lists one
+A plan is pure arithmetic on the config: `SplitCounts` (antibody.config.counts, where
+compose's size check reads it too) turns the data.* keys into row counts (integer
+arithmetic on the decimals the config wrote), and `plan_demands` lists one
 `Demand` per (split, part) with the config key to name when its pool is too small. The
 builder (`antibody.data.builder`) serves the demands in `ALLOCATION_ORDER`.
 """
@@ -12,9 +13,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from fractions import Fraction
 from typing import Optional
 
+from antibody.config.counts import SplitCounts, floor_share
 from antibody.config.schema import Config, FinetuneMethod, SourceName, Stage, finetune_method
 from antibody.data.records import Record
 from antibody.data.sources import source_spec
@@ -53,12 +54,6 @@ GENERATION_SPARE = (0.1, 2)
 HELD_OUT_SPLIT_TAGS = frozenset({"test", "validation", "eval"})
 
 
-def floor_share(share: float, n: int) -> int:
-    """floor(share * n) on the decimal the config wrote: 0.29 * 100 is 28.999999999999996
-    in floats, but the user meant 29. repr() gives the shortest decimal that round-trips."""
-    return math.floor(Fraction(repr(float(share))) * int(n))
-
-
 def train_split_for(cfg: Config, stage: Stage) -> Split:
     """The split a stage trains on, as the config says.
 
@@ -77,13 +72,6 @@ def train_split_for(cfg: Config, stage: Stage) -> Split:
         (True, False): Split.USER_SAFEINSTR,
         (True, True): Split.USER_SAFEINSTR_BENIGN_ONLY,
     }[(safeinstr, benign_only)]
-
-
-def safeinstr_count(cfg: Config) -> int:
-    """SafeInstr's demonstrations: floor(share * data.user.n); 0 when the method is not SafeInstr."""
-    if finetune_method(cfg.method.finetune) is not FinetuneMethod.SAFEINSTR:
-        return 0
-    return floor_share(cfg.method.finetune.safeinstr.share, cfg.data.user.n)
 
 
 def spare(count: int) -> int:
@@ -132,49 +120,6 @@ class Demand:
     excludable: bool = False  # excluded prompts (e.g. a judge's training set) are skipped
     answered_by: Optional[SourceName] = None  # model-written source answering the prompts
     max_value: Optional[Callable[[int], str]] = None  # largest valid `key` given the pool
-
-
-@dataclass
-class SplitCounts:
-    """Every row count the config asks for, in integer arithmetic."""
-
-    eval_harmful: int
-    eval_benign: int
-    eval_task: int
-    align_harmful: int
-    align_prose: int
-    align_task: int
-    harmful: int
-    user_harmful: int
-    user_prose: int
-    user_task: int
-    eval_harmful_second: int = 0
-    eval_benign_edgy: int = 0
-    safeinstr: int = 0  # safety demonstrations taken from the alignment split's refusal rows
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> SplitCounts:
-        d = cfg.data
-        user_harmful = floor_share(d.user.p, d.user.n)
-        user_benign = d.user.n - user_harmful
-        user_prose = floor_share(d.user.benign_prose_share, user_benign)
-        if d.user.path:  # a provider's own upload (data/upload.py) replaces the research rows
-            user_harmful = user_benign = user_prose = 0
-        return cls(
-            eval_harmful=d.eval.n_harmful,
-            eval_benign=d.eval.n_benign,
-            eval_task=d.eval.n_task,
-            align_harmful=d.alignment.n_harmful,
-            align_prose=floor_share(d.alignment.benign_prose_ratio, d.alignment.n_harmful),
-            align_task=floor_share(d.alignment.benign_task_ratio, d.alignment.n_harmful),
-            harmful=d.alignment.n_harmful_answers,
-            user_harmful=user_harmful,
-            user_prose=user_prose,
-            user_task=user_benign - user_prose,
-            eval_harmful_second=d.eval.n_harmful_second,
-            eval_benign_edgy=d.eval.n_benign_edgy,
-            safeinstr=safeinstr_count(cfg),
-        )
 
 
 def largest_n(n: int, needed: Callable[[int], int], available: int) -> int:

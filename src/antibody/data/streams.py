@@ -32,7 +32,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Optional, Protocol
+from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
@@ -71,6 +71,21 @@ class StreamPlan(Protocol):
     streams: tuple[TrainStream, ...]
 
     def at(self, position: int) -> Mapping[TrainStream, int]: ...
+
+
+@runtime_checkable
+class StreamConsumer(Protocol):
+    """The resume contract between a training module and the DataModule that feeds it.
+
+    The DataModule reads these when Lightning asks it for the training loader: that is
+    after a checkpoint has been restored under every strategy (some restore only after
+    ``on_fit_start``), so the module, which checkpoints them, is their one owner.
+    ``stream_position``: items consumed so far (position + 1 of the last one), where the
+    stream restarts; ``stream_plan``: what each item holds (None: the stage's default).
+    """
+
+    stream_position: int
+    stream_plan: Optional[StreamPlan]
 
 
 @dataclass(frozen=True)

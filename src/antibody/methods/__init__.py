@@ -4,7 +4,7 @@ from antibody.methods.flat_align import AlignSettings, FlatAlignModule, resolve_
 from antibody.methods.lambdas import LambdaState, compute_lambda
 from antibody.methods.registry import build_align_module, build_finetune_module
 from antibody.methods.sharpness import sharpness_probe
-from antibody.methods.weighted_finetune import WeightedFinetuneModule
+from antibody.methods.weighted_finetune import WeightedFinetuneModule, WeightRecording
 from antibody.methods.weights import WEIGHTINGS, LossForm
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "FlatAlignModule",
     "LambdaState",
     "LossForm",
+    "WeightRecording",
     "WeightedFinetuneModule",
     "build_align_module",
     "build_finetune_module",

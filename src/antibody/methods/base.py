@@ -34,15 +34,16 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from antibody.config.errors import ConfigError
-from antibody.config.schema import Config
 from antibody.config.validate import REFUSED_PRECISIONS
+from antibody.data.streams import StreamPlan
 from antibody.methods.perturb import all_finite, current_grads, global_norm, trainable_parameters
 
 CHECKPOINT_KEY = "antibody_stage_state"
 
 
 class StageConfig(Protocol):
-    """The fields AlignStageConfig and FinetuneStageConfig share."""
+    """The fields AlignStageConfig and FinetuneStageConfig share: a module is given its
+    stage's config (method.align or method.finetune), never the whole Config."""
 
     lr: float
     weight_decay: float
@@ -65,15 +66,16 @@ class StageModule(L.LightningModule):
     # (docs/lightning.md ("Precision"): fp16 GradScaler with SAM-style steps gives NaNs)
     UNSUPPORTED_PRECISION = REFUSED_PRECISIONS  # config/validate.py refuses them at compose
 
-    def __init__(self, model: nn.Module, cfg: Config, stage_cfg: StageConfig, metric_names: Iterable[str]):
+    def __init__(self, model: nn.Module, stage_cfg: StageConfig, metric_names: Iterable[str]):
         super().__init__()
         self.automatic_optimization = False
         self.model = model
-        self.cfg = cfg
         self.stage_cfg = stage_cfg
         self.accumulate = int(stage_cfg.accumulate_grad_batches)
-        # resume contract with the DataModule: position + 1 of the last item consumed
+        # the DataModule's resume contract (antibody.data.streams.StreamConsumer): position
+        # + 1 of the last item consumed, and what each item holds (None: the stage default)
         self.stream_position = 0
+        self.stream_plan: Optional[StreamPlan] = None
         self.micro_step = 0  # micro-batches done inside the current accumulation window
         self.skipped_steps = 0
         self.consecutive_nonfinite = 0

@@ -37,7 +37,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from antibody.config.schema import AlignMethod, AlignStageConfig, Config, LambdaMode
+from antibody.config.schema import AlignMethod, AlignStageConfig, LambdaMode
 from antibody.data.streams import LockstepPlan, TrainStream
 from antibody.methods.base import StageModule
 from antibody.methods.lambdas import LambdaParams, LambdaState, compute_lambda, cosine
@@ -130,9 +130,9 @@ class FlatAlignModule(StageModule):
 
     log_prefix = "align"
 
-    def __init__(self, model: nn.Module, cfg: Config):
-        super().__init__(model, cfg, cfg.method.align, _MICRO_METRICS)
-        self.settings = resolve_align_settings(cfg.method.align)
+    def __init__(self, model: nn.Module, align: AlignStageConfig):
+        super().__init__(model, align, _MICRO_METRICS)
+        self.settings = resolve_align_settings(align)
         if not self.settings.flat:
             # declared to the DataModule: SFT never reads D_harm, so it is not even collated
             self.stream_plan = LockstepPlan((TrainStream.ALIGN,))

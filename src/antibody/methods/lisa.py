@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from antibody.config.baselines import LisaConfig
-from antibody.config.schema import Config
+from antibody.config.schema import FinetuneStageConfig
 from antibody.data.streams import TrainStream
 from antibody.methods.losses import sequence_nll
 from antibody.methods.weighted_finetune import WeightedFinetuneModule
@@ -140,16 +140,16 @@ class LisaFinetuneModule(WeightedFinetuneModule):
     def __init__(
         self,
         model: nn.Module,
-        cfg: Config,
+        ft: FinetuneStageConfig,
         loss_form: Optional[LossForm] = None,
         detector_window: Optional[int] = None,
         score_refusal: Optional[bool] = None,
         max_steps: Optional[int] = None,
     ):
-        super().__init__(model, cfg, loss_form, detector_window, score_refusal)
-        lisa = cfg.method.finetune.lisa
+        super().__init__(model, ft, loss_form, detector_window, score_refusal)
+        lisa = ft.lisa
         self.rho = float(lisa.rho)
-        steps = cfg.method.finetune.max_steps if max_steps is None else max_steps
+        steps = ft.max_steps if max_steps is None else max_steps
         self.schedule = LisaSchedule.from_config(lisa, int(steps))
         self.stream_plan = LisaPlan(self.schedule, self.accumulate)
         self.step_metrics["guide_loss"] = MeanMetric(nan_strategy="disable")

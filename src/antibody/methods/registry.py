@@ -8,9 +8,17 @@
 
 Any alignment method composes with any fine-tuning method: the two stages meet only
 through the saved adapter (docs/method.md ("Composing methods")).
+
+A module is given its stage's config (method.align or method.finetune); the few fields of
+other parts of the config that one needs are resolved here and passed explicitly
+(RepNoise's noise seed, the fine-tuning detector window), so this is the one place that
+reads the whole Config for a module.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 from torch import nn
 
@@ -32,6 +40,7 @@ __all__ = [
     "WEIGHTINGS",
     "build_align_module",
     "build_finetune_module",
+    "detector_window",
     "resolve_align_settings",
 ]
 
@@ -52,11 +61,30 @@ FINETUNE_MODULES: dict[FinetuneMethod, type[StageModule]] = {
 }
 
 
+def detector_window(cfg: Config) -> int:
+    """Micro-batches per detector-AUROC log: method.finetune.detector_window, else one pass
+    over the upload, ceil(data.user.n / data.finetune_batch_size) (for a provider's upload
+    the app sets the key from the file's rows: antibody.app.stages.module_config)."""
+    return cfg.method.finetune.detector_window or math.ceil(cfg.data.user.n / cfg.data.finetune_batch_size)
+
+
+# what each module class is given of the config (its stage's node, plus named fields)
+_FROM_CONFIG: dict[type[StageModule], Callable[[nn.Module, Config], StageModule]] = {
+    FlatAlignModule: lambda model, cfg: FlatAlignModule(model, cfg.method.align),
+    VaccineAlignModule: lambda model, cfg: VaccineAlignModule(model, cfg.method.align),
+    RepNoiseAlignModule: lambda model, cfg: RepNoiseAlignModule(model, cfg.method.align, seed=cfg.run.seed),
+    WeightedFinetuneModule: lambda model, cfg: WeightedFinetuneModule(
+        model, cfg.method.finetune, detector_window=detector_window(cfg)),
+    LisaFinetuneModule: lambda model, cfg: LisaFinetuneModule(
+        model, cfg.method.finetune, detector_window=detector_window(cfg)),
+}
+
+
 def build_align_module(model: nn.Module, cfg: Config) -> StageModule:
     """Alignment stage for ``cfg.method.align.method``."""
-    return ALIGN_MODULES[cfg.method.align.method](model, cfg)
+    return _FROM_CONFIG[ALIGN_MODULES[cfg.method.align.method]](model, cfg)
 
 
 def build_finetune_module(model: nn.Module, cfg: Config) -> StageModule:
     """Fine-tuning stage for ``cfg.method.finetune`` (method, weighting, loss form, ...)."""
-    return FINETUNE_MODULES[finetune_method(cfg.method.finetune)](model, cfg)
+    return _FROM_CONFIG[FINETUNE_MODULES[finetune_method(cfg.method.finetune)]](model, cfg)

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from antibody.config.baselines import RepNoiseConfig
-from antibody.config.schema import Config
+from antibody.config.schema import AlignStageConfig
 from antibody.methods.base import StageModule
 from antibody.methods.losses import IGNORE_INDEX, per_sequence_nll, token_mean_nll
 from antibody.methods.mmd import multi_kernel_mmd
@@ -185,14 +185,16 @@ class RepNoiseAlignModule(StageModule):
 
     log_prefix = "align"
 
-    def __init__(self, model: nn.Module, cfg: Config):
-        super().__init__(model, cfg, cfg.method.align, _MICRO_METRICS)
-        self.settings: RepNoiseConfig = cfg.method.align.repnoise
+    def __init__(self, model: nn.Module, align: AlignStageConfig, *, seed: int):
+        """``seed``: the run's seed (run.seed), which every item's noise draw starts from."""
+        super().__init__(model, align, _MICRO_METRICS)
+        self.settings: RepNoiseConfig = align.repnoise
+        self.seed = int(seed)
         # looked up now so that a model without a findable norm fails before training starts
         self._lens = logit_lens_modules(model) if self.settings.logit_lens else None
 
     def noise_seed(self, position: int) -> int:
-        return noise_seed(self.cfg.run.seed, position)
+        return noise_seed(self.seed, position)
 
     def _accumulate_micro_batch(self, item: Mapping[str, Any]) -> None:
         s = self.settings

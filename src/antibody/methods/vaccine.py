@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from antibody.config.baselines import HookPoint
-from antibody.config.schema import Config
+from antibody.config.schema import AlignStageConfig
 from antibody.data.streams import LockstepPlan, TrainStream
 from antibody.methods.base import StageModule
 from antibody.methods.losses import token_mean_nll
@@ -166,9 +166,9 @@ class VaccineAlignModule(StageModule):
 
     log_prefix = "align"
 
-    def __init__(self, model: nn.Module, cfg: Config):
-        super().__init__(model, cfg, cfg.method.align, _MICRO_METRICS)
-        vaccine = cfg.method.align.vaccine
+    def __init__(self, model: nn.Module, align: AlignStageConfig):
+        super().__init__(model, align, _MICRO_METRICS)
+        vaccine = align.vaccine
         self.rho = float(vaccine.rho)
         self.hook_point = HookPoint(vaccine.hook_point)
         # found once, here, so that an unsupported model fails before any training; a

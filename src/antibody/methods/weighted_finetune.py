@@ -26,17 +26,16 @@ and by the ``oracle`` weighting, which is analysis-only (never a defence).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics.functional.classification import binary_auroc
 
-from antibody.config.schema import Config
+from antibody.config.schema import FinetuneStageConfig
 from antibody.methods.base import StageModule
 from antibody.methods.losses import SequenceNLL, sequence_nll
 from antibody.methods.weights import (
@@ -54,6 +53,16 @@ DETECTOR_SCORES = {
     "neg_logp_response": lambda rec: -rec["logp_y"],  # compliance term alone
     "logp_refusal": lambda rec: rec["logp_refusal"],  # refusal term alone
 }
+
+
+@runtime_checkable
+class WeightRecording(Protocol):
+    """What a weighted fine-tuning module gives the run after training (weights.jsonl and
+    the detector AUROCs of metrics.json): WeightedFinetuneModule and its subclasses."""
+
+    def weight_records(self) -> list[dict]: ...
+
+    def detector_metrics(self, since_record: int = 0) -> dict[str, float]: ...
 
 
 @dataclass
@@ -75,9 +84,11 @@ class WeightedFinetuneModule(StageModule):
     """Fine-tuning stage with per-sample weights (uniform = plain SFT).
 
     Items are user batches (see the DataModule's batch contract) with ``"position"``.
+    ``ft`` is the stage's config (method.finetune); the arguments after it override it.
     ``loss_form``: TOKEN_MEAN (released code) or SAMPLE_MEAN (paper; docs/method.md), from
-    ``method.finetune.loss_form``. ``detector_window``: micro-batches per detector-AUROC log;
-    default one pass over the upload, ceil(data.user.n / data.finetune_batch_size).
+    ``method.finetune.loss_form``. ``detector_window``: micro-batches per detector-AUROC log,
+    from ``method.finetune.detector_window``; one of them must be set (a run's default, one
+    pass over the upload, needs the data config: ``antibody.methods.registry`` sizes it).
     ``score_refusal``: also run the refusal forward when the weighting does not need it
     (gives the detector AUROCs of -r and log p(y_r|x) for SFT runs, at its cost).
     """
@@ -87,15 +98,17 @@ class WeightedFinetuneModule(StageModule):
     def __init__(
         self,
         model: nn.Module,
-        cfg: Config,
+        ft: FinetuneStageConfig,
         loss_form: Optional[LossForm] = None,
         detector_window: Optional[int] = None,
         score_refusal: Optional[bool] = None,
     ):
-        ft = cfg.method.finetune
         # constructor arguments override the config (tests); by default the config decides
         loss_form = ft.loss_form if loss_form is None else loss_form
         detector_window = ft.detector_window if detector_window is None else detector_window
+        if not detector_window:
+            raise ValueError("detector_window: pass one or set method.finetune.detector_window "
+                             "(antibody.methods.build_finetune_module sizes it from the data config)")
         score_refusal = ft.score_refusal if score_refusal is None else score_refusal
         rule = WEIGHTINGS[ft.weighting]
         # controls and the oracle log their weight statistics under a labelled namespace
@@ -105,19 +118,19 @@ class WeightedFinetuneModule(StageModule):
             k: f"{tag}/{k}" if tag else k
             for k in ("weight_harmful_mean", "weight_benign_mean", "harmful_weight_share")
         }
-        super().__init__(model, cfg, ft, ["loss", *weight_names.values()])
+        super().__init__(model, ft, ["loss", *weight_names.values()])
         self.rule = rule
         self._weight_names = weight_names
         self.loss_form = loss_form
         self.score_refusal = score_refusal or self.rule.needs_refusal
-        self.detector_window = detector_window or math.ceil(cfg.data.user.n / cfg.data.finetune_batch_size)
+        self.detector_window = int(detector_window)
         self.micro_batches_seen = 0
         self._detector_from = 0  # index of the first record of the open detector window
         self._records: list[dict] = []
 
     # ------------------------------------------------------------------ micro-batch
     def _accumulate_micro_batch(self, batch: Mapping[str, Any]) -> None:
-        ft = self.cfg.method.finetune
+        ft = self.stage_cfg
         nll = sequence_nll(self.model, batch)
         detached = SequenceNLL(nll.nll_sum.detach(), nll.n_tokens)
         logp_y = row_logprob(detached, ft.ratio_form)

@@ -31,7 +31,7 @@ steps=3 adds one timed step per method and round. ``experiment=tiny`` took 3.3 m
 (about half of it the memory pass's fresh interpreters).
 
 Writes ``<run.output_dir>/bench/bench.json`` (``run.name`` overrides ``bench``); render it
-into the README with ``python -m antibody report runs/bench/bench.json README.md``.
+into its results page, docs/results/bench.md, with ``python -m antibody report runs/bench/bench.json``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The demo's Markdown tables (one line per model, the paired comparisons) and the weight
-summary of a weighted fine-tuning run: shared by `report` (the README blocks) and the study
+summary of a weighted fine-tuning run: shared by `report` (the results pages' blocks) and the study
 driver (study.report, study.models)."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def weight_summary(rows: list[dict], batch_size: int) -> dict:
         # how the harmful rows' weight is spread: the share of them that kept at least half of a
         # uniform weight. Two runs with the same mean can differ here (a few rows at full weight
         # or many at a fraction), and at embedded scale HS followed this more than the mean
-        # (README, "What the weights detect")
+        # (docs/results/weighting-mechanism.md)
         "harmful_rows_at_least_half": (sum(batch_size * w >= 0.5 for w in harm) / len(harm)) if harm else None,
         "rows_seen": len(rows),
     }
@@ -98,8 +98,11 @@ def _wall_time(results: dict) -> str:
     evals = sum(r.get("eval_seconds") or 0 for r in results["rows"])
     ran = ""
     if "jobs_trained_this_invocation" in results:
-        ran = (f" (it trained {results['jobs_trained_this_invocation']} and evaluated "
-               f"{results['jobs_evaluated_this_invocation']} of {len(results['rows'])} jobs; the rest were cached)")
+        # training jobs (an alignment and a fine-tuning per model) and evaluated models are
+        # different units: each count names its own, and only models have a total here
+        trained_jobs = results["jobs_trained_this_invocation"]
+        ran = (f" (it trained {trained_jobs} job{'' if trained_jobs == 1 else 's'} and evaluated "
+               f"{results['jobs_evaluated_this_invocation']} of {len(results['rows'])} models; the rest were cached)")
     return (f" Wall time of the invocation that wrote it: {seconds / 60:.1f} min{ran}. Summed over jobs, "
             f"from each job's own metrics.json: training {trained / 60:.1f} min, evaluation {evals / 60:.1f} min.")
 

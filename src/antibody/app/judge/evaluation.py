@@ -8,7 +8,7 @@ prompts), sensitivity (recall), specificity, precision, accuracy and balanced ac
 answers cut to the evaluation length (`answer_tokens`, default eval.max_new_tokens) and
 whole. Also checks the loss-based incoherence signal and the keyword refusal detector on
 the same part. Writes `<run.output_dir>/judge-eval/judge_eval.json` and `table.md`;
-`python -m antibody report <that json> README.md` puts the table into the README.
+`python -m antibody report <that json>` puts the table into docs/results/judge-eval.md.
 The best judge is the one with the highest AUROC at the evaluation length.
 """
 

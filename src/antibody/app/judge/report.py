@@ -1,4 +1,4 @@
-"""judge-eval's results as Markdown: the README's judge table (generated, never typed)."""
+"""judge-eval's results as Markdown: the judge table of docs/results/judge-eval.md (generated, never typed)."""
 
 from __future__ import annotations
 

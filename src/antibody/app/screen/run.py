@@ -329,8 +329,8 @@ def screen_command(args: list[str]) -> int:
     print(markdown(summary))
     print(f"[antibody] wrote {folder}/screen.jsonl, screen.json, screen.md and screen.png")
     if into:
-        from antibody.app.report import update_readme
+        from antibody.app.report import update_block
 
-        update_readme(Path(into), markdown(summary), block or "screen")
+        update_block(Path(into), markdown(summary), block or "screen")
         print(f"[antibody] updated the '{block or 'screen'}' block of {into}")
     return 0

@@ -4,7 +4,7 @@ Each cell's model is a line (its label is the row's name) with its evaluation, i
 cost and weights, and the sharpness probe of an aligned model; then the study's named
 paired comparisons and the Harmful Scores under every judge that scored the answers. Written
 to `results.json` (suite main) or `results_<suite>.json` beside a bar chart, and rendered
-into the README by `python -m antibody report` (app/report.py).
+into docs/results/ by `python -m antibody report` (app/report.py).
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def plot(rows: list[dict], task: str, path: Path) -> None:
     ax.set_xticklabels([r["job"] for r in rows], rotation=30, ha="right")
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not on them
     ax.set_title("antibody demo: harmfulness, refusals and task accuracy per model")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -194,12 +194,16 @@ def plot(rows: list[dict], task: str, path: Path) -> None:
 
 
 def write_models(root: Path, results: dict, final: bool = True) -> None:
-    """The results file after every evaluation; at the end also the chart and the table."""
+    """The results file after every evaluation; at the end also the charts (the bars, and HS
+    against FA per model: study.tradeoff) and the table."""
     from antibody.app.report import render
+    from antibody.app.study.tradeoff import models_tradeoff
 
     stem = results_stem(results["suite"])
     write_json(root / f"{stem}.json", results)
     if final:
         plot(results["rows"], results["task"], root / f"{stem}.png")
+        drawn = models_tradeoff(results, root / f"{stem}_tradeoff.png")
         print(render(results))
-        print(f"[antibody] wrote {root / (stem + '.json')} and {root / (stem + '.png')}")
+        print(f"[antibody] wrote {root / (stem + '.json')}, {root / (stem + '.png')}"
+              + (f" and {root / (stem + '_tradeoff.png')}" if drawn else ""))

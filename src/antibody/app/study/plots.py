@@ -1,6 +1,7 @@
 """A study's plots, written beside its results.json: `results.png` (HS and FA per row, and
-the harmful rows' weight) and, when some row weighted its upload, `weights.png` (each
-source's weight x batch size and each term's AUROC as a harmful-row detector)."""
+the harmful rows' weight), `tradeoff.png` (HS against FA per row beside the paper's points:
+study.tradeoff) and, when some row weighted its upload, `weights.png` (each source's weight
+x batch size and each term's AUROC as a harmful-row detector)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 
 from antibody.app.study.report import HS, WEIGHT, weight_key_name, weight_keys, weighted_rows
 
-FIGURES = ("results.png", "weights.png")
-# where `report` puts a study's plots, relative to the README (runs/ is never committed)
-FIGURES_DIR = Path("docs", "figures")
+FIGURES = ("results.png", "weights.png", "tradeoff.png")
+# where `report` puts a study's plots, relative to its results page (runs/ is never committed)
+FIGURES_DIR = Path("figures")
 
 
 def _pyplot():
@@ -27,6 +28,8 @@ def plot(results: dict, path: Path) -> None:
     axis has several values, else as bars; a third panel with the harmful weight share."""
     import numpy as np
 
+    from antibody.app.study.tradeoff import row_colours, study_rows
+
     plt = _pyplot()
     summary = results["summary"]
     varying = _varying(results["axes"], summary)
@@ -36,6 +39,8 @@ def plot(results: dict, path: Path) -> None:
         panels.append((WEIGHT, "harmful weight x batch (1 = SFT)", 1.0))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
     rows = list(dict.fromkeys(s["row"] for s in summary))
+    # a row's colour as in tradeoff.png (the default cycle repeats after ten rows)
+    colours = row_colours(study_rows(results))
     for ax, (key, title, scale) in zip(np.atleast_1d(axes), panels, strict=True):
         for i, row in enumerate(rows):
             pts = sorted((s[varying[0]] if numeric else i, s.get(key)) for s in summary if s["row"] == row)
@@ -46,16 +51,23 @@ def plot(results: dict, path: Path) -> None:
             ys = [scale * m["mean"] for _, m in pts]
             err = [scale * (m["std"] or 0.0) for _, m in pts]
             if numeric:
-                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=row)
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=row, color=colours[row])
             else:
-                ax.bar(xs, ys, yerr=err, capsize=3, label=row)
+                ax.bar(xs, ys, yerr=err, capsize=3, label=row, color=colours[row])
         ax.set_title(title)
         if numeric:
             ax.set_xlabel(varying[0])
         else:
             ax.set_xticks(range(len(rows)))
             ax.set_xticklabels(rows, rotation=30, ha="right", fontsize=7)
-    np.atleast_1d(axes)[0].legend(fontsize=7)
+    # beside the last panel, not on any panel's bars or lines; every panel's rows, since a row
+    # may lack one metric (FA, the weight)
+    handles = {}
+    for ax in np.atleast_1d(axes):
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    np.atleast_1d(axes)[-1].legend(handles.values(), handles.keys(), fontsize=7, loc="upper left",
+                                   bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(f"study {results['study']}: mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -107,24 +119,28 @@ def weights_plot(results: dict, path: Path) -> bool:
 
 
 def write_figures(results: dict, root: Path) -> None:
-    """The study's plots into its folder; a stale weights.png (no weighted row now) is removed."""
+    """The study's plots into its folder; a stale weights.png (no weighted row now) or
+    tradeoff.png (no row with both HS and FA now) is removed."""
+    from antibody.app.study.tradeoff import study_tradeoff
+
     plot(results, root / FIGURES[0])
     if not weights_plot(results, root / FIGURES[1]):
         (root / FIGURES[1]).unlink(missing_ok=True)
+    study_tradeoff(results, root / FIGURES[2])  # removes its own stale file
 
 
 def figure_name(study: str, figure: str) -> str:
     return f"study-{study}-{figure}"
 
 
-def readme_figures(folder: Path, readme: Path, study: str) -> str:
-    """The study's plots found in `folder` copied beside the README into FIGURES_DIR as
+def page_figures(folder: Path, page: Path, study: str) -> str:
+    """The study's plots found in `folder` copied beside its results page into FIGURES_DIR as
     study-<name>-<plot>.png (runs/ is never committed); returns the Markdown image lines that
-    show them in the README's block. A plot the study no longer draws loses its old copy."""
+    show them in the page's block. A plot the study no longer draws loses its old copy."""
     import shutil
 
     lines = []
-    target = readme.parent / FIGURES_DIR
+    target = page.parent / FIGURES_DIR
     for figure in FIGURES:
         name = figure_name(study, figure)
         if (folder / figure).is_file():

@@ -6,6 +6,9 @@ each card's `dataset_info`); BeaverTails-Evaluation: 700 prompts, 50 per categor
 card and the paper); the RepNoise alignment file holds 5000 rows (released scripts).
 They apply only when `data.paths.<source>` names that hub id: a local file or a mirror
 under another id is not checked here (the DataModule's pool checks still are).
+
+The check lives in config, beside the row counts it compares (antibody.config.counts), so
+that compose runs it without importing the data layer.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from antibody.config.counts import SplitCounts
 from antibody.config.schema import Config, SourceName
 
 
@@ -49,8 +53,6 @@ def size_problems(cfg: Config) -> list[str]:
         problems.append(f"data.eval.n_task={cfg.data.eval.n_task} exceeds the {task.eval} rows of "
                         f"{cfg.task.name.value}'s {task.eval_split} split; set data.eval.n_task<={task.eval}")
     if task is not None and task.train is not None:
-        from antibody.data.plan import SplitCounts
-
         counts = SplitCounts.from_config(cfg)
         need = counts.user_task + counts.align_task  # both drawn from the train split
         if need > task.train:

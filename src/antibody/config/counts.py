@@ -1,0 +1,70 @@
+"""Every row count a config asks for, in integer arithmetic on the decimals it wrote.
+
+Pure arithmetic on the config, so it lives here: compose checks the counts against the hub
+datasets' sizes (antibody.config.sizes) before any work, and the data plan
+(antibody.data.plan) allocates exactly these counts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+from antibody.config.schema import Config, FinetuneMethod, finetune_method
+
+
+def floor_share(share: float, n: int) -> int:
+    """floor(share * n) on the decimal the config wrote: 0.29 * 100 is 28.999999999999996
+    in floats, but the user meant 29. repr() gives the shortest decimal that round-trips."""
+    return math.floor(Fraction(repr(float(share))) * int(n))
+
+
+def safeinstr_count(cfg: Config) -> int:
+    """SafeInstr's demonstrations: floor(share * data.user.n); 0 when the method is not SafeInstr."""
+    if finetune_method(cfg.method.finetune) is not FinetuneMethod.SAFEINSTR:
+        return 0
+    return floor_share(cfg.method.finetune.safeinstr.share, cfg.data.user.n)
+
+
+@dataclass
+class SplitCounts:
+    """Every row count the config asks for, in integer arithmetic."""
+
+    eval_harmful: int
+    eval_benign: int
+    eval_task: int
+    align_harmful: int
+    align_prose: int
+    align_task: int
+    harmful: int
+    user_harmful: int
+    user_prose: int
+    user_task: int
+    eval_harmful_second: int = 0
+    eval_benign_edgy: int = 0
+    safeinstr: int = 0  # safety demonstrations taken from the alignment split's refusal rows
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> SplitCounts:
+        d = cfg.data
+        user_harmful = floor_share(d.user.p, d.user.n)
+        user_benign = d.user.n - user_harmful
+        user_prose = floor_share(d.user.benign_prose_share, user_benign)
+        if d.user.path:  # a provider's own upload (data/upload.py) replaces the research rows
+            user_harmful = user_benign = user_prose = 0
+        return cls(
+            eval_harmful=d.eval.n_harmful,
+            eval_benign=d.eval.n_benign,
+            eval_task=d.eval.n_task,
+            align_harmful=d.alignment.n_harmful,
+            align_prose=floor_share(d.alignment.benign_prose_ratio, d.alignment.n_harmful),
+            align_task=floor_share(d.alignment.benign_task_ratio, d.alignment.n_harmful),
+            harmful=d.alignment.n_harmful_answers,
+            user_harmful=user_harmful,
+            user_prose=user_prose,
+            user_task=user_benign - user_prose,
+            eval_harmful_second=d.eval.n_harmful_second,
+            eval_benign_edgy=d.eval.n_benign_edgy,
+            safeinstr=safeinstr_count(cfg),
+        )
