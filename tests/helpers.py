@@ -377,25 +377,26 @@ QLORA_CASES = {
 }
 
 
-def _case_items(case: str, module) -> list[dict]:
+def _case_items(case: str, module, steps: int) -> list[dict]:
     if QLORA_CASES[case][2] == "lisa":  # guide and user batches, as the Lisa plan orders them
-        return lisa_items(module.stream_plan, QLORA_STEPS)
+        return lisa_items(module.stream_plan, steps)
     make = align_item if case.startswith("align") else finetune_item
-    return [make(0, position) for position in range(QLORA_STEPS)]
+    return [make(0, position) for position in range(steps)]
 
 
-def train_case(case: str, model: nn.Module, tiny_cfg: Config, root,
+def train_case(case: str, model: nn.Module, tiny_cfg: Config, root, steps: int = QLORA_STEPS,
                **trainer_kwargs) -> tuple[list[torch.Tensor], object]:
-    """QLORA_STEPS steps of `case` on `model`: each step's flattened gradient, and the module."""
+    """`steps` steps of `case` on `model`: each step's flattened gradient as the optimiser
+    received it, and the module."""
     configure, build, _ = QLORA_CASES[case]
     cfg = copy.deepcopy(tiny_cfg)
     configure(cfg)
     model.train()
     module = build(model, cfg)
     cap = GradCapture()
-    t = trainer(QLORA_STEPS, root, callbacks=[cap], **trainer_kwargs)
-    t.fit(module, train_dataloaders=list_loader(_case_items(case, module)))
-    assert t.global_step == QLORA_STEPS and module.skipped_steps == 0
+    t = trainer(steps, root, callbacks=[cap], **trainer_kwargs)
+    t.fit(module, train_dataloaders=list_loader(_case_items(case, module, steps)))
+    assert t.global_step == steps and module.skipped_steps == 0
     return [flat(g) for g in cap.grads], module
 
 

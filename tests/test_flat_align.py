@@ -38,6 +38,7 @@ def _cfg(cfg, method=AlignMethod.ANTIBODY, mode=LambdaMode.KKT, lam=5.0, lambda2
     a.method, a.lambda_mode, a.lam, a.lambda2, a.rho = method, mode, lam, lambda2, RHO
     a.accumulate_grad_batches = accumulate
     a.weight_decay = 0.0
+    a.gradient_clip_val = None  # the unclipped update is checked here; clipping: test_clipping.py
     for k, v in kw.items():
         setattr(a, k, v)
     return cfg

@@ -147,9 +147,11 @@ def test_an_nf4_chain_stacks_the_alignment_adapter_through_the_cli(tmp_path):
     base = ["experiment=tiny", "model.quantization=nf4", "method.align.max_steps=2",
             "method.finetune.max_steps=2", f"run.output_dir={tmp_path}"]
     assert main(["align", *base, "run.name=al", "method=sft"]) == 0
-    assert main(["finetune", *base, "run.name=ft", "run.init_from=al", "method=sft"]) == 0
+    # merge + new LoRA: Vaccine's, RepNoise's and SafeInstr's handling, an option for any method
+    merge = "method.finetune.merge_then_new_adapter=true"
+    assert main(["finetune", *base, "run.name=ft", "run.init_from=al", "method=sft", merge]) == 0
     ft = tmp_path / "ft"
-    assert compose(["method=sft"]).method.finetune.merge_then_new_adapter
+    assert compose(["method=sft", merge]).method.finetune.merge_then_new_adapter
     assert read_base_adapters(ft) == [str((tmp_path / "al" / "adapter").resolve())]
     assert not [p for p in (ft / "adapter").iterdir() if p.is_dir()]  # only the new adapter is saved
 

@@ -413,11 +413,13 @@ def test_the_study_notebook_runs_on_a_studys_outputs(tmp_path, monkeypatch):
 
 def test_existing_studies_keep_their_job_names():
     """Finished runs are found again by these names (runs/embedded-main/align-09b8a1b4ab31, ...):
-    a change to the plan, the keys or the schema must not rename them."""
-    pinned = [("embedded_main.yaml", "sft -> sft", 1, "align-09b8a1b4ab31", "ft-79d10635d398"),
-              ("embedded_main.yaml", "sft -> benign-only control", 3, "align-4c283099d18d", "ft-19db41a76a68"),
-              ("weighting_mechanism.yaml", "refusals only / ratio", 1, "align-2397f7df63b2", "ft-7ead27d44812"),
-              ("tiny.yaml", "sft alignment alone", 2, "align-1280600bf1b8", None)]
+    a change to the plan, the keys or the schema must not rename them. Re-pinned on purpose
+    when a default changes what a job trains: 2026-12, clipping at 1.0 in both stages and
+    SFT keeping its alignment LoRA (docs/fidelity.md): runs trained before are not reused."""
+    pinned = [("embedded_main.yaml", "sft -> sft", 1, "align-44b0fdea3393", "ft-d624a602774d"),
+              ("embedded_main.yaml", "sft -> benign-only control", 3, "align-2cd25bbdb90b", "ft-98a3d285c976"),
+              ("weighting_mechanism.yaml", "refusals only / ratio", 1, "align-7ade73e22b96", "ft-b998ce39bd00"),
+              ("tiny.yaml", "sft alignment alone", 2, "align-c81e0d66c4ae", None)]
     for file, row, seed, align, finetune in pinned:
         study = load_study(CONF / file)
         (cell,) = plan(study, Path("runs") / study.name, {"row": row, "seed": str(seed)})

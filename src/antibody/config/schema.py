@@ -282,7 +282,11 @@ class AlignStageConfig:
     weight_decay: float = 0.1  # released scripts
     max_steps: int = 100
     accumulate_grad_batches: int = 1
-    gradient_clip_val: Optional[float] = None
+    # released: global-norm clipping at 1.0, transformers' TrainingArguments.max_grad_norm
+    # default, which no released script overrides (docs/fidelity.md, summary row 2); applied
+    # by StageModule to the gradient the optimiser uses (Lightning does not under manual
+    # optimisation); 0 or null turns it off
+    gradient_clip_val: Optional[float] = 1.0
     max_consecutive_nonfinite: int = 5
     # Booster (lambda2 = 0) needs no refusal pass; set true to also evaluate the refusal loss
     # at the perturbed point without gradient, for logging only (one extra forward per step)
@@ -310,7 +314,11 @@ class FinetuneStageConfig:
     weight_decay: float = 0.1  # released scripts
     max_steps: int = 40
     accumulate_grad_batches: int = 1
-    gradient_clip_val: Optional[float] = None
+    # released: global-norm clipping at 1.0, transformers' TrainingArguments.max_grad_norm
+    # default, which no released script overrides (docs/fidelity.md, summary row 2); applied
+    # by StageModule to the gradient the optimiser uses (Lightning does not under manual
+    # optimisation); 0 or null turns it off
+    gradient_clip_val: Optional[float] = 1.0
     # fold the alignment LoRA into the base and train a new one (Vaccine's and Lisa's own
     # scripts; conf/method sets it per method); false: keep training the alignment adapter
     # (Antibody's released scripts for every method but Vaccine: docs/fidelity.md)

@@ -220,14 +220,14 @@ def validate(cfg: Config) -> None:
     _check("method.align.weight_decay", a.weight_decay, 0, None)
     _check("method.align.max_steps", a.max_steps, 1, None)
     _check("method.align.accumulate_grad_batches", a.accumulate_grad_batches, 1, None)
-    _check("method.align.gradient_clip_val", a.gradient_clip_val, 0, None, lo_open=True)
+    _check("method.align.gradient_clip_val", a.gradient_clip_val, 0, None)  # 0: off
     _check("method.align.max_consecutive_nonfinite", a.max_consecutive_nonfinite, 1, None)
     _check("method.finetune.tau", f.tau, 0, None, lo_open=True)
     _check("method.finetune.lr", f.lr, 0, None, lo_open=True)
     _check("method.finetune.weight_decay", f.weight_decay, 0, None)
     _check("method.finetune.max_steps", f.max_steps, 1, None)
     _check("method.finetune.accumulate_grad_batches", f.accumulate_grad_batches, 1, None)
-    _check("method.finetune.gradient_clip_val", f.gradient_clip_val, 0, None, lo_open=True)
+    _check("method.finetune.gradient_clip_val", f.gradient_clip_val, 0, None)  # 0: off
     _check("method.finetune.max_consecutive_nonfinite", f.max_consecutive_nonfinite, 1, None)
     _check("method.align.vaccine.rho", a.vaccine.rho, 0, None)
     _check("method.align.repnoise.alpha", a.repnoise.alpha, 0, None)

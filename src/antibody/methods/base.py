@@ -142,7 +142,7 @@ class StageModule(L.LightningModule):
             return
         self.consecutive_nonfinite = 0
         step_logs["grad_norm_total"] = float(global_norm(grads))
-        if self.stage_cfg.gradient_clip_val is not None:
+        if self.stage_cfg.gradient_clip_val:  # None or 0: off
             self.clip_gradients(opt, self.stage_cfg.gradient_clip_val, "norm")
         opt.step()
         self.lr_schedulers().step()
