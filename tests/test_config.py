@@ -127,7 +127,7 @@ def test_saved_config_round_trips(tmp_path):
     cfg = compose(["experiment=tiny", "method.align.rho=0.25"])
     path = tmp_path / "config.yaml"
     path.write_text(to_yaml(cfg))
-    assert "lambda_mode: kkt" in path.read_text()  # enum values, not names
+    assert "lambda_mode: cosine_ema" in path.read_text()  # enum values, not names
     assert load_saved(path) == cfg
 
 

@@ -288,3 +288,20 @@ def test_resume_inside_a_cycle_equals_an_uninterrupted_run(data, tmp_path, accum
         assert torch.equal(a, b)
     for (m1, v1), (m2, v2) in zip(got[1], want[1], strict=True):
         assert torch.equal(m1, m2) and torch.equal(v1, v2)
+
+
+def test_paper_experiments_run_the_released_lisa_cycle():
+    """At the paper's length (1250 steps for Llama-2-7B on GSM8K) the released scripts run
+    100 guide + 900 user steps and start a second cycle at step 1000; our 3-cycle scaling is
+    for short embedded runs only (docs/fidelity.md, summary row 4)."""
+    from antibody.config.compose import default_conf_dir
+
+    for path in sorted((default_conf_dir() / "experiment" / "paper").glob("*.yaml")):
+        cfg = compose([f"experiment=paper/{path.stem}", "method=lisa"])
+        schedule = LisaSchedule.from_config(cfg.method.finetune.lisa, cfg.method.finetune.max_steps)
+        assert (schedule.guide_steps, schedule.user_steps) == (100, 900), path.stem
+        assert schedule.state(999) is LisaState.USER and schedule.state(1000) is LisaState.GUIDE
+    # the embedded demo keeps its scaled cycles: 30 steps, 3 cycles of 1 guide + 9 user steps
+    demo = compose(["experiment=demo", "method=lisa"])
+    short = LisaSchedule.from_config(demo.method.finetune.lisa, demo.method.finetune.max_steps)
+    assert (short.guide_steps, short.user_steps) == (1, 9)

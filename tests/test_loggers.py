@@ -43,7 +43,7 @@ def test_wandb_without_key_goes_offline_with_a_message(tmp_path, monkeypatch, ca
     init = logger._wandb_init
     assert init["mode"] == "offline" and init["name"] == "w-align"
     # the run config is the plain resolved config (a DictConfig is not a dict)
-    assert init["config"]["method"]["align"]["lambda_mode"] == "kkt"
+    assert init["config"]["method"]["align"]["lambda_mode"] == "cosine_ema"  # conf/method/antibody.yaml, the default method
     # ...and it is the whole config: read back, it gives the run's config
     saved = tmp_path / "logged.yaml"
     saved.write_text(yaml.safe_dump(init["config"]))

@@ -415,11 +415,12 @@ def test_existing_studies_keep_their_job_names():
     """Finished runs are found again by these names (runs/embedded-main/align-09b8a1b4ab31, ...):
     a change to the plan, the keys or the schema must not rename them. Re-pinned on purpose
     when a default changes what a job trains: 2026-12, clipping at 1.0 in both stages and
-    SFT keeping its alignment LoRA (docs/fidelity.md): runs trained before are not reused."""
+    SFT keeping its alignment LoRA, Antibody's cosine_ema (docs/fidelity.md): runs trained
+    before are not reused."""
     pinned = [("embedded_main.yaml", "sft -> sft", 1, "align-44b0fdea3393", "ft-d624a602774d"),
               ("embedded_main.yaml", "sft -> benign-only control", 3, "align-2cd25bbdb90b", "ft-98a3d285c976"),
-              ("weighting_mechanism.yaml", "refusals only / ratio", 1, "align-7ade73e22b96", "ft-b998ce39bd00"),
-              ("tiny.yaml", "sft alignment alone", 2, "align-c81e0d66c4ae", None)]
+              ("weighting_mechanism.yaml", "refusals only / ratio", 1, "align-7ade73e22b96", "ft-cfcb51078d9e"),
+              ("tiny.yaml", "sft alignment alone", 2, "align-76c8e3b96a17", None)]
     for file, row, seed, align, finetune in pinned:
         study = load_study(CONF / file)
         (cell,) = plan(study, Path("runs") / study.name, {"row": row, "seed": str(seed)})

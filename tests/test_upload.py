@@ -58,12 +58,12 @@ def build_upload_dm(tmp_path, fake, *overrides, tokenizer):
 
 # align_key / finetune_key of these configs, computed before the upload keys existed and
 # re-pinned when the defaults changed what a job trains (2026-12: clipping at 1.0, SFT keeping
-# its alignment LoRA; docs/fidelity.md)
+# its alignment LoRA, Antibody's cosine_ema lambda_t; docs/fidelity.md)
 PINNED = {
     ("experiment=demo", "method=sft"): ("1ce90bfb8909", "50e5413f46b5"),
-    ("experiment=demo", "method=antibody"): ("adc37c626071", "98ab82343c5b"),
-    ("experiment=tiny",): ("c99354ab598c", "857fe1d483d4"),
-    ("data=beavertails", "model=llama2-7b"): ("737cfb0af7cd", "573c731a1491"),
+    ("experiment=demo", "method=antibody"): ("a2ae16af76bb", "23c466a61a11"),
+    ("experiment=tiny",): ("b25dd7ea3e5d", "4af54c09812d"),
+    ("data=beavertails", "model=llama2-7b"): ("f79574e0abbb", "51aa2cb4cb36"),
 }
 
 
