@@ -176,8 +176,9 @@ def report_command(args: list[str]) -> int:
         print(table)
         return 0
     page = Path(args[1]) if len(args) > 1 else default_page(block)
-    if len(args) > 1 and not page.is_file():  # before anything is copied beside it
-        raise ConfigError(f"report: {page} not found (omit it to write {default_page(block)})")
+    if len(args) > 1 and (not page.is_file() or f"<!-- {block}:start -->" not in page.read_text()):
+        # before any figure is copied beside it
+        raise ConfigError(f"report: {page} has no block {block} (omit it to write {default_page(block)})")
     if results.get("kind") == "study":
         from antibody.app.study.plots import page_figures
 
