@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from antibody.config.baselines import RepNoiseConfig
+from antibody.config.baselines import RepNoiseConfig, RepNoiseMask
 from antibody.methods.mmd import multi_kernel_mmd
 from antibody.methods.repnoise import (
     RepNoiseAlignModule,
+    differing_selection,
     draw_noise,
     harmful_terms,
     logit_lens_modules,
@@ -345,3 +346,82 @@ def test_model_gradient_checkpointing_gives_the_same_terms_and_gradient():
         values.append((float(terms.harmful_loss.detach()), float(terms.mmd_loss.detach())))
     assert values[0] == pytest.approx(values[1], rel=1e-6)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------- released masks
+def _bo_mask(a, b):
+    """BO's mask, written out: ~eq(a, b cut or zero-padded to a's shape), within a's tokens."""
+    ids = a["input_ids"]
+    other = torch.zeros_like(ids)
+    rows, length = min(ids.shape[0], b["input_ids"].shape[0]), min(ids.shape[1], b["input_ids"].shape[1])
+    other[:rows, :length] = b["input_ids"][:rows, :length]
+    return (ids != other) & a["attention_mask"].bool()
+
+
+def _bo_masked_ce(logits, ids, mask):
+    """BO masked_token_ce_loss (loss_func/repnoise_loss.py:56-75) with an exact (fp32) mask:
+    logits of unmasked positions zeroed, labels outside the mask (and id 0) ignored."""
+    m = mask.to(logits.dtype)
+    shift_logits = logits[:, :-1] * m[:, :-1].unsqueeze(-1)
+    shift_labels = ids[:, 1:] * mask[:, 1:].long()
+    shift_labels = shift_labels.masked_fill(shift_labels == 0, -100)
+    return F.cross_entropy(shift_logits.reshape(-1, logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100)
+
+
+def _paired_item():
+    """An alignment item whose first rows share their first tokens across the two batches
+    (as RN's paired rows do), so that the mask has covered and uncovered runs."""
+    item = align_item(0, 0)
+    harm, keep = item["harmful"], {k: v.clone() if torch.is_tensor(v) else v for k, v in item["align"].items()}
+    keep["input_ids"][0, :4] = harm["input_ids"][0, :4]
+    keep["input_ids"][1, :2] = harm["input_ids"][1, :2]
+    return {**item, "align": keep}
+
+
+def test_differing_selection_is_the_released_mask():
+    item = _paired_item()
+    harm, keep = item["harmful"], item["align"]
+    sel = differing_selection(harm, keep)
+    want = _bo_mask(harm, keep)
+    assert torch.equal(sel.covered, want) and torch.equal(sel.zeroed, ~want)
+    assert not sel.covered[0, :4].any() and sel.covered[0, 4]
+    # unpaired rows: prompt tokens are covered too, unlike the answer mask
+    answer = harm["labels"] != -100
+    assert (sel.covered & ~answer & harm["attention_mask"].bool()).any()
+    assert torch.equal(sel.labels != -100, want & (harm["input_ids"] != 0))
+    assert torch.equal(differing_selection(keep, harm).covered, _bo_mask(keep, harm))
+
+
+def test_differing_step_gradient_equals_the_released_loss_written_out(tiny_cfg, tmp_path):
+    cfg = _cfg(tiny_cfg)
+    cfg.method.align.repnoise.mask = RepNoiseMask.DIFFERING
+    model = tiny_lora_model()
+    item = _paired_item()
+    harm, keep = item["harmful"], item["align"]
+    ref = clone_model(model)
+    base = ref.get_base_model()
+    out = ref(input_ids=harm["input_ids"], attention_mask=harm["attention_mask"], output_hidden_states=True)
+    mask = _bo_mask(harm, keep)
+    ce = _bo_masked_ce(out.logits, harm["input_ids"], mask)
+    for h in out.hidden_states:
+        ce = ce + _bo_masked_ce(base.lm_head(base.model.norm(h)), harm["input_ids"], mask)
+    ce = ce / len(out.hidden_states)
+    gen = torch.Generator().manual_seed(noise_seed(cfg.run.seed, 0))
+    m = mask.unsqueeze(-1).double()
+    mmd = sum(
+        _mmd_broadcast((h.double() * m).flatten(1), (torch.randn(h.shape, generator=gen).double() * m).flatten(1), 5, 2.0)
+        for h in out.hidden_states[1:]
+    ) / (len(out.hidden_states) - 1)
+    kept = ref(input_ids=keep["input_ids"], attention_mask=keep["attention_mask"]).logits
+    retain = _bo_masked_ce(kept, keep["input_ids"], _bo_mask(keep, harm))
+    total = retain - ALPHA * torch.log(1 + ce) + BETA * mmd
+    want = _flat(torch.autograd.grad(total, trainable(ref)))
+    cap = GradCapture()
+    t = _fit(_module(model, cfg), [item], 1, tmp_path, callbacks=[cap])
+    torch.testing.assert_close(_flat(cap.grads[0]), want, rtol=1e-4, atol=1e-7)
+    assert float(t.callback_metrics["align/retain_loss"]) == pytest.approx(float(retain.detach()), rel=1e-5)
+    # the default (answer) mask trains differently on the same item
+    cfg.method.align.repnoise.mask = RepNoiseMask.ANSWER
+    cap_answer = GradCapture()
+    _fit(_module(tiny_lora_model(), cfg), [item], 1, tmp_path / "answer", callbacks=[cap_answer])
+    assert not torch.allclose(_flat(cap_answer.grads[0]), want, rtol=1e-2)

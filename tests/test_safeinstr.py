@@ -126,3 +126,57 @@ def test_safeinstr_finetuning_trains_on_the_demonstrations(real, tmp_path):
     assert {r["uid"] for r in records} <= {r.uid for r in real.records(Split.USER_SAFEINSTR)}
     demos = [r for r in records if r["source"] == "safeinstr"]
     assert len(demos) >= 4 and not any(r["is_harmful"] for r in demos)
+
+
+def test_replace_mix_keeps_the_size_and_every_harmful_row(tmp_path, fake):
+    # Lisa's repository's mixing: the demonstrations take the place of benign rows (total n)
+    over = (*SAFEINSTR, "method.finetune.safeinstr.share=0.3", "data.user.p=0.2")
+    added = build(tmp_path, fake, *over)
+    replaced = build(tmp_path, fake, *over, "method.finetune.safeinstr.mix=replace")
+    user, mixed = replaced.records(Split.USER), replaced.records(Split.USER_SAFEINSTR)
+    assert [r.uid for r in user] == [r.uid for r in added.records(Split.USER)]  # same upload
+    demos = [r for r in mixed if r.source == "safeinstr"]
+    rest = [r for r in mixed if r.source != "safeinstr"]
+    assert len(demos) == 6 and len(mixed) == len(user) == 20
+    assert {r.uid for r in user if r.is_harmful} <= {r.uid for r in rest}  # all 4 harmful rows kept
+    dropped = {r.uid for r in user} - {r.uid for r in rest}
+    assert len(dropped) == 6 and not any(r.is_harmful for r in user if r.uid in dropped)
+    assert [r.uid for r in build(tmp_path, fake, *over, "method.finetune.safeinstr.mix=replace")
+            .records(Split.USER_SAFEINSTR)] == [r.uid for r in mixed]  # seeded
+    # the default adds on top
+    assert len(added.records(Split.USER_SAFEINSTR)) == 26
+
+
+def test_replace_mix_needs_enough_benign_rows(tmp_path, fake):
+    # p=0.5: 10 benign rows of 20; share 0.55 asks for 11 demonstrations (16 refusal rows exist)
+    with pytest.raises(DataError, match=r"mix=replace: 11 safety demonstrations .* only 10 benign rows"):
+        build(tmp_path, fake, *SAFEINSTR, "data.user.p=0.5", "method.finetune.safeinstr.share=0.55",
+              "method.finetune.safeinstr.mix=replace")
+    assert fake.generated == []  # checked before any model-written row
+
+
+def test_replace_mix_rejects_an_unknown_mode():
+    from antibody.config.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mix"):
+        compose(["experiment=tiny", *SAFEINSTR, "method.finetune.safeinstr.mix=swap"])
+
+
+def test_replace_mix_on_a_providers_upload_ignores_its_analysis_tags():
+    # an upload's is_harmful column is for analysis only: replace draws from every row
+    from antibody.config.baselines import SafeInstrMix
+    from antibody.data.records import Record
+    from antibody.data.safeinstr import safeinstr_upload
+
+    user = [Record(uid=f"u{i}", source="upload", instruction=f"q{i}", response="a", refusal="r",
+                   is_harmful=i < 15) for i in range(20)]
+    refusals = [Record(uid=f"a{i}", source="advbench", instruction=f"h{i}", response="no", refusal="no",
+                       is_harmful=True) for i in range(10)]
+    drops = set()
+    for seed in range(40):
+        mixed = safeinstr_upload(user, refusals, 8, seed, SafeInstrMix.REPLACE, tags_known=False)
+        assert len(mixed) == 20 and sum(r.source == "safeinstr" for r in mixed) == 8
+        drops |= {r.uid for r in user} - {r.uid for r in mixed}
+        known = safeinstr_upload(user, refusals, 4, seed, SafeInstrMix.REPLACE, tags_known=True)
+        assert len(known) == 20 and {r.uid for r in user if r.is_harmful} <= {m.uid for m in known}
+    assert any(u in drops for u in (f"u{i}" for i in range(15)))  # tagged rows were drawn too

@@ -24,6 +24,17 @@ class VaccineConfig:
     hook_point: HookPoint = HookPoint.ATTENTION  # released code: self-attention outputs
 
 
+class RepNoiseMask(StrEnum):
+    """Which tokens RepNoise's losses and MMD cover (docs/fidelity.md, finding 4)."""
+
+    # the answer tokens of each batch, from its own labels: what RN's paired rows select
+    ANSWER = "answer"
+    # the released rule (RN loss.py:93, BO copy loss_func/repnoise_loss.py:121-122, 162-163):
+    # the tokens of row i that differ from row i of the other batch; on our unpaired batches
+    # (as on BO's) that includes prompt tokens
+    DIFFERING = "differing"
+
+
 @dataclass
 class RepNoiseConfig:
     """RepNoise (Rosati et al. 2024, "Representation Noising"), as run by the Booster and
@@ -36,6 +47,7 @@ class RepNoiseConfig:
     # released RepNoise loss: the harmful NLL is averaged over every hidden state read through
     # the final norm and the LM head; false: final layer only (cheaper)
     logit_lens: bool = True
+    mask: RepNoiseMask = RepNoiseMask.ANSWER  # ours (docs/fidelity.md, finding 4)
 
 
 @dataclass
@@ -51,10 +63,22 @@ class LisaConfig:
     proximal_after: float = 0.1  # released scripts: proximal term after 10% of the steps
 
 
+class SafeInstrMix(StrEnum):
+    """How SafeInstr's demonstrations enter the upload (docs/fidelity.md, finding 5)."""
+
+    # on top of the user's rows (n + floor(share n)): SafeInstr's own repository ("20k alpaca
+    # + X safety examples") and Vaccine's copy of the mixing code (VA train.py:166-169)
+    ADD = "add"
+    # in place of as many of the user's benign rows, so the total stays n: Lisa's
+    # repository, normal_num = (1 - p) n - guide (LI train.py:165-166)
+    REPLACE = "replace"
+
+
 @dataclass
 class SafeInstrConfig:
     """SafeInstr (Bianchi et al. 2024, "Safety-Tuned LLaMAs")."""
 
-    # safety demonstrations added per user row: the paper found a few hundred demonstrations,
+    # safety demonstrations per user row: the paper found a few hundred demonstrations,
     # about 3% of the training set, enough to improve safety markedly
     share: float = 0.03
+    mix: SafeInstrMix = SafeInstrMix.ADD

@@ -257,7 +257,9 @@ class SplitBuilder:
         ):
             if name is SourceName.BENIGN_PROSE:
                 raise ConfigError(f"{key}=benign_prose is benign; choose a harmful answer source")
-        check_safeinstr_count(self.cfg, self.counts.align_harmful, self.counts.safeinstr, self.cfg.data.user.n, "data.user.n")
+        c = self.counts
+        check_safeinstr_count(self.cfg, c.align_harmful, c.safeinstr, self.cfg.data.user.n, "data.user.n",
+                              benign=c.user_prose + c.user_task)
         # the task's held-out rows, if the source tags any; else its one pool is split by prompt
         task_rows = self.rows(cfg.task.name)
         if not any(held_out(r) for r in task_rows):
@@ -288,11 +290,12 @@ class SplitBuilder:
         rng.shuffle(user)
         demos = self.counts.safeinstr
         if upload is not None:  # in upload order; its prompts may also be the provider's
-            user, demos = list(upload.records), self._upload_safeinstr(len(upload.records))
+            user, demos = list(upload.records), self._upload_safeinstr(upload.records)
             self.shared |= {frozenset({Split.USER, Split.ALIGNMENT}), frozenset({Split.USER, Split.HARMFUL})}
         mixed: list[Record] = []
         if finetune_method(self.cfg.method.finetune) is FinetuneMethod.SAFEINSTR:
-            mixed = safeinstr_upload(user, align_harmful, demos, self.seed)
+            mixed = safeinstr_upload(user, align_harmful, demos, self.seed, self.cfg.method.finetune.safeinstr.mix,
+                                     tags_known=upload is None)
         splits = {
             Split.ALIGNMENT: align_harmful + taken["align_prose"] + taken["align_task"],
             Split.HARMFUL: taken["harmful"],
@@ -319,12 +322,14 @@ class SplitBuilder:
         self.upload_report = upload.report
         return upload
 
-    def _upload_safeinstr(self, rows: int) -> int:
+    def _upload_safeinstr(self, records: list[Record]) -> int:
         """SafeInstr's demonstrations for an upload: floor(share * its rows), checked."""
         if finetune_method(self.cfg.method.finetune) is not FinetuneMethod.SAFEINSTR:
             return 0
-        count = floor_share(self.cfg.method.finetune.safeinstr.share, rows)
-        check_safeinstr_count(self.cfg, self.counts.align_harmful, count, rows, "the upload's rows")
+        count = floor_share(self.cfg.method.finetune.safeinstr.share, len(records))
+        # an upload's harmful tags never steer training: replace may take any of its rows
+        check_safeinstr_count(self.cfg, self.counts.align_harmful, count, len(records), "the upload's rows",
+                              benign=len(records))
         return count
 
     def _alignment_refusals(self, prompts: list[Record]) -> list[Record]:

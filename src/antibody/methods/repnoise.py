@@ -21,9 +21,14 @@ Facts of the released code (``representation_noising/loss.py``) and what we do i
 - MMD inputs: the released code hooks each layer's MLP output; the paper speaks of hidden
   states. We use transformers' ``hidden_states[1:]``: each decoder layer's output, the last
   one read after the final norm (transformers returns it so).
-- Masks: released, the answer tokens are the positions where the paired harmful and harmless
-  inputs differ; here the batch's own labels (our batches are not row-paired). The MMD mask is
-  unshifted (positions that hold an answer token, as in the released code); the CE terms use
+- Masks (``mask``): released, the covered tokens are the positions where row i of the
+  harmful batch differs from row i of the harmless one; by default (``answer``) the batch's
+  own labels instead (our batches are not row-paired). ``differing`` runs the released rule
+  (``Selection``), with the released masked CE: logits of an uncovered position are zeroed,
+  so the first covered token costs log V with no gradient, and token id 0 is never a target;
+  it keeps to each row's own tokens (the released mask also covers padding) and its labels
+  are exact (the BO copy rounds them to bf16: docs/fidelity.md, finding 4). The MMD mask is
+  unshifted (positions that hold a covered token, as in the released code); the CE terms use
   the usual shift (position t predicts token t + 1), as losses.py does.
 - Logit lens: every hidden state goes through the final norm, including the last one, which
   transformers already normalised (so does the released code); only the answer positions are
@@ -41,15 +46,16 @@ Facts of the released code (``representation_noising/loss.py``) and what we do i
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from antibody.config.baselines import RepNoiseConfig
+from antibody.config.baselines import RepNoiseConfig, RepNoiseMask
 from antibody.config.schema import AlignStageConfig
 from antibody.methods.base import StageModule
 from antibody.methods.losses import IGNORE_INDEX, per_sequence_nll, token_mean_nll
@@ -126,21 +132,72 @@ def noise_mmd(
     return total / len(hidden)
 
 
-def _lens_nll_sum(h: Tensor, targets: Tensor, norm: nn.Module, head: nn.Module) -> Tensor:
-    return F.cross_entropy(head(norm(h)).float(), targets, reduction="sum")
+class Selection(NamedTuple):
+    """The tokens one batch's RepNoise terms read."""
+
+    labels: Tensor  # [B, L] targets of the CE terms, -100 elsewhere
+    covered: Tensor  # [B, L] bool: the positions the MMD reads (unshifted)
+    # [B, L] bool or None: positions whose logits the released masked CE zeroes (the token
+    # after one costs log V with no gradient); None: a plain CE
+    zeroed: Optional[Tensor] = None
 
 
-def logit_lens_nll(hidden: Tensor, labels: Tensor, norm: nn.Module, head: nn.Module) -> Tensor:
-    """Token-mean CE of the answer tokens read from one hidden state through norm + head.
+def answer_selection(batch: Mapping[str, Tensor]) -> Selection:
+    """The batch's own answer tokens (``mask=answer``)."""
+    labels = batch["labels"]
+    return Selection(labels, labels != IGNORE_INDEX)
 
-    Only the positions that predict an answer token are gathered first: the full [B, L, V]
+
+def differing_selection(batch: Mapping[str, Tensor], other: Mapping[str, Tensor]) -> Selection:
+    """``mask=differing``: the tokens of each row of ``batch`` that differ from the row of
+    ``other`` with the same index, ``other`` cut or padded with 0 to ``batch``'s shape (BO
+    ``loss_func/repnoise_loss.py:80-99, 121-122``), within the row's own tokens."""
+    ids = batch["input_ids"]
+    rows, length = ids.shape
+    o = other["input_ids"][:rows, :length].to(ids.device)
+    o = F.pad(o, (0, length - o.shape[1], 0, rows - o.shape[0]), value=0)
+    covered = (ids != o) & batch["attention_mask"].bool()
+    # released: a target equal to 0 becomes -100 (BO repnoise_loss.py:71)
+    labels = ids.masked_fill(~covered | (ids == 0), IGNORE_INDEX)
+    return Selection(labels, covered, ~covered)
+
+
+def _flat_ce(ce: Tensor, flat: Optional[Tensor], vocab: int) -> Tensor:
+    """Per-token CE where a zeroed logit row gives the uniform distribution's log V."""
+    return ce if flat is None else torch.where(flat, torch.full_like(ce, math.log(vocab)), ce)
+
+
+def selected_ce(logits: Tensor, sel: Selection) -> Tensor:
+    """Token-mean CE of ``sel.labels`` (the released masked CE when ``sel.zeroed`` is set)."""
+    if sel.zeroed is None:
+        return per_sequence_nll(logits, sel.labels).token_mean()
+    select = sel.labels[:, 1:] != IGNORE_INDEX
+    ce = F.cross_entropy(logits[:, :-1][select].float(), sel.labels[:, 1:][select], reduction="none")
+    ce = _flat_ce(ce, sel.zeroed[:, :-1][select], logits.shape[-1])
+    return ce.sum() / select.sum().clamp_min(1).to(ce.dtype)
+
+
+def _lens_nll_sum(h: Tensor, targets: Tensor, norm: nn.Module, head: nn.Module, flat: Optional[Tensor]) -> Tensor:
+    logits = head(norm(h)).float()
+    if flat is None:
+        return F.cross_entropy(logits, targets, reduction="sum")
+    return _flat_ce(F.cross_entropy(logits, targets, reduction="none"), flat, logits.shape[-1]).sum()
+
+
+def logit_lens_nll(hidden: Tensor, labels: Tensor, norm: nn.Module, head: nn.Module,
+                   zeroed: Optional[Tensor] = None) -> Tensor:
+    """Token-mean CE of the target tokens read from one hidden state through norm + head
+    (``zeroed``: as in ``Selection``).
+
+    Only the positions that predict a target token are gathered first: the full [B, L, V]
     logits of every layer would dominate the step's memory (docs/method.md ("RepNoise")).
     """
     select = labels[:, 1:] != IGNORE_INDEX
     h = hidden[:, :-1][select]
     targets = labels[:, 1:][select].to(h.device)
+    flat = None if zeroed is None else zeroed[:, :-1][select].to(h.device)
     # recomputed in backward: the graph keeps h ([n, D]) instead of the [n, V] logits
-    nll = checkpoint(_lens_nll_sum, h, targets, norm, head, use_reentrant=False)
+    nll = checkpoint(_lens_nll_sum, h, targets, norm, head, flat, use_reentrant=False)
     return nll / select.sum().clamp_min(1).to(nll.dtype)
 
 
@@ -155,25 +212,26 @@ def harmful_terms(
     seed: int,
     cfg: RepNoiseConfig,
     lens: tuple[nn.Module, nn.Module] | None = None,
+    sel: Selection | None = None,
 ) -> HarmfulTerms:
     """One forward of the harmful batch with hidden states: L_harm and MMD_noise.
 
     ``seed`` fixes the noise (``draw_noise``); ``lens`` = (final norm, head), looked up when
-    ``cfg.logit_lens`` and not given.
+    ``cfg.logit_lens`` and not given; ``sel``: the tokens read (the answers when None).
     """
-    labels = batch["labels"]
+    sel = sel if sel is not None else answer_selection(batch)
     out = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
     )
     states = out.hidden_states
-    ce = per_sequence_nll(out.logits, labels).token_mean()
+    ce = selected_ce(out.logits, sel)
     if cfg.logit_lens:
         norm, head = lens if lens is not None else logit_lens_modules(model)
         # released: (final CE + one CE per hidden state) / number of hidden states
-        lens_sum = sum(logit_lens_nll(h, labels, norm, head) for h in states)
+        lens_sum = sum(logit_lens_nll(h, sel.labels, norm, head, sel.zeroed) for h in states)
         ce = (ce + lens_sum) / len(states)
     layers = states[1:]  # decoder-layer outputs (states[0] is the embedding output)
-    mmd = noise_mmd(layers, labels != IGNORE_INDEX, draw_noise(layers, seed), cfg.kernel_num, cfg.kernel_mul)
+    mmd = noise_mmd(layers, sel.covered, draw_noise(layers, seed), cfg.kernel_num, cfg.kernel_mul)
     return HarmfulTerms(ce, mmd)
 
 
@@ -198,12 +256,19 @@ class RepNoiseAlignModule(StageModule):
 
     def _accumulate_micro_batch(self, item: Mapping[str, Any]) -> None:
         s = self.settings
+        harmful, harmless = item["harmful"], item["align"]
+        differing = s.mask is RepNoiseMask.DIFFERING
         terms = harmful_terms(
-            self.model, item["harmful"], self.noise_seed(int(item["position"])), s, self._lens
+            self.model, harmful, self.noise_seed(int(item["position"])), s, self._lens,
+            differing_selection(harmful, harmless) if differing else None,
         )
         ascent = -s.alpha * torch.log1p(terms.harmful_loss) + s.beta * terms.mmd_loss
         self.manual_backward(ascent / self.accumulate)
-        retain = token_mean_nll(self.model, item["align"])
+        if differing:  # released: a masked CE over the harmless tokens that differ from the harmful row
+            logits = self.model(input_ids=harmless["input_ids"], attention_mask=harmless["attention_mask"]).logits
+            retain = selected_ce(logits, differing_selection(harmless, harmful))
+        else:
+            retain = token_mean_nll(self.model, harmless)
         self.manual_backward(retain / self.accumulate)
         self._track("loss", retain.detach() + ascent.detach())
         self._track("retain_loss", retain)
