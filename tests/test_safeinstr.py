@@ -180,3 +180,14 @@ def test_replace_mix_on_a_providers_upload_ignores_its_analysis_tags():
         known = safeinstr_upload(user, refusals, 4, seed, SafeInstrMix.REPLACE, tags_known=True)
         assert len(known) == 20 and {r.uid for r in user if r.is_harmful} <= {m.uid for m in known}
     assert any(u in drops for u in (f"u{i}" for i in range(15)))  # tagged rows were drawn too
+
+
+def test_the_new_options_leave_existing_run_keys_alone():
+    # at their defaults mix and mask are not serialised, so studies keep their job keys
+    from antibody.config.compose import to_yaml
+
+    plain = to_yaml(compose(["experiment=tiny", *SAFEINSTR]))
+    assert "mix:" not in plain and "mask:" not in plain
+    assert "mix: replace" in to_yaml(compose(["experiment=tiny", *SAFEINSTR, "method.finetune.safeinstr.mix=replace"]))
+    assert "mask: differing" in to_yaml(compose(["experiment=tiny", "method=repnoise",
+                                                 "method.align.repnoise.mask=differing"]))

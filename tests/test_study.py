@@ -11,6 +11,7 @@ import yaml
 
 from antibody.app.study.plan import align_key, jobs_of, parse_only, plan
 from antibody.app.study.report import summarise
+from antibody.app.study.results import StudyResults
 from antibody.cli.main import main
 from antibody.config import compose
 from antibody.config.errors import ConfigError
@@ -221,7 +222,10 @@ def test_summary_is_mean_and_sample_std_over_seeds_and_pairs_by_seed(tmp_path):
                 ("new", 1): [0, 1, 0, 0], ("new", 2): [0, 0, 0, 0], ("new", 3): [0, 1, 0, 1]}
     fas = {("ref", 1): 0.1, ("ref", 2): 0.3, ("ref", 3): 0.2, ("new", 1): 0.2, ("new", 2): 0.2, ("new", 3): 0.5}
     cells = [_fake_cell(tmp_path, f"{r}-{s}", r, s, [bool(x) for x in o], fas[r, s]) for (r, s), o in outcomes.items()]
-    out = summarise({"axes": ["data.user.p"], "cells": cells, "reference": "ref"}, tmp_path)
+    results = StudyResults.from_json({"study": "fake", "axes": ["data.user.p"], "cells": cells, "reference": "ref",
+                                      "jobs": 6})
+    summarise(results, tmp_path)
+    out = results.to_json()
     by_row = {s["row"]: s for s in out["summary"]}
     for row in ("ref", "new"):
         hs = [sum(outcomes[row, s]) / 4 for s in (1, 2, 3)]
@@ -231,7 +235,6 @@ def test_summary_is_mean_and_sample_std_over_seeds_and_pairs_by_seed(tmp_path):
     from antibody.app.study.plots import plot
     from antibody.app.study.report import study_table
 
-    results = {"study": "fake", "axes": ["data.user.p"], "cells": cells, "reference": "ref", "jobs": 6, **out}
     plot(results, tmp_path / "results.png")
     assert (tmp_path / "results.png").stat().st_size > 0
     assert "| new | 0.2 | 3 |" in study_table(results)
@@ -262,10 +265,11 @@ def test_the_studys_compute_counts_each_finished_job_once(tmp_path):
     (tmp_path / "align-a" / "eval" / "metrics.json").write_text(json.dumps({"eval_seconds": 60.0}))
     cells = [{"job": "ft-1", "align_job": "align-a"}, {"job": "ft-2", "align_job": "align-a"},
              {"job": "align-a", "align_job": "align-a"}, {"job": "ft-3", "align_job": "align-b"}]
-    cost = compute({"cells": cells}, tmp_path)
-    assert cost["train"]["align"] == {"jobs": 1, "minutes": pytest.approx(40 * 6.0 / 60)}
-    assert cost["train"]["finetune"] == {"jobs": 2, "minutes": pytest.approx((30 * 4.0 + 30 * 5.0) / 60)}
-    assert cost["eval"] == {"jobs": 2, "minutes": pytest.approx(3.0)} and cost["cpu_counts"] == [2, 16]
+    cost = compute(StudyResults.from_json({"cells": cells}), tmp_path)
+    c = cost.to_json()
+    assert c["train"]["align"] == {"jobs": 1, "minutes": pytest.approx(40 * 6.0 / 60)}
+    assert c["train"]["finetune"] == {"jobs": 2, "minutes": pytest.approx((30 * 4.0 + 30 * 5.0) / 60)}
+    assert c["eval"] == {"jobs": 2, "minutes": pytest.approx(3.0)} and c["cpu_counts"] == [2, 16]
     total = 40 * 6.0 / 60 + (30 * 4.0 + 30 * 5.0) / 60 + 3.0
     assert f"{total:.1f} min in all, on machines with 2/16 CPU cores" in compute_line(cost)
 
@@ -278,9 +282,10 @@ def test_a_studys_plots_reach_its_results_page_as_committed_files(tmp_path):
 
     study = tmp_path / "runs" / "fake"
     cells = [_fake_cell(study, f"{r}-{s}", r, s, [True, s == 2, False], 0.1 * s) for r in ("ref", "new") for s in (1, 2)]
-    results = {"kind": "study", "study": "fake", "axes": ["data.user.p"], "seeds": [1, 2], "cells": cells,
-               "reference": "ref", "jobs": 4}
-    results.update(summarise(results, study))
+    typed = StudyResults.from_json({"study": "fake", "axes": ["data.user.p"], "seeds": [1, 2], "cells": cells,
+                                    "reference": "ref", "jobs": 4})
+    summarise(typed, study)
+    results = typed.to_json()
     readme = tmp_path / default_page("study-fake-results")  # the page, named on the command line
     readme.parent.mkdir(parents=True)
     readme.write_text("# x\n<!-- study-fake-results:start -->\nold\n<!-- study-fake-results:end -->\n")
@@ -290,7 +295,7 @@ def test_a_studys_plots_reach_its_results_page_as_committed_files(tmp_path):
 
     def report(res: dict) -> str:
         (study / "results.json").write_text(json.dumps(res))
-        write_figures(res, study)
+        write_figures(StudyResults.from_json(res), study)
         assert main(["report", str(study / "results.json"), str(readme)]) == 0
         return readme.read_text()
 
@@ -399,9 +404,10 @@ def test_the_study_notebook_runs_on_a_studys_outputs(tmp_path, monkeypatch):
                     "logp_refusal": lr}) + "\n"
         for i, (src, w, ly, lr) in enumerate((("harmful", 0.1, -1.0, -2.0), ("arithmetic", 0.5, -3.0, -4.0),
                                               ("arithmetic", 0.4, -2.0, -5.0)))))
-    results = {"study": "fake", "axes": ["data.user.p"], "seeds": [1, 2], "cells": cells, "reference": "ref"}
-    results.update(summarise(results, tmp_path))
-    (tmp_path / "results.json").write_text(json.dumps(results))
+    results = StudyResults.from_json({"study": "fake", "axes": ["data.user.p"], "seeds": [1, 2], "cells": cells,
+                                      "reference": "ref"})
+    summarise(results, tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps(results.to_json()))
     monkeypatch.setenv("ANTIBODY_STUDY_DIR", str(tmp_path))
     nb = nbformat.read(Path(__file__).parent.parent / "notebooks" / "inspect_study.ipynb", as_version=4)
     NotebookClient(nb, timeout=120, kernel_name="python3").execute()
@@ -526,11 +532,11 @@ def test_a_named_run_trained_with_another_config_is_refused(tmp_path):
     cfg = compose(list(job.overrides))
     (run / "config.yaml").write_text(to_yaml(cfg))
     assert study_app.train_job(job) is False  # the same config: reused
-    assert study_app.dry_run([job], root, {})[0]["state"] == "done"
+    assert study_app.dry_run([job], root, {})[0].state == "done"
     (run / "config.yaml").write_text(to_yaml(compose([*job.overrides, "method.align.lr=0.5"])))
     with pytest.raises(ConfigError, match="trained with a different config"):
         study_app.train_job(job)
-    assert study_app.dry_run([job], root, {})[0]["state"] == "config differs"
+    assert study_app.dry_run([job], root, {})[0].state == "config differs"
 
 
 def test_step_costs_tell_repnoise_with_and_without_the_logit_lens_apart():
@@ -557,3 +563,31 @@ def test_step_costs_tell_quantisation_and_precision_apart():
     keys = {cost_key(compose([*base, *extra]), Stage.ALIGN)
             for extra in ([], ["model.quantization=nf4"], ["trainer.precision=bf16-mixed"], ["model.dtype=bfloat16"])}
     assert len(keys) == 4
+
+
+def test_results_json_round_trips_through_the_types(tmp_path):
+    """results.json is read into StudyResults and written back unchanged, key order included;
+    a summary written before the weighting was recorded keeps its absence (weighted_rows then
+    falls back on the weights)."""
+    from antibody.app.study.report import named_over_seeds
+
+    cells = [_fake_cell(tmp_path, f"{r}-{s}", r, s, [True, s == 2, False], 0.1 * s) for r in ("ref", "new")
+             for s in (1, 2)]
+    typed = StudyResults.from_json({"study": "fake", "axes": ["data.user.p"], "seeds": [1, 2], "cells": cells,
+                                    "reference": "ref", "jobs": 4})
+    summarise(typed, tmp_path)
+    named = [{"question": "q", "metric": "harmful/harmful_score", "a": "x", "b": "y", "row_a": "new", "row_b": "ref",
+              "data.user.p": 0.2, "seed": s, "rate_a": 0.1 * s, "rate_b": 0.3, "diff": 0.1 * s - 0.3, "p_value": 0.5}
+             for s in (1, 2)]
+    typed.named_comparisons, typed.named_paired = named, named_over_seeds(named, typed.axes)
+    text = json.dumps(typed.to_json())
+    assert json.dumps(StudyResults.from_json(json.loads(text)).to_json()) == text
+    assert list(json.loads(text)) == ["kind", "study", "reference", "axes", "seeds", "cells", "seconds_this_invocation",
+                                      "jobs", "jobs_trained_this_invocation", "jobs_evaluated_this_invocation",
+                                      "summary", "comparisons", "paired", "named_comparisons", "named_paired"]
+    old = json.loads(text)
+    for s in old["summary"]:
+        del s["weighting"]
+    again = StudyResults.from_json(old)
+    assert not any(s.weighting_recorded for s in again.summary)
+    assert json.dumps(again.to_json()) == json.dumps(old)

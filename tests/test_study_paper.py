@@ -11,6 +11,7 @@ import yaml
 from antibody.app.report import block_name, render
 from antibody.app.study.paper import paper_comparison, paper_table, t_interval
 from antibody.app.study.report import study_table
+from antibody.app.study.results import StudyResults
 from antibody.config.errors import ConfigError
 from antibody.config.study import load_study
 
@@ -47,7 +48,7 @@ def test_t_interval_matches_the_t_quantile():
 
 
 def test_ranks_tau_discordant_pairs_and_separation():
-    out = paper_comparison(_results(), PAPER)
+    out = paper_comparison(StudyResults.from_json(_results()), PAPER)
     rows = {r["row"]: r for r in out["rows"]}
     assert out["pending"] == ["d"]  # in the paper, not evaluated here
     # the p = 0.05 cell of `a` is not the paper's setting
@@ -71,15 +72,15 @@ def test_ranks_tau_discordant_pairs_and_separation():
 def test_discordant_pairs_are_listed():
     results = _results()
     results["summary"][1] = _summary("b", 0.70, 0.1)  # b now the most harmful here
-    out = paper_comparison(results, PAPER)
+    out = paper_comparison(StudyResults.from_json(results), PAPER)
     assert sorted(map(tuple, out["discordant"])) == [("a", "b"), ("b", "c")]
     assert out["kendall_tau"]["tau"] < 0
 
 
 def test_a_study_results_file_renders_into_its_own_readme_block():
-    results = dict(_results(), paper=paper_comparison(_results(), PAPER))
+    results = dict(_results(), paper=paper_comparison(StudyResults.from_json(_results()), PAPER))
     assert block_name(results) == "study-fake-results"
-    assert render(results) == study_table(results)
+    assert render(results) == study_table(StudyResults.from_json(results))
     assert "Against the paper (7B; a paper)" in render(results)
 
 
@@ -115,13 +116,13 @@ def test_weights_table_shows_every_source_and_term_of_weighted_rows_only():
          "weights/arithmetic_x_batch": stat(1.3, 0.1), "detector/auroc_neg_ratio": stat(0.75, 0.02),
          "rows/harmful_at_least_half": stat(0.05, 0.02),
          "detector/auroc_logp_refusal": stat(0.6, 0.05)}]}
-    table = weights_table(results).splitlines()
+    table = weights_table(StudyResults.from_json(results)).splitlines()
     assert table[2] == ("| row | data.user.p | harmful | arithmetic | harmful rows w x B >= 0.5 | AUROC logp_refusal "
                         "| AUROC neg_ratio |")
     assert table[4] == "| ab | 0.2 | 0.04 ± 0.01 | 1.30 ± 0.10 | 0.05 ± 0.02 | 0.60 ± 0.05 | 0.75 ± 0.02 |"
     assert len(table) == 5  # the uniform row is not shown
     results["summary"].pop()
-    assert weights_table(results) == ""
+    assert weights_table(StudyResults.from_json(results)) == ""
 
 
 def test_named_comparisons_are_summarised_over_seeds_with_a_t_interval():
@@ -135,7 +136,8 @@ def test_named_comparisons_are_summarised_over_seeds_with_a_t_interval():
                 "seed": seed, "rate_a": rate_a, "rate_b": rate_b, "diff": rate_a - rate_b, "p_value": p}
 
     named = [comp(2, 0.55, 0.60, 0.5), comp(1, 0.50, 0.60, 0.03), comp(3, 0.45, 0.60, 0.001)]
-    results = {"axes": ["data.user.p"], "named_paired": named_over_seeds(named, ["data.user.p"])}
+    results = StudyResults.from_json({"axes": ["data.user.p"]})
+    results.named_paired = named_over_seeds(named, ["data.user.p"])
     table = named_comparisons_table(results).splitlines()
     assert table[2] == "| question | metric | data.user.p | A | B | A - B | 95% t interval | p per seed |"
     # diffs -0.10, -0.05, -0.15: mean -10.0, std 5.0 points; half width 4.303 x 5.0 / sqrt(3) = 12.4

@@ -12,6 +12,7 @@ from matplotlib.colors import to_rgba
 
 from antibody.app.study.paper import paper_comparison
 from antibody.app.study.report import HS, summarise
+from antibody.app.study.results import StudyResults
 from antibody.app.study.tradeoff import draw_models, draw_study, models_tradeoff, row_colours
 from tests.helpers import png_size, saved_figures
 
@@ -25,7 +26,7 @@ PAPER = {"source": "a paper", "setting": "Llama-2-7B, GSM8K", "at": {AXIS: 0.2},
          "hs": {"sft": 23.94, "booster": 9.06, "lisa": 5.86}, "fa": {"sft": 10.90, "booster": 16.27}}
 
 
-def _results(cells: dict = CELLS, paper: dict | None = PAPER) -> dict:
+def _results(cells: dict = CELLS, paper: dict | None = PAPER) -> StudyResults:
     """A study's results as the driver builds them: cells, `summarise` (no reference row, so
     no prediction files are read) and the paper comparison."""
     out = []
@@ -34,11 +35,11 @@ def _results(cells: dict = CELLS, paper: dict | None = PAPER) -> dict:
         out.append({"row": row, AXIS: p, "seed": seed, "job": f"{row}-{seed}-{p}", "state": "evaluated",
                     "metrics": metrics, "n": {HS: 64, **({} if fa is None else {"FA": 128})}})
     out.append({"row": "sft", AXIS: 0.2, "seed": 3, "job": "pending", "state": "pending"})
-    results = {"kind": "study", "study": "fake", "axes": [AXIS], "seeds": [1, 2, 3], "cells": out,
-               "reference": None, "jobs": len(out)}
-    results.update(summarise(results, Path("unused")))
+    results = StudyResults.from_json({"kind": "study", "study": "fake", "axes": [AXIS], "seeds": [1, 2, 3],
+                                      "cells": out, "reference": None, "jobs": len(out)})
+    summarise(results, Path("unused"))
     if paper:
-        results["paper"] = paper_comparison(results, paper)
+        results.paper = paper_comparison(results, paper)
     return results
 
 

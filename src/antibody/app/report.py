@@ -112,8 +112,9 @@ def render(results: dict) -> str:
         return judge_table(results)
     if results.get("kind") == "study":
         from antibody.app.study.report import study_table
+        from antibody.app.study.results import StudyResults
 
-        return study_table(results)
+        return study_table(StudyResults.from_json(results))
     if results.get("kind") == "merge-check":
         from antibody.app.merge_check import merge_check_table
 

@@ -5,8 +5,12 @@ as in schema.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+
+# left out of the resolved YAML at its default: runs keep the keys they hashed to before
+# the option existed (app/study/plan.py)
+from antibody.config.upload import OMIT_WHEN_DEFAULT
 
 
 class HookPoint(StrEnum):
@@ -47,7 +51,7 @@ class RepNoiseConfig:
     # released RepNoise loss: the harmful NLL is averaged over every hidden state read through
     # the final norm and the LM head; false: final layer only (cheaper)
     logit_lens: bool = True
-    mask: RepNoiseMask = RepNoiseMask.ANSWER  # ours (docs/fidelity.md, finding 4)
+    mask: RepNoiseMask = field(default=RepNoiseMask.ANSWER, metadata=OMIT_WHEN_DEFAULT)  # ours: docs/fidelity.md
 
 
 @dataclass
@@ -81,4 +85,4 @@ class SafeInstrConfig:
     # safety demonstrations per user row: the paper found a few hundred demonstrations,
     # about 3% of the training set, enough to improve safety markedly
     share: float = 0.03
-    mix: SafeInstrMix = SafeInstrMix.ADD
+    mix: SafeInstrMix = field(default=SafeInstrMix.ADD, metadata=OMIT_WHEN_DEFAULT)

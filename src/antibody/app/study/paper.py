@@ -17,11 +17,18 @@ import math
 import statistics
 from typing import Any, Optional
 
+from antibody.app.study.results import MeanStd, StudyResults
+
 HS = "harmful/harmful_score"
 
 
-def _matches(entry: dict, at: dict[str, Any]) -> bool:
+def _matches(entry: dict[str, Any], at: dict[str, Any]) -> bool:
+    """Whether `entry` (axis -> value) holds every value of `at` (compared as text)."""
     return all(str(entry.get(k)) == str(v) for k, v in at.items())
+
+
+def _percent(stat: MeanStd) -> dict:
+    return {"mean": None if stat.mean is None else 100 * stat.mean, "std": None if stat.std is None else 100 * stat.std}
 
 
 def t_interval(values: list[float], level: float = 0.95) -> Optional[tuple[float, float]]:
@@ -35,37 +42,35 @@ def t_interval(values: list[float], level: float = 0.95) -> Optional[tuple[float
     return mean - half, mean + half
 
 
-def paper_comparison(results: dict, paper: dict) -> dict:
+def paper_comparison(results: StudyResults, paper: dict) -> dict:
     """Rows with both a paper HS and an evaluated mean HS at `paper['at']`: values in %,
     ranks (1 = lowest HS), the paired difference to the reference, Kendall's tau-b and the
     discordant pairs. Rows not evaluated yet are listed as pending."""
     from scipy import stats
 
     at = paper.get("at") or {}
-    summary = {s["row"]: s for s in results.get("summary", []) if _matches(s, at) and HS in s}
+    summary = {s.row: s for s in results.summary if _matches(s.axes, at) and HS in s.stats}
     # the paired differences to the reference and their t intervals, as summarise computed them
-    paired = {p["row"]: p for p in results.get("paired", []) if _matches(p, at)}
+    paired = {p.row: p.over for p in results.paired if _matches(p.axes, at)}
     rows, pending = [], []
     for row, paper_hs in paper["hs"].items():
         if row not in summary:
             pending.append(row)
             continue
         s = summary[row]
+        hs, fa = s.stats[HS], s.get("FA")
         entry = {"row": row, "paper_hs": paper_hs, "paper_fa": (paper.get("fa") or {}).get(row),
-                 "hs": {k: None if v is None else 100 * v for k, v in s[HS].items() if k in ("mean", "std")},
-                 "seeds": s[HS].get("seeds"),
-                 "fa": None if "FA" not in s else {k: None if v is None else 100 * v
-                                                   for k, v in s["FA"].items() if k in ("mean", "std")}}
+                 "hs": _percent(hs), "seeds": hs.seeds, "fa": None if fa is None else _percent(fa)}
         if row in paired:
-            d, ci = paired[row]["diff"], paired[row].get("ci95")
-            entry["diff_to_reference"] = {"mean": 100 * d["mean"],
-                                          "std": None if d["std"] is None else 100 * d["std"],
+            d, ci = paired[row].diff, paired[row].ci95
+            entry["diff_to_reference"] = {"mean": 100 * d.mean,
+                                          "std": None if d.std is None else 100 * d.std,
                                           "ci95": None if ci is None else [100 * ci[0], 100 * ci[1]],
-                                          "seeds": d["seeds"]}
+                                          "seeds": d.seeds}
             entry["separates"] = None if ci is None else not (ci[0] <= 0 <= ci[1])
         rows.append(entry)
     out: dict[str, Any] = {"source": paper.get("source"), "setting": paper.get("setting"), "at": at,
-                           "reference": results.get("reference"), "rows": rows, "pending": pending}
+                           "reference": results.reference, "rows": rows, "pending": pending}
     # the paper's rank among all its rows; ours among the rows evaluated so far; ties share
     # the mean of their ranks (two rows at the same HS are not ordered)
     paper_ranks = dict(zip(paper["hs"], stats.rankdata(list(paper["hs"].values())), strict=True))

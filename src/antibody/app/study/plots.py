@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from antibody.app.study.report import HS, WEIGHT, weight_key_name, weight_keys, weighted_rows
+from antibody.app.study.results import RowSummary, StudyResults
 
 FIGURES = ("results.png", "weights.png", "tradeoff.png")
 # where `report` puts a study's plots, relative to its results page (runs/ is never committed)
@@ -23,7 +24,7 @@ def _pyplot():
     return plt
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: StudyResults, path: Path) -> None:
     """HS and FA per row (mean ± std over seeds): against the axis when exactly one numeric
     axis has several values, else as bars; a third panel with the harmful weight share."""
     import numpy as np
@@ -31,25 +32,26 @@ def plot(results: dict, path: Path) -> None:
     from antibody.app.study.tradeoff import row_colours, study_rows
 
     plt = _pyplot()
-    summary = results["summary"]
-    varying = _varying(results["axes"], summary)
-    numeric = len(varying) == 1 and all(isinstance(s[varying[0]], (int, float)) for s in summary)
+    summary = results.summary
+    varying = _varying(results.axes, summary)
+    numeric = len(varying) == 1 and all(isinstance(s.value(varying[0]), (int, float)) for s in summary)
     panels = [(HS, "Harmful Score (%)", 100.0), ("FA", "Fine-tune Accuracy (%)", 100.0)]
-    if any(WEIGHT in s for s in summary):
+    if any(WEIGHT in s.stats for s in summary):
         panels.append((WEIGHT, "harmful weight x batch (1 = SFT)", 1.0))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
-    rows = list(dict.fromkeys(s["row"] for s in summary))
+    rows = list(dict.fromkeys(s.row for s in summary))
     # a row's colour as in tradeoff.png (the default cycle repeats after ten rows)
     colours = row_colours(study_rows(results))
     for ax, (key, title, scale) in zip(np.atleast_1d(axes), panels, strict=True):
         for i, row in enumerate(rows):
-            pts = sorted((s[varying[0]] if numeric else i, s.get(key)) for s in summary if s["row"] == row)
-            pts = [(x, m) for x, m in pts if m and m.get("mean") is not None]
+            pts = sorted(((s.value(varying[0]) if numeric else i, s.get(key)) for s in summary if s.row == row),
+                         key=lambda p: p[0])
+            pts = [(x, m) for x, m in pts if m is not None and m.mean is not None]
             if not pts:
                 continue
             xs = [x for x, _ in pts]
-            ys = [scale * m["mean"] for _, m in pts]
-            err = [scale * (m["std"] or 0.0) for _, m in pts]
+            ys = [scale * m.mean for _, m in pts]
+            err = [scale * (m.std or 0.0) for _, m in pts]
             if numeric:
                 ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=row, color=colours[row])
             else:
@@ -68,18 +70,18 @@ def plot(results: dict, path: Path) -> None:
             handles.setdefault(label, h)
     np.atleast_1d(axes)[-1].legend(handles.values(), handles.keys(), fontsize=7, loc="upper left",
                                    bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle(f"study {results['study']}: mean ± std over seeds")
+    fig.suptitle(f"study {results.study}: mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _varying(axes: list[str], summary: list[dict]) -> list[str]:
+def _varying(axes: list[str], summary: list[RowSummary]) -> list[str]:
     """The axes with more than one value among these summary rows."""
-    return [a for a in axes if len({str(s[a]) for s in summary}) > 1]
+    return [a for a in axes if len({str(s.value(a)) for s in summary}) > 1]
 
 
-def weights_plot(results: dict, path: Path) -> bool:
+def weights_plot(results: StudyResults, path: Path) -> bool:
     """Grouped bars per weighted row (and axis values): each source's mean weight x batch size
     (1 = uniform, as under SFT) and each detector term's AUROC (0.5 = chance), mean ± std over
     seeds. Returns False, writing nothing, when no row weighted its upload."""
@@ -96,14 +98,14 @@ def weights_plot(results: dict, path: Path) -> bool:
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 1.1 * len(summary) + 3), 4.6 * len(panels)),
                              squeeze=False)
     x = np.arange(len(summary))
-    varying = _varying(results["axes"], summary)
-    labels = [s["row"] + "".join(f"\n{a.rsplit('.', 1)[-1]}={s[a]}" for a in varying) for s in summary]
+    varying = _varying(results.axes, summary)
+    labels = [s.row + "".join(f"\n{a.rsplit('.', 1)[-1]}={s.value(a)}" for a in varying) for s in summary]
     for ax, (group, title, level) in zip(axes[:, 0], panels, strict=True):
         width = 0.8 / len(group)
         for j, key in enumerate(group):
-            stats = [s.get(key) or {} for s in summary]
-            ys = [st.get("mean") if st.get("mean") is not None else np.nan for st in stats]
-            err = [st.get("std") or 0.0 for st in stats]
+            stats = [s.get(key) for s in summary]
+            ys = [np.nan if st is None or st.mean is None else st.mean for st in stats]
+            err = [0.0 if st is None else st.std or 0.0 for st in stats]
             ax.bar(x + (j - (len(group) - 1) / 2) * width, ys, width, yerr=err, capsize=2,
                    label=weight_key_name(key))
         ax.axhline(level, color="grey", lw=0.8, ls="--")  # uniform weight / chance
@@ -111,14 +113,14 @@ def weights_plot(results: dict, path: Path) -> bool:
         ax.set_xticks(x)
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not on them
-    fig.suptitle(f"study {results['study']}: what the weights did, mean ± std over seeds")
+    fig.suptitle(f"study {results.study}: what the weights did, mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
 
-def write_figures(results: dict, root: Path) -> None:
+def write_figures(results: StudyResults, root: Path) -> None:
     """The study's plots into its folder; a stale weights.png (no weighted row now) or
     tradeoff.png (no row with both HS and FA now) is removed."""
     from antibody.app.study.tradeoff import study_tradeoff

@@ -21,6 +21,7 @@ from typing import Optional
 
 from antibody.app.rundir import RunDir, write_results
 from antibody.app.study.plan import Cell, Job, job_config, jobs_of, parse_only, plan, selected, stage_method
+from antibody.app.study.results import PlannedJob, StudyResults
 from antibody.config import Config, ConfigError, compose
 from antibody.config.schema import (
     DataConfig,
@@ -109,7 +110,7 @@ def measured_step_costs(root: Path) -> dict[tuple, float]:
     return {k: statistics.median(v) for k, v in seen.items()}
 
 
-def dry_run(jobs: list[Job], root: Path, costs: dict) -> list[dict]:
+def dry_run(jobs: list[Job], root: Path, costs: dict) -> list[PlannedJob]:
     out = []
     for job in jobs:
         cfg = job_config(job)
@@ -118,17 +119,16 @@ def dry_run(jobs: list[Job], root: Path, costs: dict) -> list[dict]:
         steps = _steps(cfg, job.stage)
         sps = costs.get(cost_key(cfg, job.stage))
         left = 0 if state == "done" else steps
-        out.append({"job": job.name, "stage": job.stage.value, "method": stage_method(cfg, job.stage), "state": state,
-                    "steps": steps, "seconds_per_step": sps,
-                    "estimated_seconds": None if sps is None else left * sps})
+        out.append(PlannedJob(job.name, job.stage.value, stage_method(cfg, job.stage), state, steps, sps,
+                              None if sps is None else left * sps))
     return out
 
 
-def _counted_cost(cells: list[Cell], rows: list[dict], root: Path, gpu) -> str:
+def _counted_cost(cells: list[Cell], rows: list[PlannedJob], root: Path, gpu) -> str:
     """GPU-hours of the cells from counted FLOPs (app/study/cost.py), on --gpu (default h100)."""
     from antibody.app.study.cost import Accelerator, estimate, estimate_text
 
-    done = {r["job"] for r in rows if r["state"] == "done"}
+    done = {r.job for r in rows if r.state == "done"}
     train = [(job_config(j), j.stage, j.name in done) for j in jobs_of(cells)]
     models = {c.model_job.name: c.model_job for c in cells}
     evals = [(job_config(j), (root / name / "eval" / "metrics.json").is_file()) for name, j in models.items()]
@@ -191,7 +191,7 @@ def probe_job(job: Job, cache: dict) -> None:
         write_json(run_dir / "sharpness.json", probe(cfg, run_dir, cache))
 
 
-def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list[Cell]) -> dict:
+def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list[Cell]) -> StudyResults | dict:
     """Run `cells` (a filter's subset of `all_cells`) one after another, each to the end
     (align, fine-tune, evaluate) before the next starts, so that a run stopped by the end of
     a session leaves finished rows rather than many half-used alignments; results.json and
@@ -202,7 +202,7 @@ def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list
     counts = {"trained": 0, "evaluated": 0}
     cache: dict = {}  # the judge and evaluation records, shared by the jobs of this invocation
     done: set[str] = set()
-    results: dict = {}
+    results: StudyResults | dict | None = None
     with progress.task(f"study {study.name}", total=2 * len(jobs)) as bar:
         for cell in cells:
             for job in (cell.align, cell.finetune):
@@ -223,46 +223,47 @@ def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list
             bar.advance()
             results = collect(study, root, all_cells, len(jobs), counts, time.perf_counter() - t0)
             write_study(root, results, final=False)
-    return results or collect(study, root, all_cells, len(jobs), counts, time.perf_counter() - t0)
+    if results is None:  # nothing evaluated in this invocation
+        results = collect(study, root, all_cells, len(jobs), counts, time.perf_counter() - t0)
+    return results
 
 
 def collect(study: StudyConfig, root: Path, all_cells: list[Cell], n_jobs: int, counts: dict,
-            seconds: float) -> dict:
+            seconds: float) -> StudyResults | dict:
+    """The study's results from the runs on disk (a demo suite's: study.models' records)."""
     from antibody.app.study.models import model_results, named_comparisons
     from antibody.app.study.report import cell_result, compute, named_over_seeds, summarise
 
     if study.suite is not None:
         return model_results(study, root, all_cells, counts, seconds)
-    results = {"kind": "study", "study": study.name, "reference": study.reference,
-               "axes": list(study.axes), "seeds": list(study.seeds),
-               "cells": [cell_result(c, root) for c in all_cells],
-               "seconds_this_invocation": seconds,
-               "jobs": n_jobs, "jobs_trained_this_invocation": counts["trained"],
-               "jobs_evaluated_this_invocation": counts["evaluated"]}
-    results.update(summarise(results, root))
-    results["compute"] = compute(results, root)
+    results = StudyResults(study.name, study.reference, list(study.axes), list(study.seeds),
+                           [cell_result(c, root) for c in all_cells], jobs=n_jobs,
+                           seconds_this_invocation=seconds, jobs_trained_this_invocation=counts["trained"],
+                           jobs_evaluated_this_invocation=counts["evaluated"])
+    summarise(results, root)
+    results.compute = compute(results, root)
     if study.comparisons:
-        results["named_comparisons"] = named_comparisons(study, all_cells, root)
-        results["named_paired"] = named_over_seeds(results["named_comparisons"], results["axes"])
+        results.named_comparisons = named_comparisons(study, all_cells, root)
+        results.named_paired = named_over_seeds(results.named_comparisons, results.axes)
     if study.paper is not None:
         from antibody.app.study.paper import paper_comparison
 
-        results["paper"] = paper_comparison(results, dataclasses.asdict(study.paper))
+        results.paper = paper_comparison(results, dataclasses.asdict(study.paper))
     return results
 
 
-def write_study(root: Path, results: dict, final: bool = True) -> None:
+def write_study(root: Path, results: StudyResults | dict, final: bool = True) -> None:
     """results.json and table.md (atomically, rundir.write_results); the plots at the end.
-    A demo study's results: study.models."""
+    A demo study's results (a dict): study.models."""
     from antibody.app.study.models import write_models
     from antibody.app.study.plots import write_figures
     from antibody.app.study.report import study_table
 
-    if results.get("suite") is not None:
+    if not isinstance(results, StudyResults):
         write_models(root, results, final)
         return
-    write_results(root, "results.json", results, study_table(results), echo=final)
-    if final and results["summary"]:
+    write_results(root, "results.json", results.to_json(), study_table(results), echo=final)
+    if final and results.summary:
         write_figures(results, root)
 
 

@@ -19,10 +19,11 @@ import math
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from antibody.app.study.paper import _matches
 from antibody.app.study.report import HS, _task_metric
+from antibody.app.study.results import MeanStd, RowSummary, StudyResults
 
 BETTER = "lower HS and higher FA is better (bottom right)"
 
@@ -66,32 +67,29 @@ def row_colours(rows: list[str]) -> dict[str, tuple]:
     return {r: tuple(float(x) for x in c) for r, c in zip(rows, colours, strict=True)}
 
 
-def study_rows(results: dict) -> list[str]:
+def study_rows(results: StudyResults) -> list[str]:
     """The study's rows in its file's order (the cells', pending ones included), so that a row
     keeps its colour while others are still running and in every plot of the study."""
-    cells = results.get("cells") or []
-    return list(dict.fromkeys([c["row"] for c in cells] + [s["row"] for s in results.get("summary") or []]))
+    return list(dict.fromkeys([c.row for c in results.cells] + [s.row for s in results.summary]))
 
 
-def _pct(stat: Any) -> Optional[float]:
-    if not isinstance(stat, dict) or stat.get("mean") is None:
-        return None
-    return 100.0 * stat["mean"]
+def _pct(stat: Optional[MeanStd]) -> Optional[float]:
+    return None if stat is None or stat.mean is None else 100.0 * stat.mean
 
 
-def _std(stat: dict) -> Optional[float]:
-    return None if stat.get("std") is None else 100.0 * stat["std"]
+def _std(stat: MeanStd) -> Optional[float]:
+    return None if stat.std is None else 100.0 * stat.std
 
 
-def _varying(axes: list[str], entries: list[dict]) -> list[str]:
-    return [a for a in axes if len({str(e.get(a)) for e in entries}) > 1]
+def _varying(axes: list[str], entries: list[RowSummary]) -> list[str]:
+    return [a for a in axes if len({str(e.value(a)) for e in entries}) > 1]
 
 
 def _where(values) -> str:
     return ", ".join(f"{a.rsplit('.', 1)[-1]}={v}" for a, v in values)
 
 
-def study_panels(results: dict) -> tuple[list[Panel], list[str]]:
+def study_panels(results: StudyResults) -> tuple[list[Panel], list[str]]:
     """The study's points, one panel per combination of the axis values that vary, and the
     notes on what could not be drawn (a row without FA or HS; a paper row without FA).
 
@@ -99,36 +97,36 @@ def study_panels(results: dict) -> tuple[list[Panel], list[str]]:
     trade-off at one setting (another poison ratio is another attack), a row keeps its
     colour across panels without a text label on every point, and the paper's points belong
     to its setting (`paper.at`) only, so they are drawn in that panel and nowhere else."""
-    axes = results.get("axes") or []
-    summary = results.get("summary") or []
+    axes, summary = results.axes, results.summary
     varying = _varying(axes, summary)
-    cells = [c for c in results.get("cells") or [] if c.get("state") == "evaluated"]
-    paper = results.get("paper") or {}
+    cells = results.evaluated
+    paper = results.paper or {}
     paper_rows = {r["row"]: r for r in paper.get("rows") or []}
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, list[RowSummary]] = {}
     for s in summary:
-        groups.setdefault(tuple(str(s.get(a)) for a in varying), []).append(s)
+        groups.setdefault(tuple(str(s.value(a)) for a in varying), []).append(s)
     panels, no_paper_fa = [], []
     missing: dict[str, list[str]] = {}  # "<row>: no FA" -> the settings where it is missing
     for key, entries in groups.items():
         where = _where(zip(varying, key, strict=True))
-        at_paper = bool(paper_rows) and _matches(entries[0], paper.get("at") or {})
+        at_paper = bool(paper_rows) and _matches(entries[0].axes, paper.get("at") or {})
         title = where or (_where((paper.get("at") or {}).items()) if at_paper else "")
         points = []
         for s in entries:
-            fa, hs = _pct(s.get("FA")), _pct(s.get(HS))
-            if fa is None or hs is None:
-                missing.setdefault(f"{s['row']}: no {'FA' if fa is None else 'HS'}", []).append(where)
+            fa_stat, hs_stat = s.get("FA"), s.get(HS)
+            fa, hs = _pct(fa_stat), _pct(hs_stat)
+            if fa_stat is None or hs_stat is None or fa is None or hs is None:
+                missing.setdefault(f"{s.row}: no {'FA' if fa is None else 'HS'}", []).append(where)
                 continue
-            same = [c for c in cells if c["row"] == s["row"] and all(str(c.get(a)) == str(s.get(a)) for a in axes)]
-            seeds = [(100.0 * c["metrics"]["FA"], 100.0 * c["metrics"][HS]) for c in same
-                     if c["metrics"].get("FA") is not None and c["metrics"].get(HS) is not None]
-            p = Point(s["row"], fa, hs, _std(s["FA"]), _std(s[HS]), seeds,
-                      n_seeds=min(s["FA"].get("seeds") or 1, s[HS].get("seeds") or 1))
-            theirs = paper_rows.get(s["row"]) if at_paper else None
+            same = [c for c in cells if c.row == s.row and all(str(c.value(a)) == str(s.value(a)) for a in axes)]
+            seeds = [(100.0 * c.metrics["FA"], 100.0 * c.metrics[HS]) for c in same
+                     if c.metrics.get("FA") is not None and c.metrics.get(HS) is not None]
+            p = Point(s.row, fa, hs, _std(fa_stat), _std(hs_stat), seeds,
+                      n_seeds=min(fa_stat.seeds or 1, hs_stat.seeds or 1))
+            theirs = paper_rows.get(s.row) if at_paper else None
             if theirs is not None:
                 if theirs.get("paper_fa") is None:
-                    no_paper_fa.append(s["row"])
+                    no_paper_fa.append(s.row)
                 else:
                     p.paper = (float(theirs["paper_fa"]), float(theirs["paper_hs"]))
             points.append(p)
@@ -142,20 +140,20 @@ def study_panels(results: dict) -> tuple[list[Panel], list[str]]:
     return panels, notes
 
 
-def _sizes(entries: list[dict], key: str) -> str:
-    sizes = sorted({e["n"].get(key) for e in entries if isinstance(e.get("n"), dict) and e["n"].get(key)})
+def _sizes(entries: list[RowSummary], key: str) -> str:
+    sizes = sorted({e.n.get(key) for e in entries if e.n.get(key)})
     return "?" if not sizes else "/".join(str(n) for n in sizes)
 
 
-def draw_study(results: dict):
+def draw_study(results: StudyResults):
     """The study's trade-off Figure, or None when no row has both HS and FA."""
     panels, notes = study_panels(results)
     if not panels:
         return None
-    summary = results.get("summary") or []
-    seeds = sorted({c["seed"] for c in results.get("cells") or [] if c.get("state") == "evaluated"})
-    paper = results.get("paper") or {}
-    lines = [f"study {results.get('study', '?')}: Harmful Score against Fine-tune Accuracy per row; {BETTER}",
+    summary = results.summary
+    seeds = sorted({c.seed for c in results.evaluated})
+    paper = results.paper or {}
+    lines = [f"study {results.study}: Harmful Score against Fine-tune Accuracy per row; {BETTER}",
              f"filled: our mean ± sample std over seeds {', '.join(map(str, seeds)) or '?'} "
              f"(faint dots: each seed); n = {_sizes(summary, HS)} harmful, {_sizes(summary, 'FA')} task prompts"]
     if any(p.paper for panel in panels for p in panel.points):
@@ -280,7 +278,7 @@ def save(fig, path: Path) -> bool:
     return True
 
 
-def study_tradeoff(results: dict, path: Path) -> bool:
+def study_tradeoff(results: StudyResults, path: Path) -> bool:
     return save(draw_study(results), path)
 
 
