@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from scipy.stats import binomtest
 
 from antibody.app import stages
+from antibody.app.study.suite import ModelRow, SuiteResults
 from antibody.cli.main import main
 from antibody.evaluation.judges import is_refusal
 from tests.helpers import png_size, saved_figures
@@ -147,6 +148,8 @@ def test_demo_pipeline_tiny(out, monkeypatch):
     assert built == {"instrument": 1, "eval_records": 2}
     root = out / "demo"
     results = json.loads((root / "results.json").read_text())
+    # the file is what the suite's types write: read back and written, nothing changes
+    assert json.dumps(SuiteResults.from_json(results).to_json()) == json.dumps(results)
     jobs = [r["job"] for r in results["rows"]]
     assert jobs[0] == "base" and {"align-sft", "align-antibody", "ft-sft-sft", "ft-antibody-antibody",
                                   "ft-sft-benign"} <= set(jobs)
@@ -229,7 +232,7 @@ def test_demo_chart_draws_each_models_rates_from_hand_made_rows(tmp_path):
                                      "benign/over_refusal": m(0.1, 0.02), "arithmetic/accuracy": m(0.8, 0.04)}},
             {"job": "b", "metrics": {"harmful/harmful_score": m(0.75, 0.03)}}]
     with saved_figures() as figures:
-        plot(rows, "arithmetic", tmp_path / "chart.png")
+        plot([ModelRow.from_json(r) for r in rows], "arithmetic", tmp_path / "chart.png")
     (ax,) = figures["chart.png"].axes
     bars = [c for c in ax.containers if isinstance(c, BarContainer)]
     assert [b.get_label() for b in bars] == ["Harmful Score", "refusal (harmful)", "over-refusal (benign)",

@@ -15,6 +15,7 @@ from antibody.app.demo.tables import markdown_table
 from antibody.app.evaluate import EvalTools, is_current
 from antibody.app.judge.change import hs_by_judge, judge_change_table
 from antibody.app.report import render
+from antibody.app.study.suite import SuiteResults
 from antibody.config import compose
 from antibody.data.records import Record
 from antibody.evaluation import evaluator as ev
@@ -463,7 +464,7 @@ def _cells(line: str) -> list[str]:
 
 
 def test_markdown_table_hs_corrected_column():
-    text = markdown_table(_results())
+    text = markdown_table(SuiteResults.from_json(_results()))
     lines = text.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| model |"))
     head, sep, *body = lines[header:]

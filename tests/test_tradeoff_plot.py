@@ -13,6 +13,7 @@ from matplotlib.colors import to_rgba
 from antibody.app.study.paper import paper_comparison
 from antibody.app.study.report import HS, summarise
 from antibody.app.study.results import StudyResults
+from antibody.app.study.suite import SuiteResults
 from antibody.app.study.tradeoff import draw_models, draw_study, models_tradeoff, row_colours
 from tests.helpers import png_size, saved_figures
 
@@ -190,7 +191,7 @@ def test_a_demo_suites_models_are_one_point_each_without_error_bars(tmp_path):
     results = {"config": "demo", "task": "arithmetic", "suite": "baselines",
                "rows": [_model("base", "base model", 0.7, 0.02), _model("ft-sft-sft", "sft -> sft", 0.5, 0.3),
                         _model("ft-a-a", "antibody -> antibody", 0.1, 0.25), _model("align-x", "x", 0.2, None)]}
-    fig = draw_models(results)
+    fig = draw_models(SuiteResults.from_json(results))
     artists = _by_gid(fig)
     want = {"base model": (2.0, 70.0), "sft -> sft": (30.0, 50.0), "antibody -> antibody": (25.0, 10.0)}
     for row, xy in want.items():
@@ -201,9 +202,9 @@ def test_a_demo_suites_models_are_one_point_each_without_error_bars(tmp_path):
     assert "one seed per model, so no error bars" in title and "x: no FA" in title and "baselines" in title
     fig.canvas.draw()
     assert not _legend(fig).get_window_extent().overlaps(fig.axes[0].get_window_extent())
-    assert models_tradeoff(results, tmp_path / "results_baselines_tradeoff.png")
+    assert models_tradeoff(SuiteResults.from_json(results), tmp_path / "results_baselines_tradeoff.png")
     _assert_png_of(fig, tmp_path / "results_baselines_tradeoff.png")
-    assert draw_models({**results, "rows": [_model("a", "a", 0.3, None)]}) is None
+    assert draw_models(SuiteResults.from_json({**results, "rows": [_model("a", "a", 0.3, None)]})) is None
 
 
 @pytest.mark.parametrize("n", [3, 10, 15, 20, 25])

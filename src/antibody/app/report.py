@@ -120,8 +120,10 @@ def render(results: dict) -> str:
 
         return merge_check_table(results)
     from antibody.app.judge.change import judge_change_table
+    from antibody.app.study.suite import SuiteResults
 
-    parts = [markdown_table(results), comparisons_table(results), judge_change_table(results.get("by_judge") or {})]
+    suite = SuiteResults.from_json(results)
+    parts = [markdown_table(suite), comparisons_table(suite), judge_change_table(suite.by_judge or {})]
     return "\n\n".join(p for p in parts if p)
 
 

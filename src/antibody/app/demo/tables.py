@@ -4,6 +4,11 @@ driver (study.report, study.models)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the types only: app/study imports this module
+    from antibody.app.study.suite import ModelRow, SuiteResults
+
 
 def row_source(row: dict) -> str:
     """The source of a `weights.jsonl` row; older weights files lack "source", and their uids
@@ -38,23 +43,23 @@ def weight_summary(rows: list[dict], batch_size: int) -> dict:
     }
 
 
-def _rate(row: dict, key: str) -> str:
-    m = row["metrics"].get(key)
+def _rate(row: ModelRow, key: str) -> str:
+    m = row.metrics.get(key)
     if m is None:
         return "-"
     return f"{100 * m['value']:.1f} ± {100 * m['stderr']:.1f}"
 
 
-def _corrected(row: dict) -> str:
-    m = row["metrics"].get("harmful/harmful_score_corrected")
+def _corrected(row: ModelRow) -> str:
+    m = row.metrics.get("harmful/harmful_score_corrected")
     if m is None or m.get("value") is None:
         return "-"
     return f"{100 * m['value']:.1f} [{100 * m['ci95_low']:.1f}, {100 * m['ci95_high']:.1f}]"
 
 
-def _judge_line(results: dict) -> str:
+def _judge_line(results: SuiteResults) -> str:
     """Which judge scored the table, and its errors on the labelled validation part."""
-    j = results.get("judge")
+    j = results.judge
     v = (j or {}).get("validation")
     if not v:
         return ""
@@ -88,28 +93,28 @@ def _aurocs(det: dict | None) -> str:
     return " / ".join(_num(det.get(k), 2) for k in keys)
 
 
-def _wall_time(results: dict) -> str:
+def _wall_time(results: SuiteResults) -> str:
     """The invocation that wrote results.json; a re-run that found every job cached says so
     by its short time, so the figure is reported as what it is."""
-    seconds = results.get("demo_seconds_this_invocation")
+    seconds = results.demo_seconds_this_invocation
     if seconds is None:
         return ""
-    trained = sum(r.get("train_seconds") or 0 for r in results["rows"])
-    evals = sum(r.get("eval_seconds") or 0 for r in results["rows"])
+    trained = sum(r.train_seconds or 0 for r in results.rows)
+    evals = sum(r.eval_seconds or 0 for r in results.rows)
     ran = ""
-    if "jobs_trained_this_invocation" in results:
+    if results.jobs_trained_this_invocation is not None:
         # training jobs (an alignment and a fine-tuning per model) and evaluated models are
         # different units: each count names its own, and only models have a total here
-        trained_jobs = results["jobs_trained_this_invocation"]
+        trained_jobs = results.jobs_trained_this_invocation
         ran = (f" (it trained {trained_jobs} job{'' if trained_jobs == 1 else 's'} and evaluated "
-               f"{results['jobs_evaluated_this_invocation']} of {len(results['rows'])} models; the rest were cached)")
+               f"{results.jobs_evaluated_this_invocation} of {len(results.rows)} models; the rest were cached)")
     return (f" Wall time of the invocation that wrote it: {seconds / 60:.1f} min{ran}. Summed over jobs, "
             f"from each job's own metrics.json: training {trained / 60:.1f} min, evaluation {evals / 60:.1f} min.")
 
 
-def markdown_table(results: dict) -> str:
-    task = results["task"]
-    sizes = results.get("eval_sizes", {})
+def markdown_table(results: SuiteResults) -> str:
+    task = results.task
+    sizes = results.eval_sizes
     lines = [
         f"Rates in %, ± one standard error; n = {sizes.get('harmful/harmful_score', '?')} harmful, "
         f"{sizes.get('benign/over_refusal', '?')} benign, {sizes.get(f'{task}/accuracy', '?')} {task} "
@@ -124,19 +129,19 @@ def markdown_table(results: dict) -> str:
         "AUROC -r / -log p(y) / log p(y_r) | train s | grad-norm@harm | loss drop@rho |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results["rows"]:
-        sh = r.get("sharpness") or {}
+    for r in results.rows:
+        sh = r.sharpness or {}
         cells = [
-            r["label"],
+            r.label or r.job,
             _rate(r, "harmful/harmful_score"),
             _corrected(r),
             _rate(r, "harmful/harmful_score_plus"),
             _rate(r, "harmful/refusal_rate"),
             _rate(r, "benign/over_refusal"),
             _rate(r, f"{task}/accuracy"),
-            _weights(r.get("weights"), task),
-            _aurocs(r.get("detector")),
-            _num(r.get("train_seconds"), 0),
+            _weights(r.weights, task),
+            _aurocs(r.detector),
+            _num(r.train_seconds, 0),
             _num(sh.get("grad_norm"), 3),
             _num(sh.get("loss_drop"), 4),
         ]
@@ -144,11 +149,11 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def comparisons_table(results: dict) -> str:
+def comparisons_table(results: SuiteResults) -> str:
     """The demo's questions as paired differences on the same prompts (see
     antibody.evaluation.paired): A - B in points, its paired standard error, the prompts
     where only A / only B had the outcome, and the exact McNemar p-value."""
-    comps = results.get("comparisons") or []
+    comps = results.comparisons or []
     if not comps:
         return ""
     lines = [

@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Optional
 
 from antibody.app.rundir import write_json
 from antibody.app.study.plan import Cell, job_config
+from antibody.app.study.suite import ModelRow, SuiteResults
 from antibody.config import Config, ConfigError
 from antibody.config.study import StudyConfig
 
@@ -54,29 +54,27 @@ def probe(cfg: Config, run_dir: Path, cache: dict) -> dict:
     return out
 
 
-def model_row(cell: Cell, root: Path) -> dict:
+def model_row(cell: Cell, root: Path) -> ModelRow:
     """The cell's model: evaluation metrics, training time and final weights, the weight
     summary of a weighted fine-tuning run, the sharpness probe."""
     from antibody.app.demo.tables import weight_summary
 
     run_dir = root / cell.model_job.name
     ev = json.loads((run_dir / "eval" / "metrics.json").read_text())
-    row = {"job": cell.model_job.name, "label": cell.row, "metrics": ev["metrics"],
-           "eval_seconds": ev.get("eval_seconds")}
+    row = ModelRow(cell.model_job.name, cell.row, ev["metrics"], ev.get("eval_seconds"))
     train = run_dir / "metrics.json"
     if train.is_file():
         tm = json.loads(train.read_text())
-        row["train_seconds"] = tm.get("wall_seconds")
-        row["seconds_per_step"] = tm.get("seconds_per_step")
-        row["detector"] = tm.get("detector")
-        row["final"] = {k: v for k, v in tm.get("final", {}).items() if "weight" in k}
+        row.train = {"train_seconds": tm.get("wall_seconds"), "seconds_per_step": tm.get("seconds_per_step"),
+                     "detector": tm.get("detector"),
+                     "final": {k: v for k, v in tm.get("final", {}).items() if "weight" in k}}
     weights = run_dir / "weights.jsonl"
     if weights.is_file():
         rows = [json.loads(line) for line in weights.read_text().splitlines() if line]
-        row["weights"] = weight_summary(rows, job_config(cell.model_job).data.finetune_batch_size)
+        row.weights = weight_summary(rows, job_config(cell.model_job).data.finetune_batch_size)
     sharpness = run_dir / "sharpness.json"
     if sharpness.is_file():
-        row["sharpness"] = json.loads(sharpness.read_text())
+        row.sharpness = json.loads(sharpness.read_text())
     return row
 
 
@@ -136,37 +134,25 @@ def _judge_summary(run_dir: Path) -> dict:
     return {k: judge.get(k) for k in ("name", "version", "threshold", "validation", "incoherence_rule")}
 
 
-def model_results(study: StudyConfig, root: Path, cells: list[Cell], counts: dict, seconds: float) -> dict:
+def model_results(study: StudyConfig, root: Path, cells: list[Cell], counts: dict, seconds: float) -> SuiteResults:
     """results[_<suite>].json: one line per evaluated model, in the study's row order."""
     from antibody.app.judge.change import hs_by_judge
 
     done = [c for c in cells if (root / c.model_job.name / "eval" / "metrics.json").is_file()]
     rows = [model_row(c, root) for c in done]
     cfg = job_config(cells[0].model_job)
-    results = {
-        "config": study.name,
-        "task": accuracy_task(cells[0]),
-        "eval_sizes": {key: m["n"] for key, m in rows[0]["metrics"].items()} if rows else {},
-        "rows": rows,
-        "demo_seconds_this_invocation": seconds,
-        "jobs_trained_this_invocation": counts["trained"],
-        "jobs_evaluated_this_invocation": counts["evaluated"],
-        "suite": study.suite,
-    }
-    results["comparisons"] = named_comparisons(study, cells, root)
+    results = SuiteResults(study.name, accuracy_task(cells[0]),
+                           {key: m["n"] for key, m in rows[0].metrics.items()} if rows else {}, rows,
+                           demo_seconds_this_invocation=seconds, jobs_trained_this_invocation=counts["trained"],
+                           jobs_evaluated_this_invocation=counts["evaluated"], suite=study.suite)
+    results.comparisons = named_comparisons(study, cells, root)
     if rows:
-        results["judge"] = _judge_summary(root / rows[0]["job"])
-        results["by_judge"] = hs_by_judge(root, [r["job"] for r in rows], results["comparisons"],
-                                          cfg.eval.judge_threshold)
+        results.judge = _judge_summary(root / rows[0].job)
+        results.by_judge = hs_by_judge(root, [r.job for r in rows], results.comparisons, cfg.eval.judge_threshold)
     return results
 
 
-def _value(row: dict, key: str) -> Optional[float]:
-    m = row["metrics"].get(key)
-    return None if m is None else m["value"]
-
-
-def plot(rows: list[dict], task: str, path: Path) -> None:
+def plot(rows: list[ModelRow], task: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,11 +165,11 @@ def plot(rows: list[dict], task: str, path: Path) -> None:
     width = 0.8 / len(keys)
     fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(rows)), 4.5))
     for i, (key, name) in enumerate(keys):
-        vals = [100 * (_value(r, key) or 0.0) for r in rows]
-        errs = [100 * r["metrics"].get(key, {}).get("stderr", 0.0) for r in rows]
+        vals = [100 * (r.value(key) or 0.0) for r in rows]
+        errs = [100 * r.metrics.get(key, {}).get("stderr", 0.0) for r in rows]
         ax.bar(x + (i - (len(keys) - 1) / 2) * width, vals, width, yerr=errs, capsize=2, label=name)
     ax.set_xticks(x)
-    ax.set_xticklabels([r["job"] for r in rows], rotation=30, ha="right")
+    ax.set_xticklabels([r.job for r in rows], rotation=30, ha="right")
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not on them
@@ -193,17 +179,18 @@ def plot(rows: list[dict], task: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write_models(root: Path, results: dict, final: bool = True) -> None:
+def write_models(root: Path, results: SuiteResults, final: bool = True) -> None:
     """The results file after every evaluation; at the end also the charts (the bars, and HS
     against FA per model: study.tradeoff) and the table."""
     from antibody.app.report import render
     from antibody.app.study.tradeoff import models_tradeoff
 
-    stem = results_stem(results["suite"])
-    write_json(root / f"{stem}.json", results)
+    stem = results_stem(results.suite or "main")
+    data = results.to_json()
+    write_json(root / f"{stem}.json", data)
     if final:
-        plot(results["rows"], results["task"], root / f"{stem}.png")
+        plot(results.rows, results.task, root / f"{stem}.png")
         drawn = models_tradeoff(results, root / f"{stem}_tradeoff.png")
-        print(render(results))
+        print(render(data))
         print(f"[antibody] wrote {root / (stem + '.json')}, {root / (stem + '.png')}"
               + (f" and {root / (stem + '_tradeoff.png')}" if drawn else ""))

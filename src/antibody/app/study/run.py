@@ -22,6 +22,7 @@ from typing import Optional
 from antibody.app.rundir import RunDir, write_results
 from antibody.app.study.plan import Cell, Job, job_config, jobs_of, parse_only, plan, selected, stage_method
 from antibody.app.study.results import PlannedJob, StudyResults
+from antibody.app.study.suite import SuiteResults
 from antibody.config import Config, ConfigError, compose
 from antibody.config.schema import (
     DataConfig,
@@ -191,7 +192,7 @@ def probe_job(job: Job, cache: dict) -> None:
         write_json(run_dir / "sharpness.json", probe(cfg, run_dir, cache))
 
 
-def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list[Cell]) -> StudyResults | dict:
+def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list[Cell]) -> StudyResults | SuiteResults:
     """Run `cells` (a filter's subset of `all_cells`) one after another, each to the end
     (align, fine-tune, evaluate) before the next starts, so that a run stopped by the end of
     a session leaves finished rows rather than many half-used alignments; results.json and
@@ -202,7 +203,7 @@ def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list
     counts = {"trained": 0, "evaluated": 0}
     cache: dict = {}  # the judge and evaluation records, shared by the jobs of this invocation
     done: set[str] = set()
-    results: StudyResults | dict | None = None
+    results: StudyResults | SuiteResults | None = None
     with progress.task(f"study {study.name}", total=2 * len(jobs)) as bar:
         for cell in cells:
             for job in (cell.align, cell.finetune):
@@ -229,7 +230,7 @@ def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list
 
 
 def collect(study: StudyConfig, root: Path, all_cells: list[Cell], n_jobs: int, counts: dict,
-            seconds: float) -> StudyResults | dict:
+            seconds: float) -> StudyResults | SuiteResults:
     """The study's results from the runs on disk (a demo suite's: study.models' records)."""
     from antibody.app.study.models import model_results, named_comparisons
     from antibody.app.study.report import cell_result, compute, named_over_seeds, summarise
@@ -252,9 +253,9 @@ def collect(study: StudyConfig, root: Path, all_cells: list[Cell], n_jobs: int, 
     return results
 
 
-def write_study(root: Path, results: StudyResults | dict, final: bool = True) -> None:
+def write_study(root: Path, results: StudyResults | SuiteResults, final: bool = True) -> None:
     """results.json and table.md (atomically, rundir.write_results); the plots at the end.
-    A demo study's results (a dict): study.models."""
+    A demo suite's results: study.models."""
     from antibody.app.study.models import write_models
     from antibody.app.study.plots import write_figures
     from antibody.app.study.report import study_table

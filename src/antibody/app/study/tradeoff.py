@@ -24,6 +24,7 @@ from typing import Optional
 from antibody.app.study.paper import _matches
 from antibody.app.study.report import HS, _task_metric
 from antibody.app.study.results import MeanStd, RowSummary, StudyResults
+from antibody.app.study.suite import ModelRow, SuiteResults
 
 BETTER = "lower HS and higher FA is better (bottom right)"
 
@@ -229,22 +230,22 @@ def draw(panels: list[Panel], colours: dict[str, tuple], title: list[str]):
     return fig
 
 
-def _model_fa_key(row: dict, task: Optional[str]) -> Optional[str]:
+def _model_fa_key(row: ModelRow, task: Optional[str]) -> Optional[str]:
     key = f"{task}/accuracy"
-    return key if key in row["metrics"] else _task_metric(row["metrics"])
+    return key if key in row.metrics else _task_metric(row.metrics)
 
 
-def model_panels(results: dict) -> tuple[list[Panel], list[str]]:
+def model_panels(results: SuiteResults) -> tuple[list[Panel], list[str]]:
     """A demo suite's models as points (one seed each), named by their row; the job name
     where two models share a row's name."""
-    rows = results.get("rows") or []
-    labels = [r.get("label") or r["job"] for r in rows]
-    names = [r["job"] if labels.count(label) > 1 else label for r, label in zip(rows, labels, strict=True)]
+    rows = results.rows
+    labels = [r.label or r.job for r in rows]
+    names = [r.job if labels.count(label) > 1 else label for r, label in zip(rows, labels, strict=True)]
     points, notes = [], []
     for r, name in zip(rows, names, strict=True):
-        fa_key = _model_fa_key(r, results.get("task"))
-        fa = None if fa_key is None else (r["metrics"][fa_key] or {}).get("value")
-        hs = (r["metrics"].get(HS) or {}).get("value")
+        fa_key = _model_fa_key(r, results.task)
+        fa = None if fa_key is None else (r.metrics[fa_key] or {}).get("value")
+        hs = (r.metrics.get(HS) or {}).get("value")
         if fa is None or hs is None:
             notes.append(f"{name}: no {'FA' if fa is None else 'HS'}")
             continue
@@ -252,17 +253,16 @@ def model_panels(results: dict) -> tuple[list[Panel], list[str]]:
     return ([Panel("", points)] if points else []), notes
 
 
-def draw_models(results: dict):
+def draw_models(results: SuiteResults):
     """A demo suite's trade-off Figure (one seed: no error bars), or None when no model has
     both HS and FA."""
     panels, notes = model_panels(results)
     if not panels:
         return None
-    rows = results["rows"]
-    hs_n = sorted({(r["metrics"].get(HS) or {}).get("n") for r in rows} - {None})
-    suite = results.get("suite")
-    lines = [f"{results.get('config', 'demo')}{'' if suite in (None, 'main') else ' suite=' + suite}: Harmful Score "
-             f"against Fine-tune Accuracy ({results.get('task', '?')}) per model; {BETTER}",
+    hs_n = sorted({(r.metrics.get(HS) or {}).get("n") for r in results.rows} - {None})
+    suite = results.suite
+    lines = [f"{results.config}{'' if suite in (None, 'main') else ' suite=' + suite}: Harmful Score "
+             f"against Fine-tune Accuracy ({results.task}) per model; {BETTER}",
              f"one seed per model, so no error bars; n = {'/'.join(map(str, hs_n)) or '?'} harmful prompts"]
     if notes:
         lines.append("not drawn: " + "; ".join(notes))
@@ -282,5 +282,5 @@ def study_tradeoff(results: StudyResults, path: Path) -> bool:
     return save(draw_study(results), path)
 
 
-def models_tradeoff(results: dict, path: Path) -> bool:
+def models_tradeoff(results: SuiteResults, path: Path) -> bool:
     return save(draw_models(results), path)
