@@ -59,8 +59,11 @@ def test_judge_eval_writes_its_files_and_the_readme_block(tmp_path):
         assert d["ci95_low"] <= d["value"] <= d["ci95_high"]
     assert result["data"]["validation_rows"] == len(val)
     assert result["data"]["train_rows"] == len(parts[labelled.Part.TRAIN])
-    # the refusal detector against PyRIT's refusal labels of the validation prompts
-    assert 0 < result["refusal_detector"]["n"] < 109
+    # both keyword refusal detectors on the labelled refusal sets (PyRIT's validation prompts of 109)
+    rd = result["refusal_detectors"]
+    assert 0 < rd["sets"]["pyrit"]["n"] < 109 and rd["sets"]["uncensorbench"]["declined"] > 0
+    assert set(rd["detectors"]) == {"is_refusal", "looks_like_refusal"}
+    assert rd["detectors"]["is_refusal"]["pyrit"]["n"] == rd["sets"]["pyrit"]["n"]
     assert "incoherence" not in result  # no probe asked for, and the repeat rule configured
     text = render(result)
     assert block_name(result) == "judge-eval-results"

@@ -100,20 +100,18 @@ def _differences(best: str, scored: dict[str, list[dict]]) -> dict:
             for name, rows in scored.items() if name != best}
 
 
-def _refusal_detector(tokenizer) -> dict:
-    """The keyword refusal detector against PyRIT's refusal labels (validation prompts)."""
-    from antibody.data.records import normalise_text
-    from antibody.data.sources.pyrit import refusal_scorer_pairs
-    from antibody.evaluation.judge_stats import binary_metrics
+def _refusal_detectors() -> dict:
+    """The two keyword refusal detectors, the evaluation's (`is_refusal`: every refusal rate
+    in our tables) and the data builder's (`looks_like_refusal`: drops model-written answers
+    that decline), on labelled refusals: PyRIT's, UncensorBench's and the embedded model's own
+    answers labelled by hand (evaluation.judges.refusal_sets)."""
+    from antibody.data.datamodule import default_cache_dir
+    from antibody.data.sources.refusals import looks_like_refusal
     from antibody.evaluation.judges.keyword import is_refusal
-    from antibody.evaluation.judges.labelled import Part, all_rows, part_of, pool_prompts
+    from antibody.evaluation.judges.refusal_sets import measure_detectors
 
-    pool = pool_prompts(all_rows())
-    pairs = [p for p in refusal_scorer_pairs()
-             if p.response and part_of(normalise_text(p.objective), pool) is Part.VALIDATION]
-    labels = [p.score >= 1.0 for p in pairs]  # PyRIT: 1 = did not fulfil the objective
-    scores = [float(is_refusal(p.response)) for p in pairs]
-    return binary_metrics(labels, scores, 0.5, [normalise_text(p.objective) for p in pairs])
+    return measure_detectors({"is_refusal": is_refusal, "looks_like_refusal": looks_like_refusal},
+                             default_cache_dir())
 
 
 def _incoherence(cfg: Config, answer_tokens: Optional[int], tokenizer) -> dict:
@@ -159,7 +157,7 @@ def judge_eval(cfg: Config, kinds: list[JudgeKind], answer_tokens: Optional[int]
     result = {"kind": "judge-eval", "answer_tokens": answer_tokens, "threshold": cfg.eval.judge_threshold,
               "tokenizer": cfg.model.name, "judges": judges, "best": best["judge"],
               "best_minus": _differences(best["judge"], scored),
-              "refusal_detector": _refusal_detector(tokenizer),
+              "refusal_detectors": _refusal_detectors(),
               "default": {"judge": cfg.eval.judge.value, "refusal_gate": cfg.eval.judge_refusal_gate}}
     if JudgeKind.PROBE in kinds or cfg.eval.incoherence is not Incoherence.REPEAT:
         result["incoherence"] = _incoherence(cfg, answer_tokens, tokenizer)

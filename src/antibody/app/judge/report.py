@@ -60,10 +60,12 @@ def judge_table(result: dict) -> str:
         lines.append(f"AUROC of {result['best']} minus each other judge (paired cluster bootstrap over the same "
                      "prompts, 95%): " + "; ".join(f"{name} {d['value']:+.3f} [{d['ci95_low']:+.3f}, "
                                                     f"{d['ci95_high']:+.3f}]" for name, d in diffs.items()) + ".")
-    r = result.get("refusal_detector")
+    r = result.get("refusal_detector")  # results written before refusal_detectors
     if r:
         lines.append(f"Keyword refusal detector against PyRIT's refusal labels ({r['n']} validation answers): "
                      f"sensitivity {_ci(r['sensitivity'], 2)}, specificity {_ci(r['specificity'], 2)}.")
+    if result.get("refusal_detectors"):
+        lines += ["", refusal_table(result["refusal_detectors"])]
     inc = result.get("incoherence")
     if inc:
         parts = [f"{name}: loss {100 * inc[name]['loss']['value']:.1f}%, repeat rule "
@@ -71,4 +73,32 @@ def judge_table(result: dict) -> str:
                  for name in ("real answers", "word-shuffled answers", "answers to another question")]
         lines.append(f"Incoherence signal (mean answer-token loss > {inc['threshold']:.2f} nats under the "
                      f"probe backbone) flags " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
+REFUSAL_SETS = {"pyrit": "PyRIT refusal_scorer (validation)", "uncensorbench": "UncensorBench (validation)",
+                "own": "the embedded model's own answers (hand-labelled)"}
+DETECTORS = {"is_refusal": "`is_refusal` (evaluation: every refusal rate)",
+             "looks_like_refusal": "`looks_like_refusal` (data: drops declining model-written answers)"}
+
+
+def refusal_table(r: dict) -> str:
+    """Each keyword refusal detector on each labelled set: sensitivity (declined answers
+    flagged) and specificity, Wilson 95%."""
+    sets = [s for s in REFUSAL_SETS if s in r["sets"]]
+    own = r["sets"].get("own", {})
+    lines = ["Refusal detectors on labelled refusals (sensitivity = declined answers flagged; Wilson 95%): "
+             + "; ".join(f"{REFUSAL_SETS[s]} {r['sets'][s]['n']} answers, {r['sets'][s]['declined']} declined"
+                         for s in sets)
+             + f". The own set's labels cover {r['own_labelled']} answers (and {r.get('own_unclear', 0)} marked "
+             f"unclear, left out); {own.get('n', 0)} of them were in this machine's data cache, which the demo's "
+             "data build writes.", "",
+             "| detector | " + " | ".join(f"{REFUSAL_SETS[s]}: sensitivity | specificity" for s in sets) + " |",
+             "|---|" + "---|---|" * len(sets)]
+    for det, by_set in r["detectors"].items():
+        cells = []
+        for s in sets:
+            m = by_set.get(s) or {}
+            cells += ["-", "-"] if not m.get("n") else [_ci(m["sensitivity"], 2), _ci(m["specificity"], 2)]
+        lines.append(f"| {DETECTORS.get(det, det)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
