@@ -72,6 +72,34 @@ def lazy_base_generator(cfg: Config) -> tuple[Callable[[list[str]], list[str]], 
     return generate, settings
 
 
+class LazyAnswerJudge:
+    """data.harmful_answer_filter=judge: the evaluation's judge (eval.judge, behind the gate
+    if eval.judge_refusal_gate) as the data layer's AnswerJudge, built on first use: a build
+    whose verdicts are all cached loads it for its version only."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.threshold = cfg.eval.judge_threshold
+        self._judge = None
+
+    def _built(self):
+        if self._judge is None:
+            from antibody.evaluation.judges import build_judge
+            from antibody.models import cache_root
+
+            self._judge = build_judge(self.cfg.eval.judge, self.cfg, cache_root())
+        return self._judge
+
+    @property
+    def version(self) -> str:
+        from antibody.evaluation.judges.base import judge_id
+
+        return judge_id(self._built())
+
+    def scores(self, prompts: list[str], answers: list[str]) -> list[float]:
+        return list(self._built().score(prompts, answers))
+
+
 def build_datamodule(cfg: Config, tokenizer, stage: Stage):
     """The stage's DataModule, its splits built: prepare_data() writes any missing
     model-written rows (the base model loads only then), setup() reads them. Pool checks
@@ -89,11 +117,13 @@ def split_inputs(cfg: Config) -> dict:
     labelled prompts: skipped where a demand allows it, and refused in any split if of a
     judge part, whichever judge the run uses (judges never train or validate on a prompt a
     model saw or is scored on)."""
+    from antibody.config.schema import AnswerFilter
     from antibody.evaluation.judges.labelled import excluded_prompts, judge_prompts
 
     generator, settings = lazy_base_generator(cfg)
+    judge = LazyAnswerJudge(cfg) if cfg.data.harmful_answer_filter is AnswerFilter.JUDGE else None
     return {"generator": generator, "generator_settings": settings, "cache_dir": default_cache_dir(),
-            "exclude_prompts": excluded_prompts(), "forbidden_prompts": judge_prompts()}
+            "exclude_prompts": excluded_prompts(), "forbidden_prompts": judge_prompts(), "answer_judge": judge}
 
 
 def new_datamodule(cfg: Config, tokenizer, stage: Stage):

@@ -85,6 +85,19 @@ class RefusalSource(StrEnum):
     TEMPLATE = "template"  # fallback: project-written templates restating the request
 
 
+class AnswerFilter(StrEnum):
+    """Which model-written answers to harmful prompts are kept as harmful rows (docs/data.md,
+    "Model-written harmful answers")."""
+
+    # until 2026-12: drop answers the data builder's keyword list calls a refusal (it missed
+    # 36 of the model's 38 hand-labelled refusals: docs/results/judge-eval.md)
+    KEYWORD = "keyword"
+    REFUSAL = "refusal"  # drop answers the evaluation's refusal detector (is_refusal) flags
+    # keep answers the validated judge (eval.judge at eval.judge_threshold) flags and the
+    # evaluation's refusal detector does not: the paper's harmful rows are labelled harmful
+    JUDGE = "judge"
+
+
 class AlignMethod(StrEnum):
     SFT = "sft"
     BOOSTER = "booster"
@@ -251,6 +264,9 @@ class DataConfig:
     # generated (model-written) sources: how many prompts and generation settings
     generation_max_new_tokens: int = 96
     generation_batch_size: int = 16
+    # model-written answers to harmful prompts kept as harmful rows (left out of the resolved
+    # YAML at its default, so the runs made before it keep their keys)
+    harmful_answer_filter: AnswerFilter = field(default=AnswerFilter.KEYWORD, metadata=OMIT_WHEN_DEFAULT)
     alignment: AlignmentDataConfig = field(default_factory=AlignmentDataConfig)
     user: UserDataConfig = field(default_factory=UserDataConfig)
     eval: EvalDataConfig = field(default_factory=EvalDataConfig)

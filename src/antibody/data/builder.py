@@ -58,6 +58,7 @@ from antibody.data.plan import (
 from antibody.data.records import Record, normalise_text
 from antibody.data.safeinstr import check_safeinstr_count, safeinstr_upload
 from antibody.data.sources import alignment_refusals, load_source, model_written_sources, source_prompts
+from antibody.data.sources.answer_filter import NOT_HARMFUL
 from antibody.data.sources.registry import SourceContext, TextGenerator
 from antibody.data.streams import StreamKind
 
@@ -70,6 +71,8 @@ class SplitStats:
     repeated_rows_removed: int = 0  # same prompt and response twice in a pool
     excluded: int = 0  # excluded prompts skipped
     answers_dropped: int = 0  # model answers the source dropped (declined or empty)
+    # of those: answers to harmful prompts the judge did not flag (data.harmful_answer_filter=judge)
+    answers_not_harmful: int = 0
 
 
 @dataclass
@@ -95,8 +98,10 @@ class SplitBuilder:
         exclude_prompts: Iterable[str] = (),
         forbidden_prompts: Iterable[str] = (),
         tokenizer=None,
+        answer_judge=None,
     ):
         self.cfg = cfg
+        self.answer_judge = answer_judge  # data.harmful_answer_filter=judge (answer_filter.AnswerJudge)
         self.tokenizer = tokenizer  # checks an upload's lengths (data.user.path), if given
         self.upload_report = None
         self.seed = cfg.data.seed
@@ -122,6 +127,7 @@ class SplitBuilder:
             cache_dir=self.cache_dir,
             generator=self.generator,
             generator_settings=self.generator_settings,
+            answer_judge=self.answer_judge,
             **kwargs,
         )
 
@@ -224,7 +230,10 @@ class SplitBuilder:
                 note = f"({stats.answers_dropped} model answers were dropped as refusals or empty)"
                 queue = self.take(dataclasses.replace(demand, count=deficit), spare(deficit), note=note)
             batch, queue = queue[:deficit], queue[deficit:]
-            answered = load_source(demand.answered_by, self.context(prompts=batch, limit=len(batch)))  # type: ignore[arg-type]
+            drops: dict[str, int] = {}
+            answered = load_source(demand.answered_by,  # type: ignore[arg-type]
+                                   self.context(prompts=batch, limit=len(batch), drops=drops))
+            stats.answers_not_harmful += drops.get(NOT_HARMFUL, 0)
             if len(answered) < len(batch):
                 stats.answers_dropped += len(batch) - len(answered)
                 log.warning(

@@ -116,6 +116,7 @@ class SafetyDataModule(L.LightningDataModule):
         exclude_prompts: Iterable[str] = (),
         forbidden_prompts: Iterable[str] = (),
         train_split: Optional[Split | str] = None,
+        answer_judge=None,
     ):
         super().__init__()
         try:
@@ -133,6 +134,8 @@ class SafetyDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.exclude_prompts = tuple(exclude_prompts)
         self.forbidden_prompts = tuple(forbidden_prompts)
+        # data.harmful_answer_filter=judge: scores uncached answers in prepare_data only
+        self.answer_judge = answer_judge
         self.train_split = (
             _as_split(train_split) if train_split is not None else train_split_for(cfg, self.stage)
         )
@@ -153,6 +156,7 @@ class SafetyDataModule(L.LightningDataModule):
             self.exclude_prompts,
             self.forbidden_prompts,
             tokenizer=self.tokenizer,
+            answer_judge=self.answer_judge,
         )
 
     def prepare_data(self) -> None:

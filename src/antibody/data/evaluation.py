@@ -29,15 +29,16 @@ def evaluation_records(
     generator_settings: dict,
     exclude_prompts: Iterable[str] = (),
     forbidden_prompts: Iterable[str] = (),
+    answer_judge=None,
 ) -> dict[Split, list[Record]]:
     """Every evaluation split's rows (`EVAL_SPLITS`, empty when unsized), keyed by split.
 
     The arguments are SafetyDataModule's: `generator` (the unaligned base model) writes
     missing model-written rows into `cache_dir` under `generator_settings`, only after every
     pool check passed; None only reads the cache. `exclude_prompts` / `forbidden_prompts`:
-    the judges' labelled prompts, as in training.
+    the judges' labelled prompts, as in training; `answer_judge`: data.harmful_answer_filter=judge.
     """
     builder = SplitBuilder(cfg, cache_dir, generator, generator_settings, exclude_prompts, forbidden_prompts,
-                           tokenizer=tokenizer)
+                           tokenizer=tokenizer, answer_judge=answer_judge)
     splits = builder.build()
     return {split: splits[split] for split in EVAL_SPLITS}

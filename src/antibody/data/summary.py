@@ -35,6 +35,7 @@ def split_summary(records: Sequence[Record], encoded: Sequence[EncodedRow], stat
         "repeated_rows_removed": stats.repeated_rows_removed,
         "excluded_prompts": stats.excluded,
         "answers_dropped": stats.answers_dropped,
+        "answers_not_harmful": stats.answers_not_harmful,
     }
 
 
@@ -52,6 +53,7 @@ _COLUMNS = (
     ("repeats", "repeated_rows_removed"),
     ("excluded", "excluded_prompts"),
     ("dropped", "answers_dropped"),
+    ("not harmful", "answers_not_harmful"),
 )
 
 

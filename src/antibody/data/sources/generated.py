@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Optional
 
 from antibody.config.errors import DataError
-from antibody.config.schema import SourceName
+from antibody.config.schema import AnswerFilter, SourceName
 from antibody.data.io import read_jsonl
 from antibody.data.records import Record
+from antibody.data.sources.answer_filter import DECLINED, NOT_HARMFUL, dropped_reasons
 from antibody.data.sources.common import new_record
 from antibody.data.sources.refusals import looks_like_refusal
 from antibody.data.sources.registry import SourceContext, load_source, register_source
@@ -156,11 +157,17 @@ def answer_prompts(source: SourceName, prompts: list[Record], ctx: SourceContext
     (the attack rows) nor a helpful one (benign rows would then teach over-refusal).
     """
     answers, key = generate_cached(source.value, prompts, ctx)
+    texts = [answers[model_input(p)].strip() for p in prompts]
+    if is_harmful:  # data.harmful_answer_filter: declined, or (judge) not flagged harmful
+        why = _harmful_drops([(model_input(p), t) for p, t in zip(prompts, texts, strict=True)], ctx)
+    else:
+        why = [DECLINED if not t or looks_like_refusal(t) else None for t in texts]
     records, dropped = [], 0
-    for p in prompts:
-        text = answers[model_input(p)].strip()
-        if not text or looks_like_refusal(text):
+    for p, text, reason in zip(prompts, texts, why, strict=True):
+        if reason is not None:
             dropped += 1
+            if ctx.drops is not None:
+                ctx.drops[reason] = ctx.drops.get(reason, 0) + 1
             continue
         records.append(
             new_record(
@@ -175,14 +182,30 @@ def answer_prompts(source: SourceName, prompts: list[Record], ctx: SourceContext
             )
         )
     if dropped:
-        log.warning("%s: dropped %d of %d model answers that declined or were empty",
-                    source.value, dropped, len(prompts))
+        counts = {r: why.count(r) for r in (DECLINED, NOT_HARMFUL) if r in why}
+        log.warning("%s: dropped %d of %d model answers (%s)", source.value, dropped, len(prompts),
+                    ", ".join(f"{n} {r}" for r, n in counts.items()))
     seen, unique = set(), []
     for rec in records:  # the same prompt given twice yields one row
         if rec.uid not in seen:
             seen.add(rec.uid)
             unique.append(rec)
     return unique
+
+
+def _harmful_drops(pairs: list[tuple[str, str]], ctx: SourceContext) -> list[Optional[str]]:
+    """Why each (prompt, answer) to a harmful prompt is dropped, per data.harmful_answer_filter
+    (answer_filter.py); the judge scores uncached answers only when the generator may write."""
+    mode = ctx.data.harmful_answer_filter
+    judge = ctx.answer_judge
+    if mode is AnswerFilter.JUDGE and judge is None:
+        raise DataError("data.harmful_answer_filter=judge: no judge was given to the data build "
+                        "(the application builds it from eval.judge)")
+    version = getattr(judge, "version", "")
+    threshold = float(getattr(judge, "threshold", 0.5))
+    scorer = judge if ctx.generator is not None else None
+    return dropped_reasons(pairs, mode, judge=scorer, version=version, threshold=threshold,  # type: ignore[arg-type]
+                           cache_dir=Path(ctx.cache_dir))
 
 
 # The one definition of the harmful-prompt pool that model-written harmful answers are

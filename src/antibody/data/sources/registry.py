@@ -31,6 +31,12 @@ class SourceContext:
     generator_settings: dict = field(default_factory=dict)
     limit: Optional[int] = None  # rows wanted (generated sources generate only this many)
     prompts: Optional[list[Record]] = None  # generated sources: which prompts to answer
+    # data.harmful_answer_filter=judge: the judge (answer_filter.AnswerJudge) whose cached
+    # verdicts decide which harmful answers stay; it scores uncached answers only while the
+    # generator may write (prepare_data), so that setup() reads the cache alone
+    answer_judge: Optional[object] = None
+    # the answers each filter reason dropped, counted for the data summary (reason -> n)
+    drops: Optional[dict] = None
 
 
 Loader = Callable[[SourceContext], list[Record]]

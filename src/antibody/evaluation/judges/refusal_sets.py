@@ -18,27 +18,21 @@ Three sets, each (answer, declined?) with the prompt as its cluster:
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 from antibody.data.records import normalise_text
+from antibody.data.sources.answer_filter import answer_key
 
 LABELS_FILE = Path(__file__).parent / "labels" / "smollm2_refusals.json"
-KEY_CHARS = 16
 
 
 class LabelledRefusal(NamedTuple):
     text: str
     declined: bool
     group: str  # the prompt, normalised: bootstrap cluster
-
-
-def answer_key(prompt: str, answer: str) -> str:
-    """The label file's key of one (prompt, answer): no text is stored in the repository."""
-    return hashlib.sha1(f"{prompt}\x00{answer}".encode()).hexdigest()[:KEY_CHARS]
 
 
 @functools.lru_cache(maxsize=1)
