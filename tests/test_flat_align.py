@@ -373,12 +373,19 @@ def test_overshooting_perturbation_is_reported(tiny_cfg, tmp_path, monkeypatch):
     """When the 'descent' step raises the harmful loss past the factor, the module says so
     once, naming the config key, instead of training on silently."""
     module = FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg).method.align)
+
+    def window(*pairs):  # the micro-batches' (harmful loss, perturbed harmful loss), then the step's check
+        for h, hp in pairs:
+            module._note_overshoot(torch.tensor(h), torch.tensor(hp))
+        module._warn_on_overshoot()
+
+    # the window's first overshooting micro-batch is the one reported
     with pytest.warns(UserWarning, match=rf"method.align.rho={RHO} raised the harmful loss from 0.9 to 24"):
-        module._warn_on_overshoot(0.9, 24.0)
-    module._warn_on_overshoot(0.9, 30.0)  # said once only (no second warning, no error)
+        window((0.8, 1.0), (0.9, 24.0), (0.7, 30.0))
+    window((0.9, 30.0))  # said once only (no second warning, no error)
     module._overshoot_warned = False
-    module._warn_on_overshoot(0.9, 1.5)  # below the factor: silent
-    assert not module._overshoot_warned
+    window((0.9, 1.5))  # below the factor: silent
+    assert not module._overshoot_warned and module._overshoot is None
     # wired into the training step: with factor 0 any perturbed loss counts as overshoot
     monkeypatch.setattr(FlatAlignModule, "OVERSHOOT_FACTOR", 0.0)
     fresh = FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg).method.align)
@@ -396,3 +403,40 @@ def test_small_radius_does_not_warn(tiny_cfg, tmp_path, recwarn):
     _fit(module, [align_item(0, k) for k in range(2)], 2, tmp_path)
     overshoot = [str(w.message) for w in recwarn if "raised the harmful loss" in str(w.message)]
     assert overshoot == [] and module._overshoot_warned is False
+
+
+def test_a_flat_window_reads_nothing_back_to_the_host_between_micro_batches(tiny_cfg, tmp_path, monkeypatch):
+    """On an accelerator a host read (.item(), float(), bool() of a tensor) waits for every
+    queued kernel; the flat step keeps its per-micro-batch values as tensors and reads them
+    once per optimiser step. Counted on the CPU as the aten op every such read goes through,
+    inside each micro-batch of a window of two, outside the model's own forward (transformers
+    reads the attention mask there: not ours to change)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    in_model = [0]
+
+    class HostReads(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func is torch.ops.aten._local_scalar_dense.default and not in_model[0]
+            return func(*args, **(kwargs or {}))
+
+    reads: list[int] = []
+    micro_batch = FlatAlignModule._accumulate_micro_batch
+
+    def counted(self, item):
+        with HostReads() as mode:
+            micro_batch(self, item)
+        reads.append(mode.n)
+
+    monkeypatch.setattr(FlatAlignModule, "_accumulate_micro_batch", counted)
+    # factor 0: every micro-batch overshoots, so the overshoot check is exercised too
+    monkeypatch.setattr(FlatAlignModule, "OVERSHOOT_FACTOR", 0.0)
+    module = FlatAlignModule(tiny_lora_model(), _cfg(tiny_cfg, accumulate=2).method.align)
+    module.model.register_forward_pre_hook(lambda *a: in_model.__setitem__(0, in_model[0] + 1))
+    module.model.register_forward_hook(lambda *a: in_model.__setitem__(0, in_model[0] - 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _fit(module, [align_item(0, k) for k in range(2)], 1, tmp_path)
+    assert reads == [0, 0] and module._overshoot_warned

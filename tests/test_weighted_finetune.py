@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -290,3 +291,16 @@ def test_a_module_is_given_its_stage_config_and_named_fields(tiny_cfg):
     align = build_align_module(tiny_lora_model(), tiny_cfg)
     assert align.stage_cfg is tiny_cfg.method.align and align.seed == tiny_cfg.run.seed
     assert not isinstance(align, WeightRecording)
+
+
+def test_row_bookkeeping_reads_the_rows_on_the_host_once_per_micro_batch(monkeypatch):
+    """The per-row numbers reach the host in one transfer per micro-batch (`_to_host`), with
+    their values unchanged."""
+    from antibody.methods import weighted_finetune as wf
+
+    rows = wf.BatchRows(torch.tensor([-1.5, -2.25]), torch.tensor([-0.5, float("nan")]), torch.tensor([True, False]),
+                        torch.tensor([3.0, 4.0]), torch.tensor([4.5, 9.0]), ["a", "b"], ["s", "t"], slice(0, 2))
+    host, w = wf._to_host(rows, torch.tensor([0.75, 0.25]))
+    assert host.logp_y.tolist() == [-1.5, -2.25] and host.logp_r[0].item() == -0.5 and host.logp_r[1].isnan()
+    assert host.is_harmful.tolist() == [True, False] and w.tolist() == [0.75, 0.25]
+    assert wf._to_host(dataclasses.replace(rows, logp_r=None), w)[0].logp_r is None

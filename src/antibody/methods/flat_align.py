@@ -49,6 +49,7 @@ from antibody.methods.perturb import (
     flatten,
     global_norm,
     grads_of,
+    unflatten_like,
 )
 
 
@@ -143,6 +144,8 @@ class FlatAlignModule(StageModule):
         self._sum_s: list[Tensor] = []
         self._sum_r: list[Tensor] = []
         self._overshoot_warned = False
+        # (overshot?, harmful loss, perturbed harmful loss) of the window's first overshooting micro-batch
+        self._overshoot: tuple[Tensor, Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------------ micro-batch
     def _accumulate_micro_batch(self, item: Mapping[str, Any]) -> None:
@@ -182,7 +185,7 @@ class FlatAlignModule(StageModule):
         if loss_r is not None:
             self._track("refusal_loss", loss_r)
         self._track("harmful_loss_change", loss_hp.detach() - loss_h.detach())
-        self._warn_on_overshoot(float(loss_h.detach()), float(loss_hp.detach()))
+        self._note_overshoot(loss_h.detach(), loss_hp.detach())
         self._track("grad_norm_h", norm_h)
         self._track("grad_norm_h_prime", norm_hp)
         self._track("cos_h_hprime", _cos_t(g_h, g_hp, norm_h, norm_hp))
@@ -193,14 +196,30 @@ class FlatAlignModule(StageModule):
     # factor has left the region where the one-step approximation of the inner min holds.
     OVERSHOOT_FACTOR = 2.0
 
-    def _warn_on_overshoot(self, loss_h: float, loss_hp: float) -> None:
+    def _note_overshoot(self, loss_h: Tensor, loss_hp: Tensor) -> None:
+        """Keep the micro-batch's two harmful losses when the perturbation overshot, as
+        tensors: read on the host once per optimiser step (`_warn_on_overshoot`), not once
+        per micro-batch, so that an accelerator is not synchronised inside the window."""
+        if self._overshoot_warned:
+            return
+        over = loss_hp > self.OVERSHOOT_FACTOR * loss_h.clamp_min(1e-8)
+        if self._overshoot is None:
+            self._overshoot = (over, loss_h, loss_hp)
+        else:  # the first overshooting micro-batch of the window is the one reported
+            seen, h, hp = self._overshoot
+            take = over & ~seen
+            self._overshoot = (seen | over, torch.where(take, loss_h, h), torch.where(take, loss_hp, hp))
+
+    def _warn_on_overshoot(self) -> None:
         """Say once when the perturbation overshoots (measured on the embedded demo with
         rho = 0.3 on an r16/alpha32 LoRA: the perturbed harmful loss rose from 0.62 at step
         44 to 24.1 at step 59 while lambda_t * ||g_s|| swamped the alignment gradient;
         docs/calibration.md ("Perturbation radius rho"))."""
-        if self._overshoot_warned or not loss_hp > self.OVERSHOOT_FACTOR * max(loss_h, 1e-8):
+        pending, self._overshoot = self._overshoot, None
+        if self._overshoot_warned or pending is None or not bool(pending[0]):
             return
         self._overshoot_warned = True
+        loss_h, loss_hp = float(pending[1]), float(pending[2])
         rank_zero_warn(
             f"flat alignment: the perturbation step of radius method.align.rho={self.settings.rho} raised "
             f"the harmful loss from {loss_h:.3g} to {loss_hp:.3g} (step {self.global_step}); the one-step "
@@ -228,6 +247,7 @@ class FlatAlignModule(StageModule):
     def _reset_window(self) -> None:
         for t in self._window_tensors():
             t.zero_()
+        self._overshoot = None  # a skipped window's overshoot is not reported as the next one's
 
     def _load_window_tensors(self, tensors: list[Tensor]) -> None:
         if not tensors:
@@ -247,9 +267,12 @@ class FlatAlignModule(StageModule):
         if not s.flat:
             logs["lambda_t"] = 0.0
             return logs
-        reduce = self.trainer.strategy.reduce
-        self._sum_s = [reduce(t, reduce_op="mean") for t in self._sum_s]
-        self._sum_r = [reduce(t, reduce_op="mean") for t in self._sum_r]
+        self._warn_on_overshoot()
+        # one all-reduce of the flattened window sums (one collective, not two per tensor)
+        reduced = unflatten_like(self.trainer.strategy.reduce(flatten(self._sum_s + self._sum_r), reduce_op="mean"),
+                                 self._sum_s + self._sum_r)
+        n = len(self._sum_s)
+        self._sum_s, self._sum_r = reduced[:n], reduced[n:]
         g_s, g_h = flatten(self._sum_s), flatten(self._sum_h)
         lam = compute_lambda(s.lambda_mode, a, g_s, s.lambda_params, self.lambda_state)
         with torch.no_grad():

@@ -49,6 +49,14 @@ def flatten(tensors: Sequence[Tensor]) -> Tensor:
     return torch.cat([t.reshape(-1).float() for t in tensors])
 
 
+def unflatten_like(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """`flatten`'s inverse: `flat` cut into tensors of the shapes (and dtypes) of `like`."""
+    sizes = [t.numel() for t in like]
+    if sum(sizes) != flat.numel():
+        raise ValueError(f"a vector of {flat.numel()} entries does not fill tensors of {sum(sizes)}")
+    return [part.view_as(t).to(t.dtype) for part, t in zip(torch.split(flat, sizes), like, strict=True)]
+
+
 def all_finite(tensors: Sequence[Tensor]) -> bool:
     """True when no entry of any tensor is inf or NaN (one device sync)."""
     if not tensors:

@@ -80,6 +80,17 @@ class BatchRows:
     local: slice
 
 
+def _to_host(rows: BatchRows, w: Tensor) -> tuple[BatchRows, Tensor]:
+    """The micro-batch's per-row numbers and weights on the CPU, in one transfer (the same
+    values: float32 log-probabilities and weights; the harmful tags as bools)."""
+    nan = torch.full_like(rows.logp_y, float("nan"))
+    cols = [rows.logp_y, nan if rows.logp_r is None else rows.logp_r, rows.is_harmful, w]
+    table = torch.stack([c.detach().to(torch.float32) for c in cols], dim=1).cpu()
+    host = BatchRows(table[:, 0], None if rows.logp_r is None else table[:, 1], table[:, 2].bool(),
+                     rows.n_tokens, rows.nll_sum, rows.uids, rows.sources, rows.local)
+    return host, table[:, 3]
+
+
 class WeightedFinetuneModule(StageModule):
     """Fine-tuning stage with per-sample weights (uniform = plain SFT).
 
@@ -147,8 +158,11 @@ class WeightedFinetuneModule(StageModule):
         self.manual_backward(loss * world / self.accumulate)
 
         self._track("loss", weighted_loss(SequenceNLL(rows.nll_sum, rows.n_tokens), w_all, self.loss_form))
-        self._track_weights(w_all, rows.is_harmful)
-        self._record_rows(rows, w_all)
+        # the per-row bookkeeping reads the rows on the host: one transfer of B numbers per
+        # micro-batch, not one device read per statistic and list
+        host, w_host = _to_host(rows, w_all)
+        self._track_weights(w_host, host.is_harmful)
+        self._record_rows(host, w_host)
         self.micro_batches_seen += 1
         if self.micro_batches_seen % self.detector_window == 0:
             self._log_detector()
