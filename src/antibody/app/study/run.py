@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from antibody.app.memory import release_memory
 from antibody.app.rundir import RunDir, write_results
 from antibody.app.study.plan import Cell, Job, job_config, jobs_of, parse_only, plan, selected, stage_method
 from antibody.app.study.results import PlannedJob, StudyResults
@@ -192,6 +193,15 @@ def probe_job(job: Job, cache: dict) -> None:
         write_json(run_dir / "sharpness.json", probe(cfg, run_dir, cache))
 
 
+def evict_tools(cache: dict) -> None:
+    """Drop the evaluation tools (the judge, the loss signal) from a study's cache: the next
+    evaluation builds them again (from their on-disk caches), the training job in between
+    gets their memory. The evaluation records stay (small, and built from the data)."""
+    for key in [k for k in cache if k[0] == "tools"]:
+        del cache[key]
+    release_memory()
+
+
 def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list[Cell]) -> StudyResults | SuiteResults:
     """Run `cells` (a filter's subset of `all_cells`) one after another, each to the end
     (align, fine-tune, evaluate) before the next starts, so that a run stopped by the end of
@@ -210,7 +220,10 @@ def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list
                 if job is None or job.name in done:
                     continue
                 bar.update(description=f"train {job.name}")
+                if job_config(job).trainer.accelerator != "cpu":
+                    evict_tools(cache)  # the judge leaves the accelerator to the training job
                 counts["trained"] += train_job(job)
+                release_memory()
                 done.add(job.name)
                 bar.advance()
             model = cell.model_job
@@ -218,6 +231,7 @@ def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list
                 continue
             bar.update(description=f"eval {model.name}")
             counts["evaluated"] += evaluate_job(model, cache)
+            release_memory()
             if study.probe_aligned and model.stage is Stage.ALIGN:
                 probe_job(model, cache)
             done.add(f"eval:{model.name}")
