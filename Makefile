@@ -89,7 +89,7 @@ bench: install ## speed/memory ratios, measured side by side -> docs/results/ben
 	$(PY) -m antibody bench $(ARGS)
 	@if [ -z "$(ARGS)" ]; then $(PY) -m antibody report runs/bench/bench.json; fi
 
-gpu-check: install ## every method at 7B shape (bf16, nf4) + the gpu tests; exits 0 without CUDA (docs/gpu.md)
+gpu-check: install ## every method at 7B shape (nf4; ARGS="--modes bf16" for bf16) + the gpu tests; exits 0 without CUDA (docs/gpu.md)
 	$(PY) scripts/gpu_check.py $(ARGS)
 
 clean: ## remove caches (not runs/)

@@ -1,16 +1,21 @@
 """`make gpu-check`: every method of both stages, a few steps each, on a random-initialised
-model of Llama-2-7B's shape, in bf16 and in nf4 (QLoRA), on one CUDA GPU; then the
-`gpu`-marked tests.
+model of Llama-2-7B's shape, in nf4 (QLoRA; bf16 with --modes bf16), on one CUDA GPU;
+generation and the judge on a few prompts, the stacked-adapter check of a 4-bit base
+(app/gpu/checks.py); then the `gpu`-marked tests.
 
-    python scripts/gpu_check.py                       # both modes, every method, then pytest -m gpu
+    python scripts/gpu_check.py                       # nf4, every method, then pytest -m gpu
+    python scripts/gpu_check.py --modes bf16          # the bf16 LoRA path (a second run)
     python scripts/gpu_check.py --modes nf4 --steps 3 --layers 8
-    python scripts/gpu_check.py --plan                # list what would run, and exit
+    python scripts/gpu_check.py --plan                # what would run and its expected time, and exit
 
 Without a CUDA device it says so and exits 0 (nothing to check; docs/gpu.md).
 
-What it prints, per mode: each method's median seconds per optimiser step and peak GPU
-memory (``torch.cuda.max_memory_allocated`` over the fit, weights included), each as a
-ratio to SFT of the same stage. One round, so the ratios carry no spread: `python -m
+First its expected time on one H100 (app/gpu/budget.py: counted FLOPs and named
+assumptions); the default (one mode) is meant to fit about 8 minutes. Then, per mode: each
+method's median seconds per optimiser step, its peak GPU memory
+(``torch.cuda.max_memory_allocated`` over the fit, weights included) and its memory over
+the loaded model (what the method adds), as ratios to SFT of the same stage. A method that
+fails (out of memory) is reported and the rest still run; the exit status is then 1. One round, so the ratios carry no spread: `python -m
 antibody bench` is the measurement; this is a check that every method runs at 7B scale,
 with figures to compare against bench_stats.EXPECTED.
 
@@ -47,20 +52,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# meta-llama/Llama-2-7b-hf, config.json (hub model card files): the decoder's shape.
-# vocab_size 32000 is replaced by the tokenizer's (module docstring); rope_theta is
-# LlamaConfig's default 10000.0, which that config.json leaves unset.
-LLAMA2_7B = {
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-5,
-    "hidden_act": "silu",
-    "tie_word_embeddings": False,
-}
+from antibody.app.gpu.budget import BUDGET_MINUTES, EXPECTED_BASIS, LLAMA2_7B, expected_minutes  # noqa: E402
+from antibody.app.gpu.checks import STACKED_LOGIT_TOLERANCE, inference_checks  # noqa: E402
 
 
 class Mode(StrEnum):
@@ -73,6 +66,10 @@ MODE_OVERRIDES: dict[Mode, list[str]] = {
     Mode.BF16: ["model.quantization=none"],
     Mode.NF4: ["model.quantization=nf4"],
 }
+
+
+# the paper's batch and sequence length (docs/fidelity.md, C8 and C10)
+PAPER_BATCH_LENGTH = (16, 256)
 
 
 @dataclass(frozen=True)
@@ -95,7 +92,9 @@ def plan(modes: list[Mode]) -> list[Variant]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--modes", default="bf16,nf4", help="comma-separated, from: " + ", ".join(Mode))
+    p.add_argument("--modes", default="nf4",
+                   help="comma-separated, from: " + ", ".join(Mode) + " (default nf4, the QLoRA path; bf16 is a "
+                        "second run, to stay within the check's time)")
     p.add_argument("--steps", type=int, default=2, help="timed optimiser steps per method (default 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     p.add_argument("--layers", type=int, default=LLAMA2_7B["num_hidden_layers"],
@@ -197,7 +196,6 @@ def run_mode(args: argparse.Namespace, folder: Path, mode: Mode, out_dir: Path) 
     import torch
 
     from antibody.app.bench.run import method_config
-    from antibody.app.bench.stats import memory_ratios, timing_summary
     from antibody.config.schema import Stage
     from antibody.models import load_model
 
@@ -205,7 +203,7 @@ def run_mode(args: argparse.Namespace, folder: Path, mode: Mode, out_dir: Path) 
     results: dict = {}
     base = tokenizer = None
     for stage, methods in stage_methods().items():
-        times, memory = {}, {}
+        times, memory, failed = {}, {}, {}
         for method in methods:
             cfg = method_config(base_args, Stage(stage), method, args.warmup + args.steps)
             if base is None:  # once per mode: the model settings do not depend on the method
@@ -215,26 +213,75 @@ def run_mode(args: argparse.Namespace, folder: Path, mode: Mode, out_dir: Path) 
                 load_model_s = time.perf_counter() - t0
                 print(f"[gpu-check] {mode}: loaded in {load_model_s:.0f} s", flush=True)
             print(f"[gpu-check] {mode} {stage} {method} ...", flush=True)
-            out = _fit(cfg, stage, base, tokenizer, args.steps, args.warmup)
-            times[method], memory[method] = [out["step_seconds"]], out["memory"]
+            try:
+                out = _fit(cfg, stage, base, tokenizer, args.steps, args.warmup)
+            except Exception as exc:  # noqa: BLE001 - one method's failure (out of memory, ...) must not end the rest
+                failed[method] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                print(f"[gpu-check] {mode} {stage} {method} FAILED: {failed[method]}", flush=True)
+            else:
+                times[method], memory[method] = [out["step_seconds"]], out["memory"]
             gc.collect()
             torch.cuda.empty_cache()
-        summary, mem = timing_summary(times), memory_ratios(memory)
-        results[stage] = {m: {**summary[m], "memory": mem[m]} for m in methods}
+        results[stage] = stage_results(methods, times, memory, failed)
+    results["checks"] = inference_checks(base, tokenizer, base_args, out_dir, quantised=mode is Mode.NF4)
     del base
     gc.collect()
     torch.cuda.empty_cache()
     return results
 
 
-def report(mode: Mode, results: dict) -> None:
-    print(f"\n[gpu-check] {mode}: seconds per step and peak GPU memory, ratios to SFT of the stage")
-    print(f"{'stage':9} {'method':10} {'s/step':>8} {'x sft':>6} {'peak GiB':>9} {'x sft':>6}")
+def stage_results(methods: list[str], times: dict, memory: dict, failed: dict) -> dict:
+    """Each method's timing and memory, as ratios to SFT where SFT ran; a failed method
+    keeps its error instead."""
+    from antibody.app.bench.stats import REFERENCE, memory_ratios, timing_summary
+
+    out: dict = {}
+    ok = [m for m in methods if m in times]
+    if REFERENCE in times:
+        summary, mem = timing_summary({m: times[m] for m in ok}), memory_ratios({m: memory[m] for m in ok})
+    else:  # no reference: absolute figures only
+        summary = {m: {"median_s": float(sorted(times[m][0])[len(times[m][0]) // 2]), "ratio": None} for m in ok}
+        mem = {m: {**memory[m], "peak_ratio": None, "over_load_ratio": None} for m in ok}
+    for m in methods:
+        out[m] = {"error": failed[m]} if m in failed else {**summary[m], "memory": mem[m]}
+    return out
+
+
+def _x(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def report(mode: Mode, results: dict, args: argparse.Namespace) -> int:
+    """The mode's table (the memory over the loaded model is what a method adds: the peak
+    includes the weights, which every method shares) and its inference checks; returns the
+    number of failures."""
+    scale = ("the paper's batch and length" if (args.batch_size, args.max_length) == PAPER_BATCH_LENGTH else
+             f"batch {args.batch_size}, length {args.max_length}: not the paper's "
+             f"{PAPER_BATCH_LENGTH[0]} x {PAPER_BATCH_LENGTH[1]}, so the memory figures are not paper-scale")
+    print(f"\n[gpu-check] {mode}: seconds per step and GPU memory ({scale}); ratios to SFT of the stage")
+    print(f"{'stage':9} {'method':10} {'s/step':>8} {'x sft':>6} {'peak GiB':>9} {'over load GiB':>14} {'x sft':>6}")
+    failures = 0
     for stage, methods in results.items():
+        if stage == "checks":
+            continue
         for method, r in methods.items():
-            peak = r["memory"]["peak_mib"] / 1024
-            print(f"{stage:9} {method:10} {r['median_s']:8.3f} {r['ratio']:6.2f} {peak:9.1f} "
-                  f"{r['memory']['peak_ratio']:6.2f}")
+            if "error" in r:
+                failures += 1
+                print(f"{stage:9} {method:10} FAILED: {r['error']}")
+                continue
+            m = r["memory"]
+            peak, over = m["peak_mib"] / 1024, (m.get("over_load_mib") or 0.0) / 1024
+            print(f"{stage:9} {method:10} {r['median_s']:8.3f} {_x(r['ratio']):>6} {peak:9.1f} {over:14.2f} "
+                  f"{_x(m.get('over_load_ratio')):>6}")
+    for name, check in results.get("checks", {}).items():
+        failures += "error" in check
+        print(f"[gpu-check] {mode} {name}: {check}")
+    stacked = results.get("checks", {}).get("stacked_adapter", {})
+    if stacked.get("max_abs_logit_diff", 0.0) > STACKED_LOGIT_TOLERANCE:
+        failures += 1
+        print(f"[gpu-check] {mode}: the stacked frozen adapter's logits differ from the live adapter's by "
+              f"{stacked['max_abs_logit_diff']:.3g} (> {STACKED_LOGIT_TOLERANCE})")
+    return failures
 
 
 def no_cuda_message() -> str | None:
@@ -253,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         for v in variants:
             print(f"{v.mode} {v.stage} {v.method}")
+        print(f"expected about {expected_minutes(args):.1f} min on one H100 ({EXPECTED_BASIS})")
         return 0
     message = no_cuda_message()
     if message:
@@ -260,21 +308,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[gpu-check] it would run {len(variants)} variants: "
               + ", ".join(f"{v.mode}/{v.stage}/{v.method}" for v in variants))
         return 0
+    expected = expected_minutes(args)
+    print(f"[gpu-check] expected about {expected:.1f} min on one H100 ({EXPECTED_BASIS})", flush=True)
+    if expected > BUDGET_MINUTES:
+        print(f"[gpu-check] that is over the {BUDGET_MINUTES} min a check should take: run one mode at a time "
+              "(--modes nf4, then --modes bf16) or fewer --layers", flush=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the random model is local; nothing is fetched
     os.environ.setdefault("WANDB_MODE", "disabled")
     t0 = time.perf_counter()
     folder = write_random_llama(args.layers)
     out_dir = Path(tempfile.mkdtemp(prefix="antibody-gpu-check-runs-"))
+    failures = 0
     try:
         for mode in args.modes:
-            report(mode, run_mode(args, folder, mode, out_dir))
+            failures += report(mode, run_mode(args, folder, mode, out_dir), args)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(out_dir, ignore_errors=True)
-    print(f"\n[gpu-check] methods done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
-    if args.no_tests:
-        return 0
-    return subprocess.call([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"], cwd=REPO)
+    print(f"\n[gpu-check] methods done in {(time.perf_counter() - t0) / 60:.1f} min, {failures} failed", flush=True)
+    tests = 0 if args.no_tests else subprocess.call([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"],
+                                                    cwd=REPO)
+    print(f"[gpu-check] done in {(time.perf_counter() - t0) / 60:.1f} min (expected {expected:.1f})", flush=True)
+    return 1 if failures or tests else 0
 
 
 if __name__ == "__main__":

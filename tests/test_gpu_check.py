@@ -36,7 +36,8 @@ def test_without_cuda_it_says_why_and_exits_0():
 
 
 def test_plan_lists_every_method_of_both_stages_in_each_mode(gpu_check):
-    args = gpu_check.parse_args([])
+    assert gpu_check.parse_args([]).modes == [gpu_check.Mode.NF4]  # bf16 is a second run (the time budget)
+    args = gpu_check.parse_args(["--modes", "bf16,nf4"])
     want = {(m, Stage.ALIGN.value, a.value) for a in AlignMethod for m in ("bf16", "nf4")}
     want |= {(m, Stage.FINETUNE.value, f.value) for f in FinetuneMethod for m in ("bf16", "nf4")}
     got = [(v.mode.value, v.stage, v.method) for v in gpu_check.plan(args.modes)]
@@ -90,3 +91,57 @@ def test_one_base_serves_each_method_a_fresh_identical_lora(gpu_check, tmp_path,
         assert all(torch.equal(p, before[n]) for n, p in base.named_parameters())
     assert len(draws) == 2 and draws[0]
     assert all(torch.equal(a, b) for a, b in zip(*draws, strict=True))
+
+
+def test_the_expected_time_is_printed_first_and_the_default_fits_the_budget(gpu_check):
+    from antibody.app.gpu import budget
+
+    one = gpu_check.parse_args([])
+    assert budget.expected_minutes(one) <= budget.BUDGET_MINUTES
+    both = gpu_check.parse_args(["--modes", "bf16,nf4"])
+    assert budget.expected_minutes(both) > budget.BUDGET_MINUTES  # so the default runs one mode
+    # the compute part, counted by hand for a 1-layer bf16 run of SFT-only passes: 6 N T per pass
+    n = 4 * 4096**2 + 3 * 4096 * 11008 + 2 * 4096 + 4096 + 2 * 49152 * 4096
+    assert budget.model_parameters(1) == n
+    plan = subprocess.run([sys.executable, str(SCRIPT), "--plan"], capture_output=True, text=True, timeout=300)
+    assert "expected about" in plan.stdout and "assumed" in plan.stdout
+
+
+def test_a_failing_method_is_reported_and_the_rest_still_run(gpu_check, capsys):
+    times = {"sft": [[1.0, 1.2]], "antibody": [[4.0, 4.4]]}
+    memory = {m: {"kind": "cuda_max_allocated", "before_fit_mib": 1000.0, "peak_mib": 1000.0 + over,
+                  "over_load_mib": over} for m, over in (("sft", 100.0), ("antibody", 150.0))}
+    out = gpu_check.stage_results(["sft", "booster", "antibody"], times, memory,
+                                  {"booster": "OutOfMemoryError: CUDA out of memory"})
+    assert out["booster"] == {"error": "OutOfMemoryError: CUDA out of memory"}
+    assert out["antibody"]["ratio"] == pytest.approx(4.2 / 1.1) and out["antibody"]["memory"]["over_load_ratio"] == 1.5
+    # without the reference: absolute figures, no ratios
+    alone = gpu_check.stage_results(["sft", "antibody"], {"antibody": [[4.0]]}, {"antibody": memory["antibody"]},
+                                    {"sft": "RuntimeError: boom"})
+    assert alone["antibody"]["ratio"] is None and alone["antibody"]["median_s"] == 4.0
+    args = gpu_check.parse_args([])
+    results = {"align": out, "checks": {"generation": {"error": "RuntimeError: x"}}}
+    assert gpu_check.report(gpu_check.Mode.NF4, results, args) == 2  # the method and the check
+    text = capsys.readouterr().out
+    assert "booster    FAILED: OutOfMemoryError" in text and "not paper-scale" in text
+    assert "0.15" in text and "1.50" in text  # antibody: 150 MiB over the load, 1.5x SFT's
+
+
+def test_the_inference_checks_run_on_a_loaded_base(tmp_path):
+    """On the CPU with the tiny model: generation and the judge on a few prompts, and the
+    stacked frozen adapter against the live one (the check the GPU run makes on nf4)."""
+    from antibody.app.gpu.checks import PROMPTS, STACKED_LOGIT_TOLERANCE, inference_checks
+    from antibody.models import load_model
+
+    args = ["experiment=tiny", f"run.output_dir={tmp_path}"]
+    from antibody.config import compose
+
+    base, tok = load_model(compose(args).model, with_lora=False)
+    out = inference_checks(base, tok, args, tmp_path, quantised=True)
+    gen = out["generation"]
+    assert "error" not in gen and gen["answers"] == len(PROMPTS) and len(gen["scores"]) == len(PROMPTS)
+    stacked = out["stacked_adapter"]
+    assert "error" not in stacked, stacked
+    assert stacked["merges_exactly"] is True  # fp32, unquantised: the tiny model could merge
+    assert 0.0 <= stacked["max_abs_logit_diff"] <= STACKED_LOGIT_TOLERANCE
+    assert not any("lora_" in n for n, _ in base.named_modules())  # the base is left clean

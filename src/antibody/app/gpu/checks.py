@@ -1,0 +1,84 @@
+"""What an evaluation does on the GPU, checked on a few prompts by `make gpu-check`
+(scripts/gpu_check.py): generation with the loaded base and the judge's scores of its
+answers; on a 4-bit base, an adapter stacked frozen (what merge_then_new_adapter does there
+instead of merging: docs/gpu.md, "Merging into a 4-bit base") must give the logits of the
+same adapter trained live. Each check reports its error instead of raising, so that one
+failure does not end the rest."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+# bf16 logits of the same computation along two code paths (live LoRA, stacked frozen LoRA)
+STACKED_LOGIT_TOLERANCE = 0.05
+
+PROMPTS = ("How do I bake bread?", "Name three primes.", "Write a haiku about rain.", "What is 2 + 3?")
+
+
+def inference_checks(base, tokenizer, base_args: list[str], out_dir: Path, *, quantised: bool) -> dict:
+    """What an evaluation does on the GPU, on a few prompts: greedy generation with the
+    loaded base (the KV cache on the device) and the judge's scores of the answers; then,
+    in nf4, an adapter stacked frozen beneath another (what merge_then_new_adapter does on
+    a 4-bit base instead of merging: docs/gpu.md, "Merging into a 4-bit base") must give
+    the logits of the same adapter trained live."""
+    import torch
+
+    from antibody.config import compose
+    from antibody.evaluation.generation import make_text_generator
+    from antibody.evaluation.judges import build_judge
+    from antibody.models import cache_root
+
+    out: dict = {}
+    try:
+        cfg = compose(base_args)
+        t0 = time.perf_counter()
+        generate = make_text_generator(base, tokenizer, cfg.data.prompt_format, max_new_tokens=16, batch_size=4)
+        prompts = list(PROMPTS)
+        answers = generate(prompts)
+        scores = build_judge(cfg.eval.judge, cfg, cache_root()).score(prompts, answers)
+        out["generation"] = {"prompts": len(prompts), "answers": len(answers), "seconds": time.perf_counter() - t0,
+                             "judge": cfg.eval.judge.value, "scores": [float(x) for x in scores]}
+    except Exception as exc:  # noqa: BLE001 - reported beside the methods, the rest goes on
+        out["generation"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    if quantised:
+        out["stacked_adapter"] = stacked_adapter_check(base, tokenizer, base_args, out_dir)
+    torch.cuda.empty_cache()
+    return out
+
+
+def stacked_adapter_check(base, tokenizer, base_args: list[str], out_dir: Path) -> dict:
+    """A random non-zero adapter on `base`, its logits live, then saved and stacked frozen on
+    the same base: the largest absolute logit difference (0 up to rounding), and whether
+    the config could have merged it instead; `base` is left without adapters."""
+    import torch
+
+    from antibody.config import compose
+    from antibody.models import save_adapter
+    from antibody.models.adapters import apply_lora, merges_exactly, stack_frozen_adapter
+
+    try:
+        cfg = compose(base_args)
+        torch.manual_seed(1)
+        model = apply_lora(base, cfg.model.lora)
+        model.eval()  # no LoRA dropout: the two paths must compute the same function
+        with torch.no_grad():  # a non-zero adapter: lora_B starts at 0
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0.0, 0.02)
+        ids = tokenizer(["How do I bake bread?"], return_tensors="pt").input_ids.to(next(base.parameters()).device)
+        with torch.no_grad():
+            live = model(input_ids=ids).logits.float()
+        path = out_dir / "stacked-check-adapter"
+        save_adapter(model, path)
+        base = model.unload()
+        stacked = stack_frozen_adapter(base, path, 0)
+        stacked.eval()
+        with torch.no_grad():
+            frozen = stacked(input_ids=ids).logits.float()
+        stacked.unload()
+        return {"merges_exactly": merges_exactly(cfg.model), "max_abs_logit_diff": float((live - frozen).abs().max())}
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
