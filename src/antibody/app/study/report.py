@@ -229,6 +229,11 @@ def study_table(results: StudyResults) -> str:
                   "|---|" + "---|" * len(axes) + "---|---|---|"]
         for p in results.paired:
             lines.append("| " + " | ".join([p.row, *(str(p.value(a)) for a in axes), *_paired_cells(p.over)]) + " |")
+    from antibody.app.study.agreement import agreement_table
+
+    agreement = agreement_table(results)  # a study of one two-valued axis: does it move the comparisons?
+    if agreement:
+        lines += ["", agreement]
     mechanism = weights_table(results)
     if mechanism:
         lines += ["", mechanism]
