@@ -158,21 +158,50 @@ def test_the_bench_compares_precisions_side_by_side(tmp_path, capsys, monkeypatc
             "precisions=32-true,bf16-mixed"]
     assert main(["bench", *args]) == 0
     result = json.loads((out / "bench" / "bench.json").read_text())
-    assert result["precision"] == "32-true" and result["precisions"] == ["32-true", "bf16-mixed"]
+    assert result["variant"] == "32-true" and result["variants"] == ["32-true", "bf16-mixed"]
+    assert result["axis"] == "precision"
     for stage, fp32 in result["stages"].items():
-        bf16 = result["by_precision"]["bf16-mixed"]["stages"][stage]
+        bf16 = result["by_variant"]["bf16-mixed"]["stages"][stage]
         for method in ("sft", "antibody"):
             a, b = fp32["methods"][method], bf16["methods"][method]
             per_round = [x[0] / y[0] for x, y in zip(b["step_seconds"], a["step_seconds"], strict=True)]
-            assert b["precision_ratio"] == pytest.approx(sum(per_round) / 2)
-            assert b["precision_ratio_range"] == pytest.approx([min(per_round), max(per_round)])
-            assert a["precision_ratio"] == 1.0
+            assert b["variant_ratio"] == pytest.approx(sum(per_round) / 2)
+            assert b["variant_ratio_range"] == pytest.approx([min(per_round), max(per_round)])
+            assert a["variant_ratio"] == 1.0
     table = render(result)
     assert "| align | antibody | 32-true |" in table and "| align | antibody | bf16-mixed |" in table
     assert "x 32-true" in table and "(32-true, bf16-mixed," in table
     assert "[bench] finetune antibody bf16-mixed:" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="precisions=,"):
         parse_protocol(["precisions=,"])
+    # a file written before the clipping axis (precision keys) still renders the same table
+    old = json.loads(json.dumps(result).replace('"variant_ratio', '"precision_ratio').replace('"by_variant"', '"by_precision"')
+                     .replace('"variants"', '"precisions"'))
+    del old["variant"], old["axis"]
+    assert render(old) == table
+
+
+def test_the_bench_compares_clipping_side_by_side(tmp_path, monkeypatch):
+    """clip=0,1.0: every method unclipped and clipped at global norm 1.0 in the same rounds,
+    both stages' gradient_clip_val set; the clipped step's ratio to the unclipped one."""
+    monkeypatch.setattr(bench, "measure_in_subprocess", _fake_memory)
+    out = tmp_path / "runs"
+    args = ["experiment=tiny", f"run.output_dir={out}", "steps=1", "warmup=1", "repeats=2", "methods=sft",
+            "memory=false", "clip=0,1.0"]
+    protocol, rest = parse_protocol(args)
+    assert bench.variant_args(rest, protocol)["clip 1.0"][-2:] == ["method.align.gradient_clip_val=1.0",
+                                                                   "method.finetune.gradient_clip_val=1.0"]
+    assert main(["bench", *args]) == 0
+    result = json.loads((out / "bench" / "bench.json").read_text())
+    assert result["axis"] == "clipping" and result["variants"] == ["clip 0", "clip 1.0"]
+    clipped = result["by_variant"]["clip 1.0"]["stages"]["align"]["methods"]["sft"]
+    assert clipped["variant_ratio"] > 0
+    table = render(result)
+    assert "| align | sft | clip 1.0 |" in table and "x clip 0" in table and "| stage | method | clipping |" in table
+    for bad, match in ((["clip=-1"], "clip=-1: name one or more"), (["clip=0,x"], "clip=0,x"),
+                       (["clip=0,1", "precisions=32-true"], "one axis at a time")):
+        with pytest.raises(ConfigError, match=match):
+            parse_protocol(bad)
 
 
 def test_a_failed_memory_pass_is_recorded_and_the_bench_goes_on(monkeypatch, capsys):

@@ -9,9 +9,11 @@ per round (default 3), ``warmup=N`` untimed steps before them (default 1; the fi
 builds caches and the data iterator), ``repeats=N`` rounds (default 3),
 ``methods=a,b,...`` (default: every AlignMethod and FinetuneMethod; SFT, the reference,
 always runs in a stage that runs), ``memory=true|false`` (the memory pass, default true),
-``precisions=a,b,...`` (``trainer.precision`` values, e.g. ``32-true,bf16-mixed``: every
-method runs in each, in the same rounds, and each variant's step time is also given as a
-ratio to the same method's at the first precision; default: the config's precision).
+``precisions=a,b,...`` (``trainer.precision`` values, e.g. ``32-true,bf16-mixed``) or
+``clip=a,b,...`` (the global-norm clipping of both stages, ``method.*.gradient_clip_val``;
+0 is off, e.g. ``clip=0,1.0``): one axis of variants; every method runs in each, in the
+same rounds, and each variant's step time is also given as a ratio to the same method's at
+the first variant; default: the config as it is.
 
 Protocol. Every variant is composed from the method's option file (``method=<name>``),
 its stage's method key set to the name. Each round trains every method of a stage, in an
@@ -73,9 +75,11 @@ class Protocol:
     repeats: int
     methods: dict[Stage, list[str]]  # per stage that runs: SFT first, then the enum's order
     memory: bool
-    # trainer.precision of each variant, the first the reference of the precision ratio;
+    # trainer.precision of each variant, the first the reference of the variant ratio;
     # empty: the config's own precision only
     precisions: tuple[str, ...] = ()
+    # or the gradient_clip_val of both stages per variant (0: off)
+    clips: tuple[str, ...] = ()
 
 
 def _int_arg(args: list[str], name: str, default: int, lo: int) -> tuple[int, list[str]]:
@@ -114,14 +118,37 @@ def parse_protocol(args: list[str]) -> tuple[Protocol, list[str]]:
     chosen = tuple(dict.fromkeys(p.strip() for p in (precisions or "").split(",") if p.strip()))
     if precisions is not None and not chosen:
         raise ConfigError(f"precisions={precisions}: name one or more trainer.precision values, e.g. 32-true,bf16-mixed")
-    return Protocol(steps, warmup, repeats, _methods_arg(methods), memory != "false", chosen), args
+    clip, args = pop_arg(args, "clip")
+    clips = tuple(dict.fromkeys(c.strip() for c in (clip or "").split(",") if c.strip()))
+    if clip is not None:
+        bad = [c for c in clips if not _is_norm(c)]
+        if not clips or bad:
+            raise ConfigError(f"clip={clip}: name one or more global gradient norms >= 0 (0 is off), e.g. 0,1.0")
+        if chosen:
+            raise ConfigError(f"precisions={precisions} and clip={clip}: the bench compares one axis at a time")
+    return Protocol(steps, warmup, repeats, _methods_arg(methods), memory != "false", chosen, clips), args
 
 
-def precision_args(args: list[str], protocol: Protocol) -> dict[str, list[str]]:
-    """The overrides of each precision the bench compares (the config's own when none is named)."""
+def _is_norm(text: str) -> bool:
+    try:
+        return float(text) >= 0
+    except ValueError:
+        return False
+
+
+def variant_args(args: list[str], protocol: Protocol) -> dict[str, list[str]]:
+    """The overrides of each variant the bench compares, by label: precisions, or clipping
+    norms ("clip 1.0"); the config as it is (labelled by its precision) when none is named."""
+    if protocol.clips:
+        return {f"clip {c}": [*args, f"method.align.gradient_clip_val={c}", f"method.finetune.gradient_clip_val={c}"]
+                for c in protocol.clips}
     if not protocol.precisions:
         return {compose(args).trainer.precision: list(args)}
     return {p: [*args, f"trainer.precision={p}"] for p in protocol.precisions}
+
+
+def variant_axis(protocol: Protocol) -> str:
+    return "clipping" if protocol.clips else "precision"
 
 
 def method_config(args: list[str], stage: Stage, method: str, max_steps: int) -> Config:
@@ -181,44 +208,44 @@ def _time_variant(cfg: Config, stage: Stage | str, steps: int, warmup: int = 1, 
 
 
 def _timing_rounds(args: list[str], protocol: Protocol, bar) -> tuple[dict, dict]:
-    """{precision: {stage: {method: [round seconds]}}} and {stage: [order of each round]}.
+    """{variant: {stage: {method: [round seconds]}}} and {stage: [order of each round]}.
 
-    Each round runs every precision of a stage (rotated like the methods) before the next
-    stage, so a method's precisions are timed minutes apart, not a whole pass apart."""
+    Each round runs every variant of a stage (rotated like the methods) before the next
+    stage, so a method's variants are timed minutes apart, not a whole pass apart."""
     from antibody.app.stages import build_datamodule
     from antibody.models import load_tokenizer
 
     n = protocol.warmup + protocol.steps
-    by_precision = precision_args(args, protocol)
-    configs = {(p, s, m): method_config(a, s, m, n) for p, a in by_precision.items()
+    by_variant = variant_args(args, protocol)
+    configs = {(p, s, m): method_config(a, s, m, n) for p, a in by_variant.items()
                for s, ms in protocol.methods.items() for m in ms}
     tokenizer = load_tokenizer(next(iter(configs.values())).model)
     # all data first: a bad pool fails before any training, and every round reuses it (the
-    # data do not depend on the precision)
-    first = next(iter(by_precision))
+    # data do not depend on the variant)
+    first = next(iter(by_variant))
     data = {(s, m): build_datamodule(configs[first, s, m], tokenizer, s) for s, ms in protocol.methods.items()
             for m in ms}
-    times: dict = {p: {s: {m: [] for m in ms} for s, ms in protocol.methods.items()} for p in by_precision}
+    times: dict = {p: {s: {m: [] for m in ms} for s, ms in protocol.methods.items()} for p in by_variant}
     orders: dict = {s: [] for s in protocol.methods}
     for r in range(protocol.repeats):
         for stage, methods in protocol.methods.items():
             orders[stage].append(rotated(methods, r))
-            for precision in rotated(list(by_precision), r):
+            for variant in rotated(list(by_variant), r):
                 for method in orders[stage][-1]:
                     bar.update(description=f"bench round {r + 1}/{protocol.repeats}: {stage.value} {method} "
-                                           f"{precision}")
+                                           f"{variant}")
                     gc.collect()  # the previous variant's model goes before the next one loads
-                    result = _time_variant(configs[precision, stage, method], stage, protocol.steps,
+                    result = _time_variant(configs[variant, stage, method], stage, protocol.steps,
                                            protocol.warmup, tokenizer=tokenizer, datamodule=data[stage, method])
-                    times[precision][stage][method].append(result["step_seconds"])
+                    times[variant][stage][method].append(result["step_seconds"])
                     bar.advance()
     return times, orders
 
 
 def _memory_pass(args: list[str], protocol: Protocol, bar) -> dict:
-    """{precision: {stage: {method: reading}}}: each variant once, in a process of its own
+    """{variant: {stage: {method: reading}}}: each variant once, in a process of its own
     (bench.memory)."""
-    return {p: _memory_pass_of(a, protocol, bar) for p, a in precision_args(args, protocol).items()}
+    return {p: _memory_pass_of(a, protocol, bar) for p, a in variant_args(args, protocol).items()}
 
 
 def _memory_pass_of(args: list[str], protocol: Protocol, bar) -> dict:
@@ -256,8 +283,8 @@ def memory_child(request_path: str) -> int:
 
 def _stage_results(protocol: Protocol, times: dict, reference_times: dict, orders: dict,
                    memory: dict | None) -> dict:
-    """One precision's stages: each method's timing, its ratio to SFT, its ratio to the same
-    method at the reference precision (per round, median and range), and its memory."""
+    """One variant's stages: each method's timing, its ratio to SFT, its ratio to the same
+    method at the reference variant (per round, median and range), and its memory."""
     stages = {}
     for stage, methods in protocol.methods.items():
         summary = timing_summary(times[stage])
@@ -267,19 +294,19 @@ def _stage_results(protocol: Protocol, times: dict, reference_times: dict, order
             vs = timing_summary({"reference": reference_times[stage][m], m: times[stage][m]}, "reference")[m]
             out[m] = {**summary[m], "step_seconds": times[stage][m], "expected": EXPECTED[stage][m]._asdict(),
                       "memory": mem.get(m),
-                      "precision_ratio": vs["ratio"], "precision_ratio_range": vs["ratio_range"]}
+                      "variant_ratio": vs["ratio"], "variant_ratio_range": vs["ratio_range"]}
         stages[stage.value] = {"reference": REFERENCE, "orders": orders[stage], "methods": out}
     return stages
 
 
-def _summary_line(stage: Stage, method: str, m: dict, precision: str = "", vs_first: bool = False) -> str:
+def _summary_line(stage: Stage, method: str, m: dict, variant: str = "", vs_first: bool = False) -> str:
     lo, hi = m["ratio_range"]
-    line = (f"[bench] {stage.value} {method}{' ' + precision if precision else ''}: {m['median_s']:.3g} s/step, "
+    line = (f"[bench] {stage.value} {method}{' ' + variant if variant else ''}: {m['median_s']:.3g} s/step, "
             f"{m['ratio']:.2f}x {REFERENCE} (rounds {lo:.2f}-{hi:.2f}; expected {m['expected']['ratio']:.2f}"
             f"{'+' if m['expected']['at_least'] else ''})")
     if vs_first:
-        a, b = m["precision_ratio_range"]
-        line += f"; {m['precision_ratio']:.2f}x the first precision's step (rounds {a:.2f}-{b:.2f})"
+        a, b = m["variant_ratio_range"]
+        line += f"; {m['variant_ratio']:.2f}x the first variant's step (rounds {a:.2f}-{b:.2f})"
     mem = m.get("memory")
     if mem and mem.get("peak_mib") is not None:
         line += (f"; peak {mem['peak_mib']:.0f} MiB ({mem['peak_ratio']:.2f}x), "
@@ -292,22 +319,24 @@ def bench_command(args: list[str]) -> int:
     if not any(a.startswith("run.name=") for a in args):
         args = [*args, "run.name=bench"]
     base = compose(args)
-    precisions = list(precision_args(args, protocol))
-    n_variants = sum(len(ms) for ms in protocol.methods.values()) * len(precisions)
+    variants = list(variant_args(args, protocol))
+    n_variants = sum(len(ms) for ms in protocol.methods.values()) * len(variants)
     t0 = time.perf_counter()
     with progress.task("bench", total=n_variants * (protocol.repeats + protocol.memory)) as bar:
         times, orders = _timing_rounds(args, protocol, bar)
         memory = _memory_pass(args, protocol, bar) if protocol.memory else {}
-    by_precision = {p: _stage_results(protocol, times[p], times[precisions[0]], orders, memory.get(p))
-                    for p in precisions}
-    stages = by_precision[precisions[0]]
+    by_variant = {p: _stage_results(protocol, times[p], times[variants[0]], orders, memory.get(p))
+                  for p in variants}
+    stages = by_variant[variants[0]]
     results = {
         "kind": "bench",  # how `python -m antibody report` tells a bench file from a demo's
         "model": base.model.name,
         "device": base.trainer.accelerator,
-        "precision": precisions[0],  # of "stages"; the others' in "by_precision", with their ratio to it
-        "precisions": precisions,
-        "by_precision": {p: {"stages": by_precision[p]} for p in precisions[1:]},
+        "precision": base.trainer.precision,
+        "axis": variant_axis(protocol),  # what the variants vary: precision or clipping
+        "variant": variants[0],  # of "stages"; the others' in "by_variant", with their ratio to it
+        "variants": variants,
+        "by_variant": {p: {"stages": by_variant[p]} for p in variants[1:]},
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "batch_size": {"align": base.data.align_batch_size, "harmful": base.data.harmful_batch_size,
@@ -320,12 +349,12 @@ def bench_command(args: list[str]) -> int:
     }
     out = Path(base.run.output_dir) / base.run.name / "bench.json"
     write_json(out, results)
-    for precision in precisions:
+    for variant in variants:
         for stage, methods in protocol.methods.items():
             for method in methods:
-                m = by_precision[precision][stage.value]["methods"][method]
-                label = precision if len(precisions) > 1 else ""
-                print(_summary_line(stage, method, m, label, vs_first=precision != precisions[0]), flush=True)
+                m = by_variant[variant][stage.value]["methods"][method]
+                label = variant if len(variants) > 1 else ""
+                print(_summary_line(stage, method, m, label, vs_first=variant != variants[0]), flush=True)
     print(f"[bench] wrote {out} ({results['wall_seconds'] / 60:.1f} min)")
     return 0
 
