@@ -130,7 +130,7 @@ def test_a_failing_method_is_reported_and_the_rest_still_run(gpu_check, capsys):
 def test_the_inference_checks_run_on_a_loaded_base(tmp_path):
     """On the CPU with the tiny model: generation and the judge on a few prompts, and the
     stacked frozen adapter against the live one (the check the GPU run makes on nf4)."""
-    from antibody.app.gpu.checks import PROMPTS, STACKED_LOGIT_TOLERANCE, inference_checks
+    from antibody.app.gpu.checks import PROMPTS, STACKED_LOGIT_TOLERANCE, check_failures, inference_checks
     from antibody.models import load_model
 
     args = ["experiment=tiny", f"run.output_dir={tmp_path}"]
@@ -144,4 +144,10 @@ def test_the_inference_checks_run_on_a_loaded_base(tmp_path):
     assert "error" not in stacked, stacked
     assert stacked["merges_exactly"] is True  # fp32, unquantised: the tiny model could merge
     assert 0.0 <= stacked["max_abs_logit_diff"] <= STACKED_LOGIT_TOLERANCE
+    resume = out["resume"]
+    assert "error" not in resume, resume
+    assert resume["steps"] == [2, 2] and resume["max_abs_lora_diff"] <= 1e-6  # exact on the CPU
     assert not any("lora_" in n for n, _ in base.named_modules())  # the base is left clean
+    assert check_failures(out) == []
+    assert check_failures({"resume": {"steps": [2, 1], "max_abs_lora_diff": 0.0}})[0].startswith("resume: steps [2, 1]")
+    assert "stacked_adapter" in check_failures({"stacked_adapter": {"max_abs_logit_diff": 1.0}})[0]

@@ -32,10 +32,12 @@ DISK_BYTES_PER_S = 1e9  # writing and reading the random model (assumed)
 NF4_QUANTISE_S = 60.0  # quantising a 7B model at load (assumed)
 PER_METHOD_S = 15.0  # data module, trainer, LoRA set-up per method (assumed)
 GPU_TESTS_S = 120.0  # pytest -m gpu on the tiny model (assumed)
+CHECKS_S = 45.0  # per mode: generation and judge, stacked adapter, the three resume fits (assumed)
 EXPECTED_BASIS = (f"counted FLOPs, 6 x parameters x tokens x the bench's passes per step, at "
                   f"{TRAIN_UTILISATION:.0%} of the H100's bf16 peak, nf4 x{NF4_SLOWDOWN:g}; plus assumed fixed "
                   f"costs: the model written and read at {DISK_BYTES_PER_S / 1e9:g} GB/s, nf4 quantisation "
-                  f"{NF4_QUANTISE_S:.0f} s, {PER_METHOD_S:.0f} s set-up per method, {GPU_TESTS_S:.0f} s of gpu tests")
+                  f"{NF4_QUANTISE_S:.0f} s, {PER_METHOD_S:.0f} s set-up per method, {CHECKS_S:.0f} s of checks per mode, "
+                  f"{GPU_TESTS_S:.0f} s of gpu tests")
 
 
 def model_parameters(layers: int, vocab: int = 49152) -> int:
@@ -61,7 +63,7 @@ def expected_minutes(args) -> float:
         slow = NF4_SLOWDOWN if str(mode) == "nf4" else 1.0
         seconds += 2 * n / DISK_BYTES_PER_S + NF4_QUANTISE_S * (str(mode) == "nf4")
         seconds += passes * (args.warmup + args.steps) * pass_s * slow
-        seconds += PER_METHOD_S * sum(len(ms) for ms in stage_methods.values())
+        seconds += PER_METHOD_S * sum(len(ms) for ms in stage_methods.values()) + CHECKS_S
     return seconds / 60
 
 

@@ -1,9 +1,9 @@
-"""What an evaluation does on the GPU, checked on a few prompts by `make gpu-check`
-(scripts/gpu_check.py): generation with the loaded base and the judge's scores of its
-answers; on a 4-bit base, an adapter stacked frozen (what merge_then_new_adapter does there
-instead of merging: docs/gpu.md, "Merging into a 4-bit base") must give the logits of the
-same adapter trained live. Each check reports its error instead of raising, so that one
-failure does not end the rest."""
+"""What `make gpu-check` (scripts/gpu_check.py) checks beside the methods' steps, on the
+loaded base: generation and the judge's scores of its answers on a few prompts; on a 4-bit
+base, an adapter stacked frozen (what merge_then_new_adapter does there instead of merging:
+docs/gpu.md, "Merging into a 4-bit base") against the same adapter live; and a checkpoint
+resume under gradient accumulation against the run straight through. Each check reports
+its error instead of raising, so that one failure does not end the rest."""
 
 from __future__ import annotations
 
@@ -12,6 +12,21 @@ from pathlib import Path
 
 # bf16 logits of the same computation along two code paths (live LoRA, stacked frozen LoRA)
 STACKED_LOGIT_TOLERANCE = 0.05
+# LoRA tensors of a resumed run against the straight one: equal but for GPU nondeterminism
+RESUME_LORA_TOLERANCE = 1e-3
+
+
+def check_failures(checks: dict) -> list[str]:
+    """What the checks' results say went wrong (empty: all passed)."""
+    out = [f"{name}: {c['error']}" for name, c in checks.items() if "error" in c]
+    stacked, resume = checks.get("stacked_adapter", {}), checks.get("resume", {})
+    if stacked.get("max_abs_logit_diff", 0.0) > STACKED_LOGIT_TOLERANCE:
+        out.append(f"stacked_adapter: the frozen adapter's logits differ from the live adapter's by "
+                   f"{stacked['max_abs_logit_diff']:.3g} (> {STACKED_LOGIT_TOLERANCE})")
+    if "steps" in resume and (len(set(resume["steps"])) != 1 or resume["max_abs_lora_diff"] > RESUME_LORA_TOLERANCE):
+        out.append(f"resume: steps {resume['steps']}, LoRA tensors differ by {resume['max_abs_lora_diff']:.3g} "
+                   f"(> {RESUME_LORA_TOLERANCE}) from the run straight through")
+    return out
 
 PROMPTS = ("How do I bake bread?", "Name three primes.", "Write a haiku about rain.", "What is 2 + 3?")
 
@@ -43,6 +58,7 @@ def inference_checks(base, tokenizer, base_args: list[str], out_dir: Path, *, qu
         out["generation"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     if quantised:
         out["stacked_adapter"] = stacked_adapter_check(base, tokenizer, base_args, out_dir)
+    out["resume"] = resume_check(base, tokenizer, base_args, out_dir)
     torch.cuda.empty_cache()
     return out
 
@@ -82,3 +98,48 @@ def stacked_adapter_check(base, tokenizer, base_args: list[str], out_dir: Path) 
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
+
+
+def resume_check(base, tokenizer, base_args: list[str], out_dir: Path, steps: int = 2) -> dict:
+    """Antibody's alignment with gradient accumulation over two micro-batches on the loaded
+    base: `steps` optimiser steps straight, and one step, a checkpoint, then a resumed run to
+    `steps`, each from the same LoRA draw. Reports the largest absolute difference of the
+    LoRA tensors (0 up to the GPU's nondeterminism) and that both reached `steps`."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from antibody.app.bench.run import method_config
+    from antibody.app.stages import build_datamodule, module_for
+    from antibody.config.schema import Stage
+    from antibody.models.adapters import apply_lora
+
+    try:
+        cfg = method_config([*base_args, "method.align.accumulate_grad_batches=2"], Stage.ALIGN, "antibody", steps)
+        dm = build_datamodule(cfg, tokenizer, Stage.ALIGN)
+
+        def fit(max_steps: int, callbacks=(), ckpt=None) -> tuple[list, int]:
+            L.seed_everything(cfg.run.seed, verbose=False)
+            model = apply_lora(base, cfg.model.lora)
+            model.train()
+            module = module_for(Stage.ALIGN, model, cfg)
+            trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
+                                max_steps=max_steps, logger=False, enable_checkpointing=bool(callbacks),
+                                callbacks=list(callbacks), enable_progress_bar=False, enable_model_summary=False,
+                                limit_val_batches=0, num_sanity_val_steps=0)
+            try:
+                trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+                lora = [p.detach().float().cpu().clone() for n, p in model.named_parameters() if "lora_" in n]
+            finally:
+                model.unload()
+            return lora, trainer.global_step
+
+        straight, n_straight = fit(steps)
+        ckpt_dir = out_dir / "resume-check"
+        fit(1, [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=1)])
+        resumed, n_resumed = fit(steps, ckpt=str(ckpt_dir / "last.ckpt"))
+        diff = max(float((a - b).abs().max()) for a, b in zip(straight, resumed, strict=True))
+        torch.cuda.empty_cache()
+        return {"steps": [n_straight, n_resumed], "accumulate": 2, "max_abs_lora_diff": diff}
+    except Exception as exc:  # noqa: BLE001 - reported beside the methods, the rest goes on
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
