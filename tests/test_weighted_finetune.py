@@ -304,3 +304,38 @@ def test_row_bookkeeping_reads_the_rows_on_the_host_once_per_micro_batch(monkeyp
     assert host.logp_y.tolist() == [-1.5, -2.25] and host.logp_r[0].item() == -0.5 and host.logp_r[1].isnan()
     assert host.is_harmful.tolist() == [True, False] and w.tolist() == [0.75, 0.25]
     assert wf._to_host(dataclasses.replace(rows, logp_r=None), w)[0].logp_r is None
+
+
+def test_the_loss_gathers_its_targets_with_one_host_read():
+    """per_sequence_nll: the per-row summed CE of the target tokens (against a loop written
+    out by hand), found with a single nonzero (its only read back to the host)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from antibody.methods.losses import per_sequence_nll
+
+    class Count(TorchDispatchMode):
+        """Ops that read back to the host: nonzero, item(), and indexing by a bool mask (a
+        nonzero inside the kernel)."""
+
+        nonzero = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            bool_index = func is torch.ops.aten.index.Tensor and any(
+                i is not None and i.dtype == torch.bool for i in args[1])
+            self.nonzero += bool_index or func in (torch.ops.aten.nonzero.default,
+                                                   torch.ops.aten._local_scalar_dense.default)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 11)
+    labels = torch.tensor([[-100, -100, 4, 5, 1, -100], [-100, 2, 3, -100, -100, -100], [-100] * 6])
+    with Count() as count:
+        out = per_sequence_nll(logits, labels)
+    assert count.nonzero == 1
+    want = torch.zeros(3)
+    for b in range(3):
+        for t in range(5):
+            if labels[b, t + 1] != -100:
+                want[b] -= torch.log_softmax(logits[b, t], -1)[labels[b, t + 1]]
+    torch.testing.assert_close(out.nll_sum, want)
+    assert out.n_tokens.tolist() == [3.0, 2.0, 0.0]

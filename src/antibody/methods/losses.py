@@ -41,15 +41,17 @@ def per_sequence_nll(logits: Tensor, labels: Tensor) -> SequenceNLL:
     """Per-row summed cross-entropy of positions whose label is not -100.
 
     Only the target positions are gathered before the (float32) cross-entropy: the full
-    [B, L, V] float32 logits would be the largest tensor of the step at paper scale.
+    [B, L, V] float32 logits would be the largest tensor of the step at paper scale. The
+    gather's size is the number of target tokens, so it reads one number back to the host
+    per call (one `nonzero`, whose indices serve the gather and the per-row sums alike).
     """
     batch = labels.shape[0]
     shift_logits = logits[:, :-1, :]
     shift_labels = labels[:, 1:]
     mask = shift_labels != IGNORE_INDEX
-    rows = mask.nonzero(as_tuple=True)[0]
-    ce = F.cross_entropy(shift_logits[mask].float(), shift_labels[mask], reduction="none")
-    nll_sum = torch.zeros(batch, dtype=torch.float32, device=logits.device).index_add(0, rows, ce)
+    where = mask.nonzero(as_tuple=True)
+    ce = F.cross_entropy(shift_logits[where].float(), shift_labels[where], reduction="none")
+    nll_sum = torch.zeros(batch, dtype=torch.float32, device=logits.device).index_add(0, where[0], ce)
     n_tokens = mask.sum(dim=1).to(torch.float32)
     return SequenceNLL(nll_sum, n_tokens)
 
