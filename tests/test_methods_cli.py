@@ -13,6 +13,7 @@ import pytest
 from antibody.cli.main import main
 from antibody.config import ConfigError, compose
 from antibody.config.schema import AlignMethod, FinetuneMethod, Weighting, finetune_method
+from antibody.methods.constrained import ConstrainedFinetuneModule
 from antibody.methods.flat_align import FlatAlignModule
 from antibody.methods.lisa import LisaFinetuneModule
 from antibody.methods.registry import (
@@ -34,6 +35,7 @@ DEFAULT_WEIGHTING = {
     FinetuneMethod.ANTIBODY: Weighting.LIKELIHOOD_RATIO,
     FinetuneMethod.LISA: Weighting.UNIFORM,
     FinetuneMethod.SAFEINSTR: Weighting.UNIFORM,
+    FinetuneMethod.CONSTRAINED: Weighting.UNIFORM,
 }
 
 
@@ -69,6 +71,7 @@ EXPECTED_FINETUNE = {
     FinetuneMethod.ANTIBODY: (WeightedFinetuneModule, True),
     FinetuneMethod.LISA: (LisaFinetuneModule, False),
     FinetuneMethod.SAFEINSTR: (WeightedFinetuneModule, False),
+    FinetuneMethod.CONSTRAINED: (ConstrainedFinetuneModule, None),  # weights tokens: no row weighting rule
 }
 
 
@@ -93,7 +96,8 @@ def test_any_alignment_composes_with_any_finetuning(tiny_cfg, align, finetune):
         assert (aligner.settings.method, aligner.settings.flat) == (align, flat)
     finetune_cls, scores_refusal = EXPECTED_FINETUNE[finetune]
     assert type(finetuner) is finetune_cls
-    assert finetuner.rule.needs_refusal is scores_refusal
+    if scores_refusal is not None:
+        assert finetuner.rule.needs_refusal is scores_refusal
 
 
 def test_a_method_name_never_hides_its_weighting():

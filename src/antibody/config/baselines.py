@@ -86,3 +86,18 @@ class SafeInstrConfig:
     # about 3% of the training set, enough to improve safety markedly
     share: float = 0.03
     mix: SafeInstrMix = field(default=SafeInstrMix.ADD, metadata=OMIT_WHEN_DEFAULT)
+
+
+@dataclass
+class ConstrainedConfig:
+    """Constrained fine-tuning (Qi et al. 2025, "Safety Alignment Should Be Made More Than
+    Just a Few Tokens Deep"): each answer token's cross-entropy is weighted by
+    2 (1 - sigmoid(beta_t (log p(y_t) - log p_aligned(y_t)))), detached and at least 1e-3,
+    with beta_t large for the first tokens. Defaults: the released fine-tuning-attack run
+    (Unispac/shallow-vs-deep-alignment, README.md:231-235; finetune.py:33-41)."""
+
+    beta: float = 0.1  # released: beta for the tokens after the prefix
+    bias_factor: float = 20.0  # released: beta x 20 for the prefix tokens
+    first_token_bias_factor: float = 5.0  # released: beta x 5 for the first answer token
+    bias_length: int = 5  # released: the prefix is the first 5 answer tokens
+    min_weight: float = 1e-3  # released: trainer.py, torch.clamp(losses_list, min=1e-3)

@@ -14,6 +14,7 @@ from typing import Optional
 
 # the baselines' own settings, one dataclass per method
 from antibody.config.baselines import (
+    ConstrainedConfig,
     LisaConfig,
     RepNoiseConfig,
     SafeInstrConfig,
@@ -113,6 +114,7 @@ class FinetuneMethod(StrEnum):
     ANTIBODY = "antibody"  # likelihood-ratio weights (or an analysis-only weighting control)
     LISA = "lisa"  # bi-state optimisation: alignment steps between user steps
     SAFEINSTR = "safeinstr"  # safety demonstrations mixed into the upload
+    CONSTRAINED = "constrained"  # token-wise constrained SFT: early answer tokens stay near the aligned model
 
 
 class LambdaMode(StrEnum):
@@ -342,6 +344,8 @@ class FinetuneStageConfig:
     max_consecutive_nonfinite: int = 5
     lisa: LisaConfig = field(default_factory=LisaConfig)
     safeinstr: SafeInstrConfig = field(default_factory=SafeInstrConfig)
+    # left out of the resolved YAML at its defaults, so runs made before it keep their keys
+    constrained: ConstrainedConfig = field(default_factory=ConstrainedConfig, metadata=OMIT_WHEN_DEFAULT)
 
 
 @dataclass

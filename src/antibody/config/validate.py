@@ -32,11 +32,17 @@ def _check(key: str, value, lo: Optional[float], hi: Optional[float], *, lo_open
 
 def _check_finetune_method(method: Optional[FinetuneMethod], weighting: Weighting) -> None:
     """SFT means uniform weights and Antibody means non-uniform ones, so a run's method name
-    never hides what it trained with; Lisa and SafeInstr compose with any weighting."""
+    never hides what it trained with; Lisa and SafeInstr compose with any weighting; the
+    constrained objective weights tokens, so its rows stay uniform."""
     if method is FinetuneMethod.SFT and weighting is not Weighting.UNIFORM:
         raise ConfigError(
             f"method.finetune.method=sft trains with uniform weights, but method.finetune.weighting="
             f"{weighting.value}; use method.finetune.method=antibody for a weighting"
+        )
+    if method is FinetuneMethod.CONSTRAINED and weighting is not Weighting.UNIFORM:
+        raise ConfigError(
+            f"method.finetune.method=constrained weights tokens, not rows, but method.finetune.weighting="
+            f"{weighting.value}; set method.finetune.weighting=uniform"
         )
     if method is FinetuneMethod.ANTIBODY and weighting is Weighting.UNIFORM:
         raise ConfigError(
@@ -240,6 +246,12 @@ def validate(cfg: Config) -> None:
     _check("method.finetune.lisa.min_cycles", f.lisa.min_cycles, 1, None)
     _check("method.finetune.lisa.proximal_after", f.lisa.proximal_after, 0, 1)
     _check("method.finetune.safeinstr.share", f.safeinstr.share, 0, 1, lo_open=True)
+    _check("method.finetune.constrained.beta", f.constrained.beta, 0, None, lo_open=True)
+    _check("method.finetune.constrained.bias_factor", f.constrained.bias_factor, 0, None, lo_open=True)
+    _check("method.finetune.constrained.first_token_bias_factor", f.constrained.first_token_bias_factor, 0, None,
+           lo_open=True)
+    _check("method.finetune.constrained.bias_length", f.constrained.bias_length, 0, None)
+    _check("method.finetune.constrained.min_weight", f.constrained.min_weight, 0, 2)
     _check_finetune_method(f.method, f.weighting)
 
     _check("trainer.devices", cfg.trainer.devices, 1, None)

@@ -24,6 +24,7 @@ from torch import nn
 
 from antibody.config.schema import AlignMethod, Config, FinetuneMethod, finetune_method
 from antibody.methods.base import StageModule
+from antibody.methods.constrained import ConstrainedFinetuneModule
 from antibody.methods.flat_align import FLAT_METHODS, FlatAlignModule, resolve_align_settings
 from antibody.methods.lambdas import LAMBDA_RULES
 from antibody.methods.lisa import LisaFinetuneModule
@@ -58,6 +59,7 @@ FINETUNE_MODULES: dict[FinetuneMethod, type[StageModule]] = {
     FinetuneMethod.LISA: LisaFinetuneModule,
     # the same module: SafeInstr changes the data (the DataModule's train split), not the step
     FinetuneMethod.SAFEINSTR: WeightedFinetuneModule,
+    FinetuneMethod.CONSTRAINED: ConstrainedFinetuneModule,
 }
 
 
@@ -77,6 +79,7 @@ _FROM_CONFIG: dict[type[StageModule], Callable[[nn.Module, Config], StageModule]
         model, cfg.method.finetune, detector_window=detector_window(cfg)),
     LisaFinetuneModule: lambda model, cfg: LisaFinetuneModule(
         model, cfg.method.finetune, detector_window=detector_window(cfg)),
+    ConstrainedFinetuneModule: lambda model, cfg: ConstrainedFinetuneModule(model, cfg.method.finetune),
 }
 
 

@@ -59,6 +59,9 @@ EXPECTED: dict[Stage, dict[str, Expected]] = {
         FinetuneMethod.LISA: Expected(1.0, "1 F+B (alignment or user state) + the proximal term", at_least=True),
         # the safety demonstrations are rows of the same batch, not extra rows
         FinetuneMethod.SAFEINSTR: Expected(1.0, "1 F+B: safety demonstrations are rows of the batch"),
+        # the aligned model's log-probs: one no-grad forward for rows seen the first time
+        # (cached by uid), so 4/3 in the first pass over the upload and 1 after
+        FinetuneMethod.CONSTRAINED: Expected(4 / 3, "1 F+B + 1 no-grad forward for rows seen the first time"),
     },
 }
 
