@@ -26,7 +26,14 @@ def _finetune_module(cfg):
     return WeightedFinetuneModule(tiny_lora_model(), cfg.method.finetune, detector_window=3)
 
 
-STAGES = {"align": (_align_module, 3), "finetune": (_finetune_module, 4)}
+def _constrained_module(cfg):
+    from antibody.methods.constrained import ConstrainedFinetuneModule
+
+    cfg.method.finetune.accumulate_grad_batches = 1
+    return ConstrainedFinetuneModule(tiny_lora_model(), cfg.method.finetune)
+
+
+STAGES = {"align": (_align_module, 3), "finetune": (_finetune_module, 4), "constrained": (_constrained_module, 4)}
 
 
 
@@ -73,7 +80,7 @@ def _straight(stage, cfg, root):
     return _state(module, t)
 
 
-@pytest.mark.parametrize("stage", ["align", "finetune"])
+@pytest.mark.parametrize("stage", ["align", "finetune", "constrained"])
 def test_resume_from_step_checkpoint_equals_uninterrupted(tiny_cfg, tmp_path, stage):
     build, batch = STAGES[stage]
     want = _straight(stage, tiny_cfg, tmp_path)
