@@ -40,6 +40,17 @@ class RepNoiseMask(StrEnum):
 
 
 @dataclass
+class TVaccineConfig:
+    """T-Vaccine (Liu et al., Lslland/T-Vaccine): Vaccine's perturbation on a few sampled
+    layers, sampled by their harmful-gradient norm (`methods/t_vaccine.py`)."""
+
+    rho: float = 3.0  # released: README.md:49, `bash T-Vaccine.sh 3`
+    activated_layers: int = 8  # released: script/alignment/T-Vaccine.sh:14 (S)
+    interval_steps: int = 20  # released: T-Vaccine.sh:15 (J), layers resampled every J steps
+    probability_steps: int = 200  # released: T-Vaccine.sh:17 (K), probabilities refreshed every K steps
+
+
+@dataclass
 class RepNoiseConfig:
     """RepNoise (Rosati et al. 2024, "Representation Noising"), as run by the Booster and
     Antibody baselines; the kernel settings are those of the released RepNoise loss."""

@@ -18,6 +18,7 @@ from antibody.config.baselines import (
     LisaConfig,
     RepNoiseConfig,
     SafeInstrConfig,
+    TVaccineConfig,
     VaccineConfig,
 )
 
@@ -105,6 +106,7 @@ class AlignMethod(StrEnum):
     ANTIBODY = "antibody"
     VACCINE = "vaccine"  # perturbation-aware alignment on hidden states
     REPNOISE = "repnoise"  # representation noising
+    T_VACCINE = "t_vaccine"  # Vaccine on a few layers sampled by their harmful-gradient norm
 
 
 class FinetuneMethod(StrEnum):
@@ -311,6 +313,8 @@ class AlignStageConfig:
     log_refusal_loss: bool = False
     vaccine: VaccineConfig = field(default_factory=VaccineConfig)
     repnoise: RepNoiseConfig = field(default_factory=RepNoiseConfig)
+    # left out of the resolved YAML at its defaults, so runs made before it keep their keys
+    t_vaccine: TVaccineConfig = field(default_factory=TVaccineConfig, metadata=OMIT_WHEN_DEFAULT)
 
 
 @dataclass

@@ -236,6 +236,10 @@ def validate(cfg: Config) -> None:
     _check("method.finetune.gradient_clip_val", f.gradient_clip_val, 0, None)  # 0: off
     _check("method.finetune.max_consecutive_nonfinite", f.max_consecutive_nonfinite, 1, None)
     _check("method.align.vaccine.rho", a.vaccine.rho, 0, None)
+    _check("method.align.t_vaccine.rho", a.t_vaccine.rho, 0, None)
+    _check("method.align.t_vaccine.activated_layers", a.t_vaccine.activated_layers, 1, None)
+    _check("method.align.t_vaccine.interval_steps", a.t_vaccine.interval_steps, 1, None)
+    _check("method.align.t_vaccine.probability_steps", a.t_vaccine.probability_steps, 1, None)
     _check("method.align.repnoise.alpha", a.repnoise.alpha, 0, None)
     _check("method.align.repnoise.beta", a.repnoise.beta, 0, None)
     _check("method.align.repnoise.kernel_num", a.repnoise.kernel_num, 1, None)

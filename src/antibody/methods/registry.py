@@ -29,6 +29,7 @@ from antibody.methods.flat_align import FLAT_METHODS, FlatAlignModule, resolve_a
 from antibody.methods.lambdas import LAMBDA_RULES
 from antibody.methods.lisa import LisaFinetuneModule
 from antibody.methods.repnoise import RepNoiseAlignModule
+from antibody.methods.t_vaccine import TVaccineAlignModule
 from antibody.methods.vaccine import VaccineAlignModule
 from antibody.methods.weighted_finetune import WeightedFinetuneModule
 from antibody.methods.weights import WEIGHTINGS
@@ -51,6 +52,7 @@ ALIGN_MODULES: dict[AlignMethod, type[StageModule]] = {
     AlignMethod.ANTIBODY: FlatAlignModule,
     AlignMethod.VACCINE: VaccineAlignModule,
     AlignMethod.REPNOISE: RepNoiseAlignModule,
+    AlignMethod.T_VACCINE: TVaccineAlignModule,
 }
 
 FINETUNE_MODULES: dict[FinetuneMethod, type[StageModule]] = {
@@ -75,6 +77,7 @@ _FROM_CONFIG: dict[type[StageModule], Callable[[nn.Module, Config], StageModule]
     FlatAlignModule: lambda model, cfg: FlatAlignModule(model, cfg.method.align),
     VaccineAlignModule: lambda model, cfg: VaccineAlignModule(model, cfg.method.align),
     RepNoiseAlignModule: lambda model, cfg: RepNoiseAlignModule(model, cfg.method.align, seed=cfg.run.seed),
+    TVaccineAlignModule: lambda model, cfg: TVaccineAlignModule(model, cfg.method.align, seed=cfg.run.seed),
     WeightedFinetuneModule: lambda model, cfg: WeightedFinetuneModule(
         model, cfg.method.finetune, detector_window=detector_window(cfg)),
     LisaFinetuneModule: lambda model, cfg: LisaFinetuneModule(

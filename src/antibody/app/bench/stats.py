@@ -49,6 +49,9 @@ EXPECTED: dict[Stage, dict[str, Expected]] = {
         # harmless and harmful batches each pass once; the MMD-to-noise term on every
         # layer's hidden states and the logit-lens harmful loss add vocabulary projections
         AlignMethod.REPNOISE: Expected(2.0, "2 F+B (harmless, harmful) + MMD and logit-lens terms", at_least=True),
+        # Vaccine's two passes on the sampled layers, and every K steps one more backward
+        # (to the attention outputs) for the layer probabilities
+        AlignMethod.T_VACCINE: Expected(2.0, "Vaccine's 2 F+B on the sampled layers + 1 F+B every K steps", at_least=True),
     },
     Stage.FINETUNE: {
         FinetuneMethod.SFT: Expected(1.0, "1 F+B on the user batch"),
