@@ -13,6 +13,7 @@ import pytest
 from antibody.cli.main import main
 from antibody.config import ConfigError, compose
 from antibody.config.schema import AlignMethod, FinetuneMethod, Weighting, finetune_method
+from antibody.methods.bds import BDSFinetuneModule
 from antibody.methods.constrained import ConstrainedFinetuneModule
 from antibody.methods.flat_align import FlatAlignModule
 from antibody.methods.lisa import LisaFinetuneModule
@@ -37,6 +38,7 @@ DEFAULT_WEIGHTING = {
     FinetuneMethod.LISA: Weighting.UNIFORM,
     FinetuneMethod.SAFEINSTR: Weighting.UNIFORM,
     FinetuneMethod.CONSTRAINED: Weighting.UNIFORM,
+    FinetuneMethod.BDS: Weighting.UNIFORM,
 }
 
 
@@ -74,6 +76,7 @@ EXPECTED_FINETUNE = {
     FinetuneMethod.LISA: (LisaFinetuneModule, False),
     FinetuneMethod.SAFEINSTR: (WeightedFinetuneModule, False),
     FinetuneMethod.CONSTRAINED: (ConstrainedFinetuneModule, None),  # weights tokens: no row weighting rule
+    FinetuneMethod.BDS: (BDSFinetuneModule, None),  # learns its row weights: no weighting rule
 }
 
 

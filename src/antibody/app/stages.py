@@ -139,11 +139,19 @@ def new_datamodule(cfg: Config, tokenizer, stage: Stage):
 def module_config(cfg: Config, stage: Stage, dm) -> Config:
     """The config the stage's module gets: a provider's upload (data.user.path) has its own
     row count, not data.user.n, so the detector window (one pass over the upload, in
-    micro-batches) is sized from the user split the DataModule built."""
+    micro-batches) is sized from the user split the DataModule built; the Bayesian Data
+    Scheduler's weights are a softmax over that split's rows."""
     import dataclasses
     import math
 
+    from antibody.config.schema import FinetuneMethod, finetune_method
+
     ft = cfg.method.finetune
+    if stage is Stage.FINETUNE and finetune_method(ft) is FinetuneMethod.BDS and ft.bds.rows is None:
+        # the Bayesian Data Scheduler's softmax runs over the rows it trains on
+        rows = len(dm.records(train_split_for(cfg, stage)))
+        ft = dataclasses.replace(ft, bds=dataclasses.replace(ft.bds, rows=rows))
+        cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, finetune=ft))
     if stage is not Stage.FINETUNE or not cfg.data.user.path or ft.detector_window is not None:
         return cfg
     window = math.ceil(len(dm.records(train_split_for(cfg, stage))) / cfg.data.finetune_batch_size)

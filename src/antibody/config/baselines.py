@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Optional
 
 # left out of the resolved YAML at its default: runs keep the keys they hashed to before
 # the option existed (app/study/plan.py)
@@ -112,3 +113,18 @@ class ConstrainedConfig:
     first_token_bias_factor: float = 5.0  # released: beta x 5 for the first answer token
     bias_length: int = 5  # released: the prefix is the first 5 answer tokens
     min_weight: float = 1e-3  # released: trainer.py, torch.clamp(losses_list, min=1e-3)
+
+
+@dataclass
+class BDSConfig:
+    """Bayesian Data Scheduler (Hu et al., NeurIPS 2025; Egg-Hu/Bayesian-Data-Scheduler), its
+    scalar scheduler with softmax weights: a learnt weight per upload row, trained to put
+    weight where the model's loss is low, beside an alignment batch every step."""
+
+    scheduler_lr: float = 5e-3  # released: run/scripts/0_train_eval_dbs.sh:93 (train_dbs.py:407 asserts it)
+    init: float = 0.1  # released: train_dbs.py:367, every row's initial logit
+    # released: train_dbs.py:182, the scheduler's AdamW (OpenRLHF create_optimizer), no decay
+    scheduler_betas: tuple[float, float] = (0.9, 0.95)
+    # the number of rows the weights are a softmax over (the upload's); null: data.user.n,
+    # or the built training split's rows (app/stages.py, module_config)
+    rows: Optional[int] = None

@@ -14,6 +14,7 @@ from typing import Optional
 
 # the baselines' own settings, one dataclass per method
 from antibody.config.baselines import (
+    BDSConfig,
     ConstrainedConfig,
     LisaConfig,
     RepNoiseConfig,
@@ -117,6 +118,7 @@ class FinetuneMethod(StrEnum):
     LISA = "lisa"  # bi-state optimisation: alignment steps between user steps
     SAFEINSTR = "safeinstr"  # safety demonstrations mixed into the upload
     CONSTRAINED = "constrained"  # token-wise constrained SFT: early answer tokens stay near the aligned model
+    BDS = "bds"  # Bayesian Data Scheduler: learnt per-row weights beside an alignment batch
 
 
 class LambdaMode(StrEnum):
@@ -350,6 +352,7 @@ class FinetuneStageConfig:
     safeinstr: SafeInstrConfig = field(default_factory=SafeInstrConfig)
     # left out of the resolved YAML at its defaults, so runs made before it keep their keys
     constrained: ConstrainedConfig = field(default_factory=ConstrainedConfig, metadata=OMIT_WHEN_DEFAULT)
+    bds: BDSConfig = field(default_factory=BDSConfig, metadata=OMIT_WHEN_DEFAULT)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import NamedTuple, Optional
 
 from antibody.config.errors import ConfigError
-from antibody.config.schema import Config, FinetuneMethod, Quantization, Weighting
+from antibody.config.schema import Config, FinetuneMethod, Quantization, Weighting, finetune_method
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -39,9 +39,10 @@ def _check_finetune_method(method: Optional[FinetuneMethod], weighting: Weightin
             f"method.finetune.method=sft trains with uniform weights, but method.finetune.weighting="
             f"{weighting.value}; use method.finetune.method=antibody for a weighting"
         )
-    if method is FinetuneMethod.CONSTRAINED and weighting is not Weighting.UNIFORM:
+    if method in (FinetuneMethod.CONSTRAINED, FinetuneMethod.BDS) and weighting is not Weighting.UNIFORM:
+        what = "weights tokens, not rows" if method is FinetuneMethod.CONSTRAINED else "learns its own row weights"
         raise ConfigError(
-            f"method.finetune.method=constrained weights tokens, not rows, but method.finetune.weighting="
+            f"method.finetune.method={method.value} {what}, but method.finetune.weighting="
             f"{weighting.value}; set method.finetune.weighting=uniform"
         )
     if method is FinetuneMethod.ANTIBODY and weighting is Weighting.UNIFORM:
@@ -256,6 +257,13 @@ def validate(cfg: Config) -> None:
            lo_open=True)
     _check("method.finetune.constrained.bias_length", f.constrained.bias_length, 0, None)
     _check("method.finetune.constrained.min_weight", f.constrained.min_weight, 0, 2)
+    _check("method.finetune.bds.scheduler_lr", f.bds.scheduler_lr, 0, None, lo_open=True)
+    if finetune_method(f) is FinetuneMethod.BDS and cfg.trainer.devices > 1:
+        # the scheduler's logits are no DDP parameter: each rank would learn its own rows' weights
+        raise ConfigError(f"method.finetune.method=bds runs in one process (the released code runs on one GPU); "
+                          f"trainer.devices={cfg.trainer.devices} asks for several")
+    if f.bds.rows is not None:
+        _check("method.finetune.bds.rows", f.bds.rows, 1, None)
     _check_finetune_method(f.method, f.weighting)
 
     _check("trainer.devices", cfg.trainer.devices, 1, None)

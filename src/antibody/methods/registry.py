@@ -24,6 +24,7 @@ from torch import nn
 
 from antibody.config.schema import AlignMethod, Config, FinetuneMethod, finetune_method
 from antibody.methods.base import StageModule
+from antibody.methods.bds import BDSFinetuneModule
 from antibody.methods.constrained import ConstrainedFinetuneModule
 from antibody.methods.flat_align import FLAT_METHODS, FlatAlignModule, resolve_align_settings
 from antibody.methods.lambdas import LAMBDA_RULES
@@ -62,6 +63,7 @@ FINETUNE_MODULES: dict[FinetuneMethod, type[StageModule]] = {
     # the same module: SafeInstr changes the data (the DataModule's train split), not the step
     FinetuneMethod.SAFEINSTR: WeightedFinetuneModule,
     FinetuneMethod.CONSTRAINED: ConstrainedFinetuneModule,
+    FinetuneMethod.BDS: BDSFinetuneModule,
 }
 
 
@@ -83,6 +85,10 @@ _FROM_CONFIG: dict[type[StageModule], Callable[[nn.Module, Config], StageModule]
     LisaFinetuneModule: lambda model, cfg: LisaFinetuneModule(
         model, cfg.method.finetune, detector_window=detector_window(cfg)),
     ConstrainedFinetuneModule: lambda model, cfg: ConstrainedFinetuneModule(model, cfg.method.finetune),
+    # the softmax runs over the upload's rows: the training split's size (app/stages.py,
+    # module_config) or, for a config alone, data.user.n
+    BDSFinetuneModule: lambda model, cfg: BDSFinetuneModule(
+        model, cfg.method.finetune, rows=cfg.method.finetune.bds.rows or cfg.data.user.n),
 }
 
 

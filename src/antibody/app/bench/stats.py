@@ -65,6 +65,9 @@ EXPECTED: dict[Stage, dict[str, Expected]] = {
         # the aligned model's log-probs: one no-grad forward for rows seen the first time
         # (cached by uid), so 4/3 in the first pass over the upload and 1 after
         FinetuneMethod.CONSTRAINED: Expected(4 / 3, "1 F+B + 1 no-grad forward for rows seen the first time"),
+        # the user batch and an alignment batch each pass once; the scheduler's step is on
+        # its N logits only
+        FinetuneMethod.BDS: Expected(2.0, "2 F+B: the user batch and an alignment batch"),
     },
 }
 
