@@ -437,3 +437,15 @@ def step_histogram(outline) -> tuple[np.ndarray, np.ndarray]:
     polygon runs (e0, 0), then (e_i, c_i), (e_i+1, c_i) for each bin, then (e_n, 0)."""
     xy = outline.get_xy()
     return xy[1:-1:2, 0], xy[1:-1:2, 1]
+
+
+def answer_token_logprobs(model, batch) -> list[torch.Tensor]:
+    """Per row, log p of each answer token (labels != -100), by a loop over positions: an
+    independent check of the gathers the loss code does."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    out = []
+    for b in range(logits.shape[0]):
+        row = [torch.log_softmax(logits[b, t].float(), -1)[batch["labels"][b, t + 1]]
+               for t in range(logits.shape[1] - 1) if batch["labels"][b, t + 1] != -100]
+        out.append(torch.stack(row))
+    return out

@@ -19,17 +19,12 @@ from tests._synthetic import (
     trainable,
     trainer,
 )
+from tests.helpers import answer_token_logprobs
 
 
 def _row_ce(model, batch) -> torch.Tensor:
-    """Each row's mean answer-token CE, by a loop over positions."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    out = []
-    for b in range(logits.shape[0]):
-        terms = [-torch.log_softmax(logits[b, t].float(), -1)[batch["labels"][b, t + 1]]
-                 for t in range(logits.shape[1] - 1) if batch["labels"][b, t + 1] != -100]
-        out.append(torch.stack(terms).mean())
-    return torch.stack(out)
+    """Each row's mean answer-token CE, from the position-by-position log-probs."""
+    return torch.stack([-row.mean() for row in answer_token_logprobs(model, batch)])
 
 
 def _cfg(tiny_cfg):

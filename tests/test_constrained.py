@@ -20,6 +20,7 @@ from tests._synthetic import (
     trainable,
     trainer,
 )
+from tests.helpers import answer_token_logprobs
 
 
 def test_beta_per_answer_position_is_the_released_list():
@@ -27,17 +28,6 @@ def test_beta_per_answer_position_is_the_released_list():
     got = beta_per_position(torch.arange(8), ConstrainedConfig())
     assert got.tolist() == pytest.approx([0.5, 2.0, 2.0, 2.0, 2.0, 0.1, 0.1, 0.1])
     assert beta_per_position(torch.arange(3), ConstrainedConfig(bias_length=0)).tolist() == pytest.approx([0.1] * 3)
-
-
-def _token_logps(model, batch) -> list[torch.Tensor]:
-    """Per row, log p of each answer token, by a loop over positions (no gather)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    out = []
-    for b in range(logits.shape[0]):
-        row = [torch.log_softmax(logits[b, t].float(), -1)[batch["labels"][b, t + 1]]
-               for t in range(logits.shape[1] - 1) if batch["labels"][b, t + 1] != -100]
-        out.append(torch.stack(row))
-    return out
 
 
 def _cfg(tiny_cfg):
@@ -60,9 +50,9 @@ def test_a_step_follows_the_released_objective_against_the_start_tensors(tiny_cf
     with torch.no_grad():
         for p, s in zip(trainable(ref_model), start, strict=True):
             p.copy_(s)
-        ref = torch.cat(_token_logps(ref_model, item))
+        ref = torch.cat(answer_token_logprobs(ref_model, item))
     cur_model = clone_model(model)
-    logp_rows = _token_logps(cur_model, item)
+    logp_rows = answer_token_logprobs(cur_model, item)
     logp = torch.cat(logp_rows)
     position = torch.cat([torch.arange(len(r)) for r in logp_rows])
     beta = torch.tensor([0.5 if t == 0 else 2.0 if t < 5 else 0.1 for t in position.tolist()])
@@ -98,7 +88,7 @@ def test_at_the_start_it_is_plain_sft_and_rows_seen_are_not_scored_again(tiny_cf
     cfg = _cfg(tiny_cfg)
     item = finetune_item(0, 0)
     sft = clone_model(tiny_lora_model())
-    nll = torch.cat(_token_logps(sft, item))
+    nll = torch.cat(answer_token_logprobs(sft, item))
     want = torch.autograd.grad(-nll.mean(), trainable(sft))
     module = ConstrainedFinetuneModule(tiny_lora_model(), cfg.method.finetune)
     cap = GradCapture()

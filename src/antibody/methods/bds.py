@@ -29,13 +29,13 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.functional.classification import binary_auroc
 
 from antibody.config.baselines import BDSConfig
 from antibody.config.schema import FinetuneStageConfig
 from antibody.data.streams import LockstepPlan, TrainStream
 from antibody.methods.base import StageModule
 from antibody.methods.losses import sequence_nll
+from antibody.methods.weighted_finetune import detector_aurocs
 
 _METRICS = ("loss", "alignment_loss", "user_loss", "weighted_user_loss", "weight_harmful_mean", "weight_benign_mean")
 
@@ -126,12 +126,7 @@ class BDSFinetuneModule(StageModule):
 
     def detector_metrics(self, since_record: int = 0) -> dict[str, float]:
         """AUROC of -w as a harmful-row detector (analysis only: reads the tags)."""
-        recs = self._records[since_record:]
-        labels = torch.tensor([r["is_harmful"] for r in recs], dtype=torch.long)
-        if not recs or labels.min() == labels.max():
-            return {}
-        scores = torch.tensor([-r["w"] for r in recs], dtype=torch.float64)
-        return {"auroc_neg_weight": float(binary_auroc(scores, labels))}
+        return detector_aurocs(self._records[since_record:], {"neg_weight": lambda r: -r["w"]})
 
     # ------------------------------------------------------------------ checkpoints
     def _extra_state(self) -> dict:

@@ -32,13 +32,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.functional.classification import binary_auroc
 
 from antibody.config.baselines import ConstrainedConfig
 from antibody.config.schema import FinetuneStageConfig
 from antibody.methods.base import StageModule
 from antibody.methods.losses import IGNORE_INDEX
 from antibody.methods.perturb import ParameterSnapshot
+from antibody.methods.weighted_finetune import detector_aurocs
 
 _METRICS = ("loss", "sft_loss", "token_weight_mean", "logp_gap_first_tokens")
 
@@ -147,12 +147,7 @@ class ConstrainedFinetuneModule(StageModule):
     def detector_metrics(self, since_record: int = 0) -> dict[str, float]:
         """AUROC of -token_weight as a harmful-row detector (analysis only: reads the tags):
         whether the objective leans on the harmful rows' tokens less."""
-        recs = self._records[since_record:]
-        labels = torch.tensor([r["is_harmful"] for r in recs], dtype=torch.long)
-        if not recs or labels.min() == labels.max():
-            return {}
-        scores = torch.tensor([-r["token_weight"] for r in recs], dtype=torch.float64)
-        return {"auroc_neg_token_weight": float(binary_auroc(scores, labels))}
+        return detector_aurocs(self._records[since_record:], {"neg_token_weight": lambda r: -r["token_weight"]})
 
     def _extra_state(self) -> dict:
         return {"start": [t.detach().cpu() for t in self._start],

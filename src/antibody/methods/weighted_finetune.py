@@ -26,7 +26,7 @@ and by the ``oracle`` weighting, which is analysis-only (never a defence).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, runtime_checkable
 
@@ -89,6 +89,20 @@ def _to_host(rows: BatchRows, w: Tensor) -> tuple[BatchRows, Tensor]:
     host = BatchRows(table[:, 0], None if rows.logp_r is None else table[:, 1], table[:, 2].bool(),
                      rows.n_tokens, rows.nll_sum, rows.uids, rows.sources, rows.local)
     return host, table[:, 3]
+
+
+def detector_aurocs(records: list[dict], scores: Mapping[str, Callable[[dict], float]]) -> dict[str, float]:
+    """`auroc_<name>` of each score as a harmful-row detector over `records` (their
+    `is_harmful` tags); a score with a NaN or a window of one class only is left out."""
+    labels = torch.tensor([r["is_harmful"] for r in records], dtype=torch.long)
+    out: dict[str, float] = {}
+    if not records or labels.min() == labels.max():
+        return out
+    for name, score in scores.items():
+        values = torch.tensor([score(r) for r in records], dtype=torch.float64)
+        if not torch.isnan(values).any():
+            out[f"auroc_{name}"] = float(binary_auroc(values, labels))
+    return out
 
 
 class WeightedFinetuneModule(StageModule):
@@ -251,17 +265,7 @@ class WeightedFinetuneModule(StageModule):
         Keys ``auroc_<score>``; a score that was not computed (NaN) or a window with one
         class only is left out. Analysis only: it reads the ground-truth tags.
         """
-        recs = self._records[since_record:]
-        labels = torch.tensor([r["is_harmful"] for r in recs], dtype=torch.long)
-        out: dict[str, float] = {}
-        if not recs or labels.min() == labels.max():
-            return out
-        for name, score in DETECTOR_SCORES.items():
-            values = torch.tensor([score(r) for r in recs], dtype=torch.float64)
-            if torch.isnan(values).any():
-                continue
-            out[f"auroc_{name}"] = float(binary_auroc(values, labels))
-        return out
+        return detector_aurocs(self._records[since_record:], DETECTOR_SCORES)
 
     def _log_detector(self) -> None:
         metrics = self.detector_metrics(self._detector_from)
