@@ -181,7 +181,7 @@ class FakeSources:
             if a
         ]
 
-    def load_source(self, name: SourceName, ctx) -> list[Record]:
+    def load_source(self, name: SourceName, ctx, allow_empty: bool = False) -> list[Record]:
         self.calls.append((name, ctx.limit, None if ctx.prompts is None else len(ctx.prompts)))
         table = {
             S.ADVBENCH: lambda: self.adv,

@@ -604,3 +604,30 @@ def test_optional_evaluation_sets_change_no_other_split(tiny_cfg):
     for split in Split:
         if split not in (Split.EVAL_HARMFUL_SECOND, Split.EVAL_BENIGN_EDGY):
             assert on[split] == off[split], split
+
+
+def test_a_batch_that_loses_every_answer_is_topped_up(tmp_path, monkeypatch, tok):
+    """A filter may drop every answer of a small batch (data.harmful_answer_filter=judge
+    drops about half): the builder draws more prompts instead of failing."""
+    from antibody.data.sources import registry
+
+    src = FakeSources()
+    first = []
+
+    def load(name, ctx, allow_empty=False):
+        if name is S.BENIGN_PROSE and ctx.prompts is not None and not first:
+            first.append(allow_empty)
+            return []  # every answer of the first batch dropped
+        return src.load_source(name, ctx, allow_empty)
+
+    monkeypatch.setattr(builder_module, "load_source", load)
+    monkeypatch.setattr(builder_module, "source_prompts", src.source_prompts)
+    monkeypatch.setattr(builder_module, "alignment_refusals", src.alignment_refusals)
+    dm = build(tmp_path, src, tokenizer=tok)
+    assert first == [True]
+    assert len([r for r in dm.records("alignment") if r.source == "benign_prose"]) == 16
+    # the registry itself: an empty source is an error unless the caller allows it
+    monkeypatch.setattr(registry, "source_spec", lambda name: registry.SourceSpec(loader=lambda ctx: []))
+    with pytest.raises(DataError, match="produced no rows"):
+        registry.load_source(S.BENIGN_PROSE, None)
+    assert registry.load_source(S.BENIGN_PROSE, None, allow_empty=True) == []

@@ -231,8 +231,9 @@ class SplitBuilder:
                 queue = self.take(dataclasses.replace(demand, count=deficit), spare(deficit), note=note)
             batch, queue = queue[:deficit], queue[deficit:]
             drops: dict[str, int] = {}
+            # a small batch may lose every answer to the filter: more prompts are drawn then
             answered = load_source(demand.answered_by,  # type: ignore[arg-type]
-                                   self.context(prompts=batch, limit=len(batch), drops=drops))
+                                   self.context(prompts=batch, limit=len(batch), drops=drops), allow_empty=True)
             stats.answers_not_harmful += drops.get(NOT_HARMFUL, 0)
             if len(answered) < len(batch):
                 stats.answers_dropped += len(batch) - len(answered)

@@ -128,11 +128,13 @@ def _as_source_name(name: SourceName | str) -> SourceName:
         raise ConfigError(f"unknown data source {name!r}; allowed: {allowed}") from None
 
 
-def load_source(name: SourceName, ctx: SourceContext) -> list[Record]:
-    """Load one source's Records and check the invariants every consumer relies on."""
+def load_source(name: SourceName, ctx: SourceContext, *, allow_empty: bool = False) -> list[Record]:
+    """Load one source's Records and check the invariants every consumer relies on.
+    `allow_empty`: a batch of model-written answers may lose every answer to its filter (the
+    split builder then draws more prompts); any other empty source is an error."""
     name = _as_source_name(name)
     records = source_spec(name).loader(ctx)
-    if not records:
+    if not records and not allow_empty:
         raise DataError(f"data source {name.value!r} produced no rows; check its files / data.paths")
     seen: set[str] = set()
     for rec in records:
