@@ -182,7 +182,7 @@ def test_cells_run_to_their_evaluation_one_after_another(tmp_path, monkeypatch):
     from antibody.app.study import run as study_app
 
     calls = []
-    monkeypatch.setattr(study_app, "train_job", lambda job: calls.append(("train", job.name)) or True)
+    monkeypatch.setattr(study_app, "train_job", lambda job, cache=None: calls.append(("train", job.name)) or True)
 
     def evaluate(job, cache):
         calls.append(("eval", job.name))
@@ -591,3 +591,32 @@ def test_results_json_round_trips_through_the_types(tmp_path):
     again = StudyResults.from_json(old)
     assert not any(s.weighting_recorded for s in again.summary)
     assert json.dumps(again.to_json()) == json.dumps(old)
+
+
+def test_a_job_evicts_the_evaluation_tools_only_when_it_trains_on_an_accelerator(tmp_path, monkeypatch):
+    """On a GPU the judge leaves before a training job; a finished job trains nothing, so the
+    next evaluation keeps its judge."""
+    import dataclasses
+
+    from antibody.app import stages
+    from antibody.app.study import run as study_app
+    from antibody.config import to_yaml
+
+    doc = _doc(tmp_path, seeds=[1], reference=None)
+    doc["rows"] = {"sft": {"align": ["method.align.method=sft"], "finetune": None, "name": "al"}}
+    study = load_study(_write(tmp_path, doc))
+    root = tmp_path / "runs" / "t"
+    (job,) = jobs_of(plan(study, root))
+    cfg = compose(list(job.overrides))
+    on_gpu = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, accelerator="gpu"))
+    monkeypatch.setattr(study_app, "job_config", lambda j: on_gpu)
+    trained = []
+    monkeypatch.setattr(stages, "train_stage", lambda c, stage: trained.append(stage))
+    tools = {("tools", "judge"): object(), ("records", "m"): []}
+    assert study_app.train_job(job, tools) is True and trained and list(tools) == [("records", "m")]
+    run = root / "al"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "DONE").write_text("align\n")
+    (run / "config.yaml").write_text(to_yaml(on_gpu))
+    tools = {("tools", "judge"): object()}
+    assert study_app.train_job(job, tools) is False and list(tools) == [("tools", "judge")]

@@ -137,7 +137,10 @@ def _counted_cost(cells: list[Cell], rows: list[PlannedJob], root: Path, gpu) ->
     return estimate_text(estimate(train, evals, gpu or Accelerator.H100))
 
 
-def train_job(job: Job) -> bool:
+def train_job(job: Job, cache: Optional[dict] = None) -> bool:
+    """Train the job unless its run is done (True if it trained now). On an accelerator the
+    evaluation tools in `cache` are dropped first, and only when it trains: a finished job
+    costs the next evaluation no rebuild."""
     from antibody.app.stages import train_stage
 
     cfg = job_config(job)
@@ -147,6 +150,8 @@ def train_job(job: Job) -> bool:
             raise ConfigError(f"{run.path} was trained with a different config than the row's job {job.name} asks for; "
                               "rename the row's run dir (nothing was overwritten)")
         return False
+    if cache is not None and cfg.trainer.accelerator != "cpu":
+        evict_tools(cache)  # the judge leaves the accelerator to the training job
     train_stage(cfg, job.stage)
     return True
 
@@ -220,9 +225,7 @@ def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list
                 if job is None or job.name in done:
                     continue
                 bar.update(description=f"train {job.name}")
-                if job_config(job).trainer.accelerator != "cpu":
-                    evict_tools(cache)  # the judge leaves the accelerator to the training job
-                counts["trained"] += train_job(job)
+                counts["trained"] += train_job(job, cache)
                 release_memory()
                 done.add(job.name)
                 bar.advance()
