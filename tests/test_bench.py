@@ -14,7 +14,7 @@ from antibody.app.bench.run import parse_protocol
 from antibody.app.bench.stats import EXPECTED, memory_ratios, rotated, timing_summary
 from antibody.app.report import block_name, render, report_command
 from antibody.cli.main import main
-from antibody.config import ConfigError
+from antibody.config import ConfigError, compose
 from antibody.config.schema import AlignMethod, FinetuneMethod, Stage
 from antibody.infra import progress
 
@@ -225,3 +225,28 @@ def test_memory_pass_runs_in_a_fresh_process(tmp_path):
     assert reading["kind"] == "cpu_rss"
     assert reading["before_fit_mib"] > 0 and reading["peak_mib"] >= reading["before_fit_mib"] + reading["over_load_mib"] - 1e-6
     assert reading["over_load_mib"] > 0  # a fit allocates activations and gradients
+
+
+def test_a_repair_is_timed_in_sft_fine_tuning_steps_of_its_round(tmp_path, capsys):
+    from antibody.app.bench.repair import expected_repair, repair_summary
+
+    p, _ = parse_protocol(["methods=antidote"])  # the repair's unit, the SFT fine-tuning step, runs too
+    assert p.methods == {Stage.FINETUNE: ["sft"]} and p.repairs == ("antidote",)
+    assert parse_protocol(["methods=booster"])[0].repairs == ()
+    e = expected_repair(compose(["experiment=tiny"]), rows=48)
+    assert e.ratio == pytest.approx(48 / (3 * compose(["experiment=tiny"]).data.finetune_batch_size))
+    s = repair_summary([6.0, 9.0, 4.0], [[1.0, 2.0, 3.0], [3.0], [2.0, 2.0]], e)
+    assert s["round_ratios"] == [3.0, 3.0, 2.0] and s["ratio"] == 3.0 and s["ratio_range"] == [2.0, 3.0]
+    assert s["median_s"] == 6.0
+
+    out = tmp_path / "runs"
+    args = ["experiment=tiny", f"run.output_dir={out}", "steps=1", "warmup=1", "repeats=2", "methods=antidote",
+            "memory=false"]
+    assert main(["bench", *args]) == 0
+    result = json.loads((out / "bench" / "bench.json").read_text())
+    rep, sft = result["repair"]["antidote"], result["stages"]["finetune"]["methods"]["sft"]
+    assert rep["round_ratios"] == pytest.approx([t / r[0] for t, r in zip(rep["seconds"], sft["step_seconds"],
+                                                                             strict=True)])
+    assert rep["expected"]["ratio"] > 0 and "calibration rows" in rep["expected"]["basis"]
+    assert "| repair | antidote | 32-true |" in render(result)
+    assert "[bench] repair antidote:" in capsys.readouterr().out

@@ -40,7 +40,7 @@ def test_every_sweep_runs_trials_on_a_reported_metric_and_composes(path, tmp_pat
         cfg = compose([*base, f"run.output_dir={tmp_path}", *args])  # validates every value
         assert cfg.logger.kind.value == "wandb"
         cell, _ = trial_cell([*base, f"run.output_dir={tmp_path}", *args])
-        dirs.add(cell.finetune.name)
+        dirs.add(cell.model_job.name)  # the repaired model's when the trial repairs
     assert len(dirs) == len(_agent_args(sweep))  # every trial of the grid has its own run dir
 
 

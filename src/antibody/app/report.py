@@ -105,6 +105,11 @@ def bench_table(results: dict) -> str:
                          "-" if vs is None or variant == first else _ratio_cell(vs, vs_range),
                          f"{e['ratio']:.2f}{'+' if e['at_least'] else ''}", e["basis"], *_memory_cells(m.get("memory"))]
                 lines.append("| " + " | ".join(cells) + " |")
+    for method, m in (results.get("repair") or {}).items():  # one-shot: in SFT fine-tuning steps
+        e = m["expected"]
+        cells = ["repair", method, first, f"{m['median_s']:.3g} once", _ratio_cell(m["ratio"], m["ratio_range"])
+                 + " SFT fine-tuning steps", "-", f"{e['ratio']:.2f}", e["basis"], "-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

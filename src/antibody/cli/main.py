@@ -32,6 +32,7 @@ class Command(StrEnum):
     BUILD_DATA = "build-data"
     ALIGN = "align"
     FINETUNE = "finetune"
+    REPAIR = "repair"
     EVAL = "eval"
     JUDGE_EVAL = "judge-eval"
     DEMO = "demo"
@@ -91,6 +92,15 @@ COMMANDS: dict[Command, Spec] = {
         ("finetune run.init_from=latest method.finetune.weighting=uniform",
          "finetune run.init_from=sft-align run.name=sft-ft"),
         "antibody.app.train:finetune_command",
+    ),
+    Command.REPAIR: Spec(
+        "post-fine-tuning stage (e.g. Antidote's pruning); run.init_from=<fine-tuning run>|latest",
+        "Repair a finished fine-tuning run without training it (method.repair.method=antidote: zero "
+        "the adapter weights most important on the defender's harmful rows) and save the repaired "
+        "adapter, metrics and config under <run.output_dir>/<run.name>/, evaluated like any run.",
+        ("repair run.init_from=sft-ft method.repair.method=antidote run.name=sft-ft-antidote",
+         "repair run.init_from=latest method.repair.method=antidote method.repair.antidote.dense_ratio=0.2"),
+        "antibody.app.train:repair_command",
     ),
     Command.EVAL: Spec(
         "evaluate a run (run=<path>) or the base model -> metrics.json",

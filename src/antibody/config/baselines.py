@@ -128,3 +128,19 @@ class BDSConfig:
     # the number of rows the weights are a softmax over (the upload's); null: data.user.n,
     # or the built training split's rows (app/stages.py, module_config)
     rows: Optional[int] = None
+
+
+@dataclass
+class AntidoteConfig:
+    """Antidote (Huang et al. 2025, "Antidote: Post-fine-tuning Safety Alignment for Large
+    Language Models against Harmful Fine-tuning"; git-disl/Antidote at 26e2ade): one-shot
+    pruning, after fine-tuning, of the adapter weights with the largest Wanda score
+    |W_ij| ||X_j||_2 on harmful rows (`methods/antidote.py`)."""
+
+    # released: script/finetune/antidote_poison_ratio.sh:16; per output row, the weights whose
+    # score is above the row's int(cols (1 - dense_ratio))-th smallest are zeroed (utils.py:711-723)
+    dense_ratio: float = 0.1
+    # harmful calibration rows, drawn from the defender's D_harm (the alignment stage's harmful
+    # split, disjoint from the upload); null: all of it. Released: 2000 BeaverTails rows from
+    # index 5000 on, past the fine-tuning poison (antidote_poison_ratio.sh:17, train.py:111)
+    n_samples: Optional[int] = None

@@ -14,6 +14,7 @@ from typing import Optional
 
 # the baselines' own settings, one dataclass per method
 from antibody.config.baselines import (
+    AntidoteConfig,
     BDSConfig,
     ConstrainedConfig,
     LisaConfig,
@@ -43,6 +44,7 @@ class PromptFormat(StrEnum):
 class Stage(StrEnum):
     ALIGN = "align"
     FINETUNE = "finetune"
+    REPAIR = "repair"  # after fine-tuning: changes a fine-tuned model without training it
 
 
 class SourceName(StrEnum):
@@ -110,6 +112,13 @@ class FinetuneMethod(StrEnum):
     SAFEINSTR = "safeinstr"  # safety demonstrations mixed into the upload
     CONSTRAINED = "constrained"  # token-wise constrained SFT: early answer tokens stay near the aligned model
     BDS = "bds"  # Bayesian Data Scheduler: learnt per-row weights beside an alignment batch
+
+
+class RepairMethod(StrEnum):
+    """What the provider does to a fine-tuned model before serving it (the third stage)."""
+
+    NONE = "none"  # serve the fine-tuned model as it is
+    ANTIDOTE = "antidote"  # prune the adapter weights most important on harmful rows
 
 
 class LambdaMode(StrEnum):
@@ -309,10 +318,20 @@ class FinetuneStageConfig:
 
 
 @dataclass
+class RepairStageConfig:
+    """The post-fine-tuning stage (`python -m antibody repair run.init_from=<fine-tuning run>`)."""
+
+    method: RepairMethod = RepairMethod.NONE
+    antidote: AntidoteConfig = field(default_factory=AntidoteConfig)
+
+
+@dataclass
 class MethodConfig:
     name: str = "antibody"
     align: AlignStageConfig = field(default_factory=AlignStageConfig)
     finetune: FinetuneStageConfig = field(default_factory=FinetuneStageConfig)
+    # left out of the resolved YAML at its defaults (none), so runs made before it keep their keys
+    repair: RepairStageConfig = field(default_factory=RepairStageConfig, metadata=OMIT_WHEN_DEFAULT)
 
 
 @dataclass
@@ -345,7 +364,8 @@ class RunConfig:
     name: str = "default"
     output_dir: str = "runs"
     seed: int = 42
-    # alignment run dir (or "latest") the fine-tuning stage starts from
+    # the run a stage starts from: fine-tuning, an alignment run dir (or "latest"); repair, a
+    # fine-tuning run dir (or "latest")
     init_from: Optional[str] = None
 
 

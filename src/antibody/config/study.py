@@ -11,6 +11,10 @@
       sft -> sft:
         align: [method.align.method=sft]
         finetune: [method.finetune.weighting=uniform]
+      sft -> sft -> antidote:
+        align: [method.align.method=sft]
+        finetune: [method.finetune.weighting=uniform]
+        repair: [method.repair.method=antidote]   # the repaired model is evaluated
       sft alignment alone:
         align: [method.align.method=sft]
         finetune: null             # the aligned model is evaluated as it is
@@ -53,6 +57,9 @@ class StudyRow:
     align: Optional[list[str]] = field(default_factory=list)
     # overrides of the fine-tuning job; None: no fine-tuning (the aligned model is the cell's model)
     finetune: Optional[list[str]] = field(default_factory=list)
+    # overrides of a repair job after the fine-tuning (e.g. [method.repair.method=antidote]);
+    # None: a repair only if the fine-tuning config names one (a conf/method combination)
+    repair: Optional[list[str]] = None
     name: Optional[str] = None  # run dir of the model the row evaluates (default: its hash key)
     align_name: Optional[str] = None  # run dir of its alignment, when the row also fine-tunes
 
@@ -157,6 +164,8 @@ def _check_rows(study: StudyConfig, path: Path) -> None:
     for name, row in study.rows.items():
         if row.align is None and row.finetune is not None:
             raise ConfigError(f"{path}: row {name!r}: `align: null` (the base model) needs `finetune: null`")
+        if row.repair is not None and row.finetune is None:
+            raise ConfigError(f"{path}: row {name!r}: `repair` repairs a fine-tuned model; this row has `finetune: null`")
         if row.align_name and row.finetune is None:
             raise ConfigError(f"{path}: row {name!r}: `align_name` names the alignment of a fine-tuned "
                               "model; this row's model is its alignment, so name it with `name`")

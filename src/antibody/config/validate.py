@@ -9,7 +9,14 @@ from functools import lru_cache
 from typing import NamedTuple, Optional
 
 from antibody.config.errors import ConfigError
-from antibody.config.schema import Config, FinetuneMethod, Quantization, Weighting, finetune_method
+from antibody.config.schema import (
+    Config,
+    FinetuneMethod,
+    Quantization,
+    RepairMethod,
+    Weighting,
+    finetune_method,
+)
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -265,6 +272,15 @@ def validate(cfg: Config) -> None:
     if f.bds.rows is not None:
         _check("method.finetune.bds.rows", f.bds.rows, 1, None)
     _check_finetune_method(f.method, f.weighting)
+    r = cfg.method.repair
+    _check("method.repair.antidote.dense_ratio", r.antidote.dense_ratio, 0, 1, lo_open=True, hi_open=True)
+    if r.antidote.n_samples is not None:
+        _check("method.repair.antidote.n_samples", r.antidote.n_samples, 1, None)
+    if r.method is not RepairMethod.NONE and not cfg.model.lora.enabled:
+        # the released code prunes the fine-tuning LoRA (utils.py find_layers: "lora" in name);
+        # a run without an adapter saves nothing a repair could read
+        raise ConfigError(f"method.repair.method={r.method.value} prunes the fine-tuned LoRA adapter; "
+                          "it needs model.lora.enabled=true")
 
     _check("trainer.devices", cfg.trainer.devices, 1, None)
     _check_trainer(cfg)

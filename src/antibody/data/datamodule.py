@@ -119,12 +119,10 @@ class SafetyDataModule(L.LightningDataModule):
         answer_judge=None,
     ):
         super().__init__()
-        try:
-            self.stage = Stage(stage)
-        except ValueError:
-            raise ConfigError(
-                f"stage={stage!r} is not a stage; allowed: {[s.value for s in Stage]}"
-            ) from None
+        # the stages that train (a repair reads the alignment stage's splits)
+        if stage not in (Stage.ALIGN.value, Stage.FINETUNE.value):
+            raise ConfigError(f"stage={stage!r} is not a training stage; allowed: {[Stage.ALIGN.value, Stage.FINETUNE.value]}")
+        self.stage = Stage(stage)
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.generator = generator

@@ -52,6 +52,7 @@ import torch
 
 from antibody.app.arguments import pop_arg
 from antibody.app.bench.memory import MemoryPassError, measure_in_subprocess, peak_memory
+from antibody.app.bench.repair import REPAIR_METHODS, expected_repair, repair_summary, time_repair
 from antibody.app.bench.stats import (
     EXPECTED,
     REFERENCE,
@@ -80,6 +81,9 @@ class Protocol:
     precisions: tuple[str, ...] = ()
     # or the gradient_clip_val of both stages per variant (0: off)
     clips: tuple[str, ...] = ()
+    # repair methods timed once per round at the first variant (bench.repair), against the
+    # round's SFT fine-tuning step
+    repairs: tuple[str, ...] = ()
 
 
 def _int_arg(args: list[str], name: str, default: int, lo: int) -> tuple[int, list[str]]:
@@ -91,8 +95,8 @@ def _int_arg(args: list[str], name: str, default: int, lo: int) -> tuple[int, li
     return int(value), args
 
 
-def _methods_arg(value: str | None) -> dict[Stage, list[str]]:
-    known = list(dict.fromkeys(m for ms in STAGE_METHODS.values() for m in ms))
+def _methods_arg(value: str | None) -> tuple[dict[Stage, list[str]], tuple[str, ...]]:
+    known = list(dict.fromkeys([*(m for ms in STAGE_METHODS.values() for m in ms), *REPAIR_METHODS]))
     chosen = known if value is None else [m.strip() for m in value.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in known]
     if unknown or not chosen:
@@ -102,7 +106,10 @@ def _methods_arg(value: str | None) -> dict[Stage, list[str]]:
     for stage, methods in STAGE_METHODS.items():
         if any(m in chosen for m in methods):  # a stage runs if a chosen method belongs to it
             plan[stage] = [REFERENCE, *(m for m in methods if m in chosen and m != REFERENCE)]
-    return plan
+    repairs = tuple(m for m in REPAIR_METHODS if m in chosen)
+    if repairs:  # a repair is given in SFT fine-tuning steps: that step is timed too
+        plan.setdefault(Stage.FINETUNE, [REFERENCE])
+    return plan, repairs
 
 
 def parse_protocol(args: list[str]) -> tuple[Protocol, list[str]]:
@@ -126,7 +133,8 @@ def parse_protocol(args: list[str]) -> tuple[Protocol, list[str]]:
             raise ConfigError(f"clip={clip}: name one or more global gradient norms >= 0 (0 is off), e.g. 0,1.0")
         if chosen:
             raise ConfigError(f"precisions={precisions} and clip={clip}: the bench compares one axis at a time")
-    return Protocol(steps, warmup, repeats, _methods_arg(methods), memory != "false", chosen, clips), args
+    plan, repairs = _methods_arg(methods)
+    return Protocol(steps, warmup, repeats, plan, memory != "false", chosen, clips, repairs), args
 
 
 def _is_norm(text: str) -> bool:
@@ -207,11 +215,14 @@ def _time_variant(cfg: Config, stage: Stage | str, steps: int, warmup: int = 1, 
     return out
 
 
-def _timing_rounds(args: list[str], protocol: Protocol, bar) -> tuple[dict, dict]:
-    """{variant: {stage: {method: [round seconds]}}} and {stage: [order of each round]}.
+def _timing_rounds(args: list[str], protocol: Protocol, bar) -> tuple[dict, dict, dict]:
+    """{variant: {stage: {method: [round seconds]}}}, {stage: [order of each round]} and
+    {repair method: {"seconds": [of each round], "rows": calibration rows}}.
 
     Each round runs every variant of a stage (rotated like the methods) before the next
-    stage, so a method's variants are timed minutes apart, not a whole pass apart."""
+    stage, so a method's variants are timed minutes apart, not a whole pass apart; the
+    repairs come last in the round, right after the fine-tuning stage."""
+    from antibody.app.repair import calibration_batches
     from antibody.app.stages import build_datamodule
     from antibody.models import load_tokenizer
 
@@ -227,6 +238,9 @@ def _timing_rounds(args: list[str], protocol: Protocol, bar) -> tuple[dict, dict
             for m in ms}
     times: dict = {p: {s: {m: [] for m in ms} for s, ms in protocol.methods.items()} for p in by_variant}
     orders: dict = {s: [] for s in protocol.methods}
+    repair_cfgs = {m: compose([*by_variant[first], f"method.repair.method={m}"]) for m in protocol.repairs}
+    calibration = {m: calibration_batches(c, tokenizer) for m, c in repair_cfgs.items()}
+    repairs: dict = {m: {"seconds": [], "rows": sum(len(b["uid"]) for b in calibration[m])} for m in protocol.repairs}
     for r in range(protocol.repeats):
         for stage, methods in protocol.methods.items():
             orders[stage].append(rotated(methods, r))
@@ -239,7 +253,12 @@ def _timing_rounds(args: list[str], protocol: Protocol, bar) -> tuple[dict, dict
                                            protocol.warmup, tokenizer=tokenizer, datamodule=data[stage, method])
                     times[variant][stage][method].append(result["step_seconds"])
                     bar.advance()
-    return times, orders
+        for method in protocol.repairs:
+            bar.update(description=f"bench round {r + 1}/{protocol.repeats}: repair {method}")
+            gc.collect()
+            repairs[method]["seconds"].append(time_repair(repair_cfgs[method], calibration[method]))
+            bar.advance()
+    return times, orders, repairs
 
 
 def _memory_pass(args: list[str], protocol: Protocol, bar) -> dict:
@@ -322,8 +341,9 @@ def bench_command(args: list[str]) -> int:
     variants = list(variant_args(args, protocol))
     n_variants = sum(len(ms) for ms in protocol.methods.values()) * len(variants)
     t0 = time.perf_counter()
-    with progress.task("bench", total=n_variants * (protocol.repeats + protocol.memory)) as bar:
-        times, orders = _timing_rounds(args, protocol, bar)
+    total = n_variants * (protocol.repeats + protocol.memory) + len(protocol.repairs) * protocol.repeats
+    with progress.task("bench", total=total) as bar:
+        times, orders, repair_times = _timing_rounds(args, protocol, bar)
         memory = _memory_pass(args, protocol, bar) if protocol.memory else {}
     by_variant = {p: _stage_results(protocol, times[p], times[variants[0]], orders, memory.get(p))
                   for p in variants}
@@ -345,6 +365,10 @@ def bench_command(args: list[str]) -> int:
         "protocol": {"steps": protocol.steps, "warmup": protocol.warmup, "repeats": protocol.repeats,
                      "memory": protocol.memory, "finetune_init": "fresh LoRA (merge_then_new_adapter not exercised)"},
         "stages": stages,
+        # one-shot repairs, in SFT fine-tuning steps of the same round (bench.repair), first variant
+        "repair": {m: repair_summary(r["seconds"], times[variants[0]][Stage.FINETUNE][REFERENCE],
+                                     expected_repair(base, r["rows"]))
+                   for m, r in repair_times.items()},
         "wall_seconds": time.perf_counter() - t0,
     }
     out = Path(base.run.output_dir) / base.run.name / "bench.json"
@@ -355,6 +379,10 @@ def bench_command(args: list[str]) -> int:
                 m = by_variant[variant][stage.value]["methods"][method]
                 label = variant if len(variants) > 1 else ""
                 print(_summary_line(stage, method, m, label, vs_first=variant != variants[0]), flush=True)
+    for method, m in results["repair"].items():
+        lo, hi = m["ratio_range"]
+        print(f"[bench] repair {method}: {m['median_s']:.3g} s once, {m['ratio']:.2f} SFT fine-tuning steps "
+              f"(rounds {lo:.2f}-{hi:.2f}; expected {m['expected']['ratio']:.2f})", flush=True)
     print(f"[bench] wrote {out} ({results['wall_seconds'] / 60:.1f} min)")
     return 0
 

@@ -115,6 +115,13 @@ def evaluation_flops(cfg: Config, params: float) -> float:
     return generation + 2 * judge_parameters(cfg) * harmful * (PROMPT_TOKENS + answer)
 
 
+def repair_flops(cfg: Config, params: float) -> float:
+    """Antidote's calibration: one forward (2 N per token) over its harmful rows, each counted
+    at data.max_length (an upper bound: rows are as long as they are)."""
+    rows = cfg.method.repair.antidote.n_samples or cfg.data.alignment.n_harmful_answers
+    return 2 * params * rows * cfg.data.max_length
+
+
 def cpu_matmul_flops(n: int = 2048, repeats: int = 7) -> float:
     """This machine's fp32 matmul rate at torch's thread count (median of ``repeats``): the
     CPU's "peak" for comparing the count with a study measured on it."""
@@ -176,6 +183,11 @@ def estimate(train: list[tuple[Config, Stage, bool]], evaluations: list[tuple[Co
     flops = dict.fromkeys(STAGES, 0.0)
     left = dict.fromkeys(STAGES, 0.0)
     for cfg, stage, done in train:
+        if stage is Stage.REPAIR:  # a forward pass over the calibration rows: inference, counted with eval
+            f = repair_flops(cfg, n(cfg))
+            flops["eval"] += f
+            left["eval"] += 0.0 if done else f
+            continue
         steps = cfg.method.align.max_steps if stage is Stage.ALIGN else cfg.method.finetune.max_steps
         f = training_flops(cfg, stage, steps, n(cfg))
         flops[stage.value] += f

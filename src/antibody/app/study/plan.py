@@ -1,17 +1,20 @@
 """A study's cells and the jobs they need, each job keyed by a hash of what it trains.
 
-A cell is (row, axis values, seed): align -> fine-tune -> evaluate. Jobs are shared:
+A cell is (row, axis values, seed): align -> fine-tune -> (repair ->) evaluate. Jobs are shared:
 - an alignment job is keyed by the resolved config with everything alignment does not read
   left out (the fine-tuning stage, the upload, evaluation settings, run bookkeeping), so
   cells that differ only in p, n or the fine-tuning method share one aligned model. That
   alignment never reads `data.user` holds because the split builder serves the user's
   demands after the alignment and D_harm demands (`data/plan.py`, ALLOCATION_ORDER;
   `tests/test_study.py` checks the splits are equal);
-- a fine-tuning job is keyed by its resolved config and its alignment job's key;
+- a fine-tuning job is keyed by its resolved config (the repair stage left out) and its
+  alignment job's key, so cells that differ only in their repair share one fine-tuned model;
+- a repair job (when the row's `repair` overrides or its fine-tuning config name a repair
+  method) is keyed by its repair settings and its fine-tuning job's key;
 - a model is evaluated once, in its job's run dir (`eval/`); a base-model row (`align:
   null`) trains nothing and is evaluated in `base-<key>` (the config without method,
   trainer, run and evaluation settings).
-Run dirs are `runs/<study>/align-<key>` and `runs/<study>/ft-<key>`, so a finished job is
+Run dirs are `runs/<study>/align-<key>`, `runs/<study>/ft-<key>` and `repair-<key>`, so a finished job is
 found again by any later study or invocation with the same config. A row may name its run
 dirs instead (config/study.py); a named job's config is checked against the finished run's
 (study.train_job), since its name, unlike a key, does not say what it trains.
@@ -38,23 +41,42 @@ def _blank(cfg: Config, **groups) -> Config:
 
 
 def align_key(cfg: Config) -> str:
-    """Hash of what an alignment run trains: the config without the fine-tuning stage, the
-    upload, the evaluation settings and the run's name, folder and init."""
-    from antibody.config.schema import DataConfig, EvalConfig, FinetuneStageConfig, RunConfig
+    """Hash of what an alignment run trains: the config without the fine-tuning and repair
+    stages, the upload, the evaluation settings and the run's name, folder and init."""
+    from antibody.config.schema import (
+        DataConfig,
+        EvalConfig,
+        FinetuneStageConfig,
+        RepairStageConfig,
+        RunConfig,
+    )
 
     base = _blank(cfg, eval=EvalConfig(),
                   run=RunConfig(seed=cfg.run.seed),
                   data=dataclasses.replace(cfg.data, user=DataConfig().user),
-                  method=dataclasses.replace(cfg.method, finetune=FinetuneStageConfig()))
+                  method=dataclasses.replace(cfg.method, finetune=FinetuneStageConfig(), repair=RepairStageConfig()))
     return hashlib.sha1(to_yaml(base).encode()).hexdigest()[:KEY_CHARS]
 
 
 def finetune_key(cfg: Config, init_key: str) -> str:
-    """Hash of what a fine-tuning run trains: its whole config (not its name, folder or
-    evaluation settings) and the alignment it starts from."""
-    from antibody.config.schema import EvalConfig, RunConfig
+    """Hash of what a fine-tuning run trains: its whole config (not its name, folder,
+    evaluation settings or repair stage) and the alignment it starts from."""
+    from antibody.config.schema import EvalConfig, RepairStageConfig, RunConfig
 
-    base = _blank(cfg, eval=EvalConfig(), run=RunConfig(seed=cfg.run.seed))
+    base = _blank(cfg, eval=EvalConfig(), run=RunConfig(seed=cfg.run.seed),
+                  method=dataclasses.replace(cfg.method, repair=RepairStageConfig()))
+    return hashlib.sha1(f"{init_key}|{to_yaml(base)}".encode()).hexdigest()[:KEY_CHARS]
+
+
+def repair_key(cfg: Config, init_key: str) -> str:
+    """Hash of what a repair run does: its repair settings and the data and model it reads
+    (the config without the other stages, evaluation and run bookkeeping), and the
+    fine-tuning run it repairs."""
+    from antibody.config.schema import AlignStageConfig, EvalConfig, FinetuneStageConfig, RunConfig
+
+    base = _blank(cfg, eval=EvalConfig(), run=RunConfig(seed=cfg.run.seed),
+                  method=dataclasses.replace(cfg.method, name="", align=AlignStageConfig(),
+                                             finetune=FinetuneStageConfig()))
     return hashlib.sha1(f"{init_key}|{to_yaml(base)}".encode()).hexdigest()[:KEY_CHARS]
 
 
@@ -67,7 +89,7 @@ def model_key(cfg: Config) -> str:
     return hashlib.sha1(to_yaml(base).encode()).hexdigest()[:KEY_CHARS]
 
 
-PREFIX = {Stage.ALIGN: "align", Stage.FINETUNE: "ft", None: "base"}
+PREFIX = {Stage.ALIGN: "align", Stage.FINETUNE: "ft", Stage.REPAIR: "repair", None: "base"}
 
 
 @dataclass(frozen=True)
@@ -75,7 +97,7 @@ class Job:
     stage: Optional[Stage]  # None: nothing to train (the base model, evaluated as it is)
     key: str
     overrides: tuple[str, ...]  # composed into the job's config (run dir and init included)
-    init_from: Optional[str] = None  # the alignment job's key
+    init_from: Optional[str] = None  # the key of the job it starts from (alignment, fine-tuning)
     run_name: Optional[str] = None  # the row's explicit run-dir name; default: prefix and key
     # the overrides composed, once, when the study is planned: the driver, the dry run, the
     # reports and the trial entry read it instead of composing again (not part of equality)
@@ -94,11 +116,12 @@ class Cell:
     align: Optional[Job]  # None: the base model (`base`)
     finetune: Optional[Job]
     base: Optional[Job] = None
+    repair: Optional[Job] = None  # after fine-tuning; None: the fine-tuned model is served as it is
 
     @property
     def model_job(self) -> Job:
         """The job whose model the cell evaluates."""
-        job = self.finetune or self.align or self.base
+        job = self.repair or self.finetune or self.align or self.base
         assert job is not None, "a cell evaluates a model"
         return job
 
@@ -149,13 +172,27 @@ def plan(study: StudyConfig, root: Path, only: Optional[dict[str, str]] = None) 
                     continue
                 a_name = row.name if row.finetune is None else row.align_name
                 align = _job(Stage.ALIGN, [*common, *row.align], a_name)
-                finetune = None
+                finetune = repair = None
                 if row.finetune is not None:
                     f_over = [*common, *row.finetune, f"run.init_from={root / align.name}"]
-                    finetune = _job(Stage.FINETUNE, f_over, row.name, init_from=align.key)
-                cells.append(Cell(row_name, values, seed, align, finetune))
+                    finetune = _job(Stage.FINETUNE, f_over, None, init_from=align.key)
+                    repairs = _repairs(row.repair, job_config(finetune))
+                    if row.name and not repairs:  # the row's name is its model's: the fine-tuned one
+                        finetune = _job(Stage.FINETUNE, f_over, row.name, init_from=align.key)
+                    if repairs:
+                        r_over = [*common, *row.finetune, *(row.repair or []), f"run.init_from={root / finetune.name}"]
+                        repair = _job(Stage.REPAIR, r_over, row.name, init_from=finetune.key)
+                cells.append(Cell(row_name, values, seed, align, finetune, repair=repair))
     _check_names(cells)
     return cells
+
+
+def _repairs(overrides: Optional[list[str]], finetune: Config) -> bool:
+    """Whether a row has a repair job: its `repair` overrides are given, or its fine-tuning
+    config names a repair method (a conf/method file of a combination)."""
+    from antibody.config.schema import RepairMethod
+
+    return overrides is not None or finetune.method.repair.method is not RepairMethod.NONE
 
 
 def _new_job(stage: Optional[Stage], overrides: list[str], name: Optional[str],
@@ -164,7 +201,7 @@ def _new_job(stage: Optional[Stage], overrides: list[str], name: Optional[str],
 
     cfg = compose(overrides)
     key = (align_key(cfg) if stage is Stage.ALIGN else finetune_key(cfg, init_from or "") if stage is Stage.FINETUNE
-           else model_key(cfg))
+           else repair_key(cfg, init_from or "") if stage is Stage.REPAIR else model_key(cfg))
     job = Job(stage, key, (), init_from=init_from, run_name=name)
     # the run name is the last override, and no key depends on it: set it on the composed config
     named = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=job.name))
@@ -176,6 +213,8 @@ def stage_method(cfg: Config, stage: Stage) -> str:
     """The method a job of ``stage`` runs (the fine-tuning one as its weighting names it)."""
     from antibody.config.schema import finetune_method
 
+    if stage is Stage.REPAIR:
+        return cfg.method.repair.method.value
     return cfg.method.align.method.value if stage is Stage.ALIGN else finetune_method(cfg.method.finetune).value
 
 
@@ -191,7 +230,7 @@ def _check_names(cells: list[Cell]) -> None:
     names: dict[tuple, set[str]] = {}
     keys: dict[str, set[tuple]] = {}
     for cell in cells:
-        for job in (cell.align, cell.finetune, cell.base):
+        for job in (cell.align, cell.finetune, cell.repair, cell.base):
             if job is not None:
                 names.setdefault((job.stage, job.key), set()).add(job.name)
                 keys.setdefault(job.name, set()).add((job.stage, job.key))
@@ -206,11 +245,12 @@ def _check_names(cells: list[Cell]) -> None:
 
 
 def jobs_of(cells: list[Cell]) -> list[Job]:
-    """Every distinct job, alignments first (each once, in the cells' order)."""
+    """Every distinct job, alignments first, then fine-tunings, then repairs (each once, in
+    the cells' order)."""
     out: dict[str, Job] = {}
-    for stage in (Stage.ALIGN, Stage.FINETUNE):
+    for stage in (Stage.ALIGN, Stage.FINETUNE, Stage.REPAIR):
         for cell in cells:
-            job = cell.align if stage is Stage.ALIGN else cell.finetune  # a base model trains nothing
+            job = {Stage.ALIGN: cell.align, Stage.FINETUNE: cell.finetune, Stage.REPAIR: cell.repair}[stage]
             if job is not None:
                 out.setdefault(job.name, job)
     return list(out.values())

@@ -83,7 +83,8 @@ def cell_result(cell: Cell, root: Path) -> CellResult:
     sizes = {k: metrics[k].get("n") for k in (HS, OVER) if k in metrics}
     if fa:
         sizes["FA"] = metrics[fa].get("n")
-    run_dir = root / cell.model_job.name
+    # a repaired model's weights and detector are its fine-tuning run's
+    run_dir = root / (cell.finetune or cell.model_job).name
     cfg = load_saved(run_dir / "config.yaml") if RunDir(run_dir).stage() == "finetune" else None
     values.update(weights_and_detector(run_dir, cfg))
     # the weighting as configured (uniform for SFT, Lisa and SafeInstr; None: not fine-tuned),
@@ -166,10 +167,18 @@ def compute(results: StudyResults, root: Path) -> Compute:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     names = {n for c in results.cells for n in (c.job, c.align_job) if n}
+    # a repaired cell's job is its repair: the fine-tuning it repaired is named in its metrics
+    names |= {Path(init).name for n in names
+              if (init := read(root / n / "metrics.json").get("init_from")) and (root / n / "stage").is_file()
+              and (root / n / "stage").read_text().strip() == "repair"}
     out = Compute()
     cpus = set()
     for name in sorted(names):
         data = read(root / name / "metrics.json")
+        if data.get("stage") == "repair" and data.get("wall_seconds"):  # no steps: its wall time
+            stage = out.train.setdefault("repair", StageCost())
+            stage.jobs += 1
+            stage.minutes += data["wall_seconds"] / 60
         if data.get("seconds_per_step") and data.get("steps") and data.get("stage"):
             stage = out.train.setdefault(data["stage"], StageCost())
             stage.jobs += 1

@@ -53,7 +53,8 @@ def _same_config(job: Job, run: RunDir, cfg: Config) -> bool:
 
 
 def _steps(cfg: Config, stage: Stage) -> int:
-    return cfg.method.align.max_steps if stage is Stage.ALIGN else cfg.method.finetune.max_steps
+    """Optimizer steps of a job (a repair trains nothing: 0)."""
+    return {Stage.ALIGN: cfg.method.align.max_steps, Stage.FINETUNE: cfg.method.finetune.max_steps}.get(stage, 0)
 
 
 def measured_eval_seconds(root: Path, model_name: str) -> float | None:
@@ -141,7 +142,7 @@ def train_job(job: Job, cache: Optional[dict] = None) -> bool:
     """Train the job unless its run is done (True if it trained now). On an accelerator the
     evaluation tools in `cache` are dropped first, and only when it trains: a finished job
     costs the next evaluation no rebuild."""
-    from antibody.app.stages import train_stage
+    from antibody.app.train import run_stage
 
     cfg = job_config(job)
     run = RunDir(Path(cfg.run.output_dir) / cfg.run.name)
@@ -152,7 +153,7 @@ def train_job(job: Job, cache: Optional[dict] = None) -> bool:
         return False
     if cache is not None and cfg.trainer.accelerator != "cpu":
         evict_tools(cache)  # the judge leaves the accelerator to the training job
-    train_stage(cfg, job.stage)
+    run_stage(cfg, job.stage)
     return True
 
 
@@ -221,7 +222,7 @@ def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list
     results: StudyResults | SuiteResults | None = None
     with progress.task(f"study {study.name}", total=2 * len(jobs)) as bar:
         for cell in cells:
-            for job in (cell.align, cell.finetune):
+            for job in (cell.align, cell.finetune, cell.repair):
                 if job is None or job.name in done:
                     continue
                 bar.update(description=f"train {job.name}")

@@ -4,7 +4,8 @@
 
 The trial aligns (unless a finished alignment with the same alignment config exists:
 `runs/<output_dir>/trials/align-<hash>`, shared by every trial that needs it), fine-tunes
-(`ft-<hash>`: two trials with different overrides never share a run dir) and evaluates,
+(`ft-<hash>`: two trials with different overrides never share a run dir), repairs when
+`method.repair.method` names a repair (`repair-<hash>`) and evaluates the last model,
 then reports HS, HS+, HS corrected, refusal, over-refusal, FA, the per-source weight
 shares and the weight terms' detector AUROCs as the W&B run's summary metrics, and the
 harmful predictions as a W&B table (with `logger=wandb`; `trial_summary.json` in the
@@ -41,11 +42,13 @@ def trial_cell(overrides: list[str]):
     return cell, root
 
 
-def summary_metrics(ft_dir: Path) -> dict:
-    """Flat summary of a finished, evaluated fine-tuning run (W&B summary keys)."""
+def summary_metrics(ft_dir: Path, model_dir: Path | None = None) -> dict:
+    """Flat summary of a finished fine-tuning run (W&B summary keys): the evaluation of
+    `model_dir` (default: the fine-tuned model; a repaired one when the trial repairs), the
+    fine-tuning run's weights, detector and step time."""
     from antibody.app.study.report import weights_and_detector
 
-    ev = json.loads((ft_dir / "eval" / "metrics.json").read_text())
+    ev = json.loads(((model_dir or ft_dir) / "eval" / "metrics.json").read_text())
     out = {k: m["value"] for k, m in ev["metrics"].items() if m.get("value") is not None}
     for k, m in ev["metrics"].items():
         if m.get("ci95_low") is not None:
@@ -86,18 +89,21 @@ def trial_command(overrides: list[str]) -> int:
     refuse_multi_process("trial")
     cell, root = trial_cell(overrides)
     root.mkdir(parents=True, exist_ok=True)
-    for job in (cell.align, cell.finetune):
-        with FileLock(str(root / f"{job.name}.lock")):  # agents sharing an alignment wait here
+    for job in (cell.align, cell.finetune, cell.repair):
+        if job is None:  # no repair stage (method.repair.method=none)
+            continue
+        with FileLock(str(root / f"{job.name}.lock")):  # agents sharing a job wait here
             train_job(job)
-    evaluate_job(cell.finetune, {})
-    cfg = job_config(cell.finetune)
-    ft_dir = root / cell.finetune.name
-    summary = summary_metrics(ft_dir)
-    write_json(ft_dir / "trial_summary.json", {"overrides": list(overrides), "summary": summary})
+    model = cell.model_job  # the repaired model when the trial repairs, else the fine-tuned one
+    evaluate_job(model, {})
+    cfg = job_config(model)
+    ft_dir, model_dir = root / cell.finetune.name, root / model.name
+    summary = summary_metrics(ft_dir, model_dir)
+    write_json(model_dir / "trial_summary.json", {"overrides": list(overrides), "summary": summary})
     if cfg.logger.kind is LoggerKind.WANDB and os.environ.get("WANDB_MODE") != "disabled":
-        preds = read_predictions(ft_dir / "eval" / "predictions" / "harmful.jsonl", repair=False)
-        _log_wandb(cfg, cell.finetune.name, summary, preds, ft_dir)
+        preds = read_predictions(model_dir / "eval" / "predictions" / "harmful.jsonl", repair=False)
+        _log_wandb(cfg, model.name, summary, preds, model_dir)
     for key in sorted(summary):
         print(f"  {key:40s} {summary[key]:.4g}" if isinstance(summary[key], float) else f"  {key:40s} {summary[key]}")
-    print(f"[antibody] trial finished: {ft_dir}")
+    print(f"[antibody] trial finished: {model_dir}")
     return 0
