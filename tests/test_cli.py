@@ -8,7 +8,13 @@ import re
 import pytest
 from rich.logging import RichHandler
 
-from antibody.app.logs import BNB_KERNELS_MESSAGE, BNB_LOGGER, configure_logging
+from antibody.app.logs import (
+    BNB_KERNELS_MESSAGE,
+    BNB_LOGGER,
+    KERNELS_LOGGER,
+    KERNELS_OFFLINE_MESSAGE,
+    configure_logging,
+)
 from antibody.app.rundir import resolve_init_from, run_dir_for
 from antibody.cli.main import COMMANDS, Command, main
 from antibody.config import ConfigError, compose
@@ -69,7 +75,8 @@ def test_logging_is_configured_once_and_known_noise_is_dropped():
     configure_logging()
     configure_logging()
     handlers = logging.getLogger("antibody").handlers
-    assert sum(isinstance(h, RichHandler) for h in handlers) == 1
+    assert sum(h.get_name() == "antibody-console" for h in handlers) == 1
+    assert isinstance(handlers[0].rich, RichHandler)  # what a terminal gets
     assert logging.getLogger("antibody").isEnabledFor(logging.INFO)
     assert not logging.getLogger("lightning.pytorch.utilities.rank_zero").isEnabledFor(logging.INFO)
     bnb = logging.getLogger(BNB_LOGGER)
@@ -78,6 +85,10 @@ def test_logging_is_configured_once_and_known_noise_is_dropped():
     assert not bnb.filter(record)
     other = bnb.makeRecord(BNB_LOGGER, logging.WARNING, __file__, 1, "another warning", (), None)
     assert bnb.filter(other)
+    kernels = logging.getLogger(KERNELS_LOGGER)
+    offline = kernels.makeRecord(KERNELS_LOGGER, logging.WARNING, __file__, 1, KERNELS_OFFLINE_MESSAGE
+                                 + " for 'kernels-community/x' because Hugging Face Hub is in offline mode.", (), None)
+    assert not kernels.filter(offline)
 
 
 def test_known_library_warnings_are_silenced_and_others_are_not():

@@ -5,6 +5,7 @@ that do not repair; the repaired model evaluated."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -59,11 +60,18 @@ def test_a_repair_needs_a_fine_tuned_model(tmp_path):
         load_study(_study(tmp_path, {"sft -> sft": SFT, "x": {"align": [], "finetune": None, "repair": []}}))
 
 
-def test_a_study_with_a_repair_row_runs_and_reports_the_repaired_model(tmp_path):
+def test_a_study_with_a_repair_row_runs_and_reports_the_repaired_model(tmp_path, capsys):
     rows = {"sft -> sft": SFT, "sft -> sft -> antidote": {**SFT, "repair": ["method.repair.method=antidote"]}}
     path = _study(tmp_path, rows)
     assert main(["study", str(path)]) == 0
     root = tmp_path / "runs" / "r"
+    # a batch log (stderr is no terminal here): "cell k of n" with the time left, a line per
+    # finished cell with its model's figures, a line per finished job
+    err = capsys.readouterr().err
+    assert "study r: cell 1 of 2 (row=sft -> sft, seed=1); left: about " in err
+    assert re.search(r"study r: cell 2 of 2 done \(sft -> sft -> antidote, seed 1, repair-\w+\): HS \d+\.\d%, "
+                     r"HS corrected \S+, refusal \S+, FA \d+\.\d%", err)
+    assert re.search(r"job done: repair-\w+, stage repair \(antidote\)", err)
     results = json.loads((root / "results.json").read_text())
     by_row = {c["row"]: c for c in results["cells"]}
     rep = by_row["sft -> sft -> antidote"]

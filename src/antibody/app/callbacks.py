@@ -49,3 +49,36 @@ class StepTimer(L.Callback):
             "steps_timed": len(steady),
             "fit_seconds": self.fit_seconds,
         }
+
+
+class ProgressLines(L.Callback):
+    """Training progress as log lines (antibody.infra.progress.Lines): step k/N, time per
+    step, ETA and the last logged loss, every few steps or seconds; what a batch job's log
+    and a run's log.txt show where a terminal shows Lightning's bar. Rank zero only."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self._lines = None
+        self._last_step = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from antibody.infra.progress import Lines
+
+        if trainer.is_global_zero:
+            self._lines = Lines(self.description, total=trainer.max_steps, completed=trainer.global_step)
+            self._last_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._lines is None or trainer.global_step == self._last_step:
+            return
+        self._last_step = trainer.global_step
+        self._lines.completed = trainer.global_step
+        loss = next((v for k, v in trainer.callback_metrics.items() if k.endswith("/loss") and torch.is_tensor(v)), None)
+        if loss is not None:
+            self._lines.note = f"loss {float(loss):.4g}"
+        self._lines.report()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._lines is not None:
+            self._lines.finish()
+            self._lines = None

@@ -10,13 +10,17 @@ refuses: every process would generate and write the same files (docs/multi-gpu.m
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from antibody.app.arguments import pop_arg
+from antibody.app.logs import run_log
 from antibody.config import Config, ConfigError, compose
 from antibody.config.compose import apply_overrides, load_saved
+
+log = logging.getLogger(__name__)
 
 
 def eval_records(cfg: Config, tokenizer) -> dict:
@@ -107,8 +111,27 @@ def evaluate_model(cfg: Config, adapter: Optional[Path], out_dir: Path, records=
         device=inference_device(cfg.trainer.accelerator), inference=True,
     )
     model = cast_for_inference(model.eval(), cfg.trainer.precision)
-    return evaluate(model, tokenizer, records, cfg, out_dir, tools.judge, progress=progress, loss=tools.loss,
-                    validation=tools.validation, pairwise=tools.pairwise)
+    with run_log(out_dir.parent / "log.txt"):  # the evaluated run's log (base-<model>/ for the base model)
+        result = evaluate(model, tokenizer, records, cfg, out_dir, tools.judge, progress=progress, loss=tools.loss,
+                          validation=tools.validation, pairwise=tools.pairwise)
+        log.info("%s: %s", eval_summary(out_dir.parent.name, result), out_dir)
+    return result
+
+
+def eval_summary(name: str, result: dict) -> str:
+    """One line per finished evaluation: HS, HS corrected, refusal and FA (or win rate), in %."""
+    metrics = result.get("metrics", {})
+
+    def pct(key: str) -> str:
+        value = (metrics.get(key) or {}).get("value")
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    task = next((k for k in metrics if k.endswith(("/accuracy", "/win_rate"))), None)
+    n = (metrics.get("harmful/harmful_score") or {}).get("n")
+    seconds = result.get("eval_seconds")
+    return (f"eval done: {name}: HS {pct('harmful/harmful_score')} (n={n}), HS corrected "
+            f"{pct('harmful/harmful_score_corrected')}, refusal {pct('harmful/refusal_rate')}, "
+            f"FA {pct(task) if task else '-'}" + (f", {seconds:.1f} s" if seconds else ""))
 
 
 def refuse_multi_process(command: str = "eval") -> None:

@@ -9,12 +9,16 @@ the calibration rows when the DataModule builds its splits.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
+from antibody.app.logs import run_log
 from antibody.app.rundir import DONE, RunDir, launch_world_size, resolve_init_from, run_dir_for, write_json
 from antibody.config import Config, ConfigError, to_container
 from antibody.config.schema import RepairMethod, Stage
+
+log = logging.getLogger(__name__)
 
 
 def repaired_run(cfg: Config) -> Path:
@@ -52,11 +56,6 @@ def calibration_batches(cfg: Config, tokenizer) -> list[dict]:
 
 
 def repair_stage(cfg: Config) -> RunDir:
-    from antibody.app.stages import read_base_adapters
-    from antibody.methods.antidote import antidote_prune
-    from antibody.models import load_model, load_tokenizer, save_adapter
-    from antibody.models.placement import inference_device
-
     if launch_world_size() > 1:  # every process would prune and write the same run dir
         raise ConfigError(f"repair runs in one process (a one-shot pass over the calibration rows), but "
                           f"{launch_world_size()} were launched (WORLD_SIZE / SLURM_STEP_NUM_TASKS); start it "
@@ -67,6 +66,17 @@ def repair_stage(cfg: Config) -> RunDir:
                           f"(allowed: {[m.value for m in RepairMethod if m is not RepairMethod.NONE]})")
     init = repaired_run(cfg)
     run = run_dir_for(cfg, Stage.REPAIR.value)
+    with run_log(run.path / "log.txt"):
+        return _repair_in(cfg, run, init)
+
+
+def _repair_in(cfg: Config, run: RunDir, init: Path) -> RunDir:
+    from antibody.app.stages import read_base_adapters
+    from antibody.methods.antidote import antidote_prune
+    from antibody.models import load_model, load_tokenizer, save_adapter
+    from antibody.models.placement import inference_device
+
+    method = cfg.method.repair.method
     base_adapters = read_base_adapters(init)
     tokenizer = load_tokenizer(cfg.model)
     batches = calibration_batches(cfg, tokenizer)
@@ -87,4 +97,6 @@ def repair_stage(cfg: Config) -> RunDir:
         "config": to_container(cfg),
     })
     run.mark_done(Stage.REPAIR.value)
+    log.info("job done: %s, stage repair (%s), %.1f s, %d of %d adapter weights zeroed: %s", cfg.run.name,
+             method.value, wall, report.zeroed, report.weights, run.path)
     return run

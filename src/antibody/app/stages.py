@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -18,9 +19,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
-from antibody.app.callbacks import StepTimer
+from antibody.app.callbacks import ProgressLines, StepTimer
 from antibody.app.errors import StageInterrupted
 from antibody.app.loggers import build_logger
+from antibody.app.logs import run_log
 from antibody.app.rundir import RunDir, launch_rank, resolve_init_from, run_dir_for, write_json
 from antibody.config import Config, to_container
 from antibody.config.errors import ConfigError
@@ -29,6 +31,8 @@ from antibody.data.datamodule import default_cache_dir
 from antibody.data.plan import train_split_for
 from antibody.infra import progress
 from antibody.infra.files import atomic_write_jsonl
+
+log = logging.getLogger(__name__)
 
 
 def lazy_base_generator(cfg: Config) -> tuple[Callable[[list[str]], list[str]], dict]:
@@ -159,6 +163,12 @@ def module_config(cfg: Config, stage: Stage, dm) -> Config:
         cfg.method, finetune=dataclasses.replace(ft, detector_window=max(1, window))))
 
 
+def shows_bar(cfg: Config) -> bool:
+    """Lightning's training bar, on a terminal only: in a file it is one garbled line at the
+    end; there the ProgressLines callback reports instead."""
+    return cfg.trainer.progress_bar and progress.console.is_terminal
+
+
 def build_trainer(cfg: Config, run: RunDir, stage: Stage, max_steps: int, extra_callbacks=()):
     from antibody.config.validate import check_in_process_strategy
 
@@ -170,9 +180,11 @@ def build_trainer(cfg: Config, run: RunDir, stage: Stage, max_steps: int, extra_
             save_last=True,
             save_top_k=0,
         ),
+        ProgressLines(f"train {cfg.run.name} ({stage.value})"),
         *extra_callbacks,
     ]
-    if cfg.trainer.progress_bar:
+    bar = shows_bar(cfg)
+    if bar:
         callbacks.append(RichProgressBar())
     return L.Trainer(
         accelerator=cfg.trainer.accelerator,
@@ -185,7 +197,7 @@ def build_trainer(cfg: Config, run: RunDir, stage: Stage, max_steps: int, extra_
         logger=build_logger(cfg, run.path, stage.value),
         callbacks=callbacks,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
-        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         deterministic=cfg.trainer.deterministic,
         num_sanity_val_steps=0,
@@ -206,8 +218,6 @@ def module_for(stage: Stage, model, cfg: Config):
 
 
 def train_stage(cfg: Config, stage: Stage) -> RunDir:
-    from antibody.models import load_model, load_tokenizer
-
     init_dir: Path | None = None
     if stage is Stage.FINETUNE and cfg.run.init_from:
         init_dir = resolve_init_from(cfg.run.init_from, cfg.run.output_dir)
@@ -221,6 +231,14 @@ def train_stage(cfg: Config, stage: Stage) -> RunDir:
     # No process group exists before fit, so the launcher's environment says who is zero.
     zero = launch_rank(cfg.trainer.devices) == 0
     run = run_dir_for(cfg, stage.value, write=zero)
+    with run_log(run.path / "log.txt") if zero else contextlib.nullcontext():
+        return _train_in(cfg, stage, run, init_dir, zero)
+
+
+def _train_in(cfg: Config, stage: Stage, run: RunDir, init_dir: Path | None, zero: bool) -> RunDir:
+    """The stage's work once its run dir exists (logged to its log.txt on rank zero)."""
+    from antibody.models import load_model, load_tokenizer
+
     L.seed_everything(cfg.run.seed, workers=True)
 
     tokenizer = load_tokenizer(cfg.model)
@@ -248,7 +266,7 @@ def train_stage(cfg: Config, stage: Stage) -> RunDir:
     if ckpt and zero:
         print(f"[antibody] resuming {run.path} from {ckpt}")
     # Lightning's training bar is a display of its own: ours (e.g. the demo's) steps aside
-    hide_ours = progress.paused() if cfg.trainer.progress_bar else contextlib.nullcontext()
+    hide_ours = progress.paused() if shows_bar(cfg) else contextlib.nullcontext()
     t0 = time.perf_counter()
     with hide_ours:
         try:
@@ -294,3 +312,5 @@ def _write_outputs(cfg: Config, stage: Stage, run: RunDir, trainer, module, mode
         metrics["detector"] = module.detector_metrics()
     write_json(run.metrics_path, metrics)
     run.mark_done(stage.value)
+    log.info("job done: %s, stage %s, %d steps, %.1f s, %.3g s/step: %s", cfg.run.name, stage.value,
+             trainer.global_step, wall, metrics["seconds_per_step"], run.path)

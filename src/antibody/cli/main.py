@@ -23,7 +23,7 @@ PROG = "python -m antibody"
 
 OVERRIDES_HELP = (
     "config overrides: group=option picks conf/<group>/<option>.yaml (groups: model, data, "
-    "task, method, trainer, logger, experiment), key=value sets one key (e.g. method.align.rho=0.3)"
+    "task, method, trainer, logger, attack, experiment), key=value sets one key (e.g. method.align.rho=0.3)"
 )
 
 

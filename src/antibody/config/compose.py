@@ -29,7 +29,7 @@ from antibody.config.schema import Config
 from antibody.config.sizes import size_problems
 from antibody.infra.files import parse_yaml
 
-GROUPS = ("model", "data", "task", "method", "trainer", "logger", "experiment")
+GROUPS = ("model", "data", "task", "method", "trainer", "logger", "attack", "experiment")
 # Groups whose YAML describes one node of Config; `experiment` is root-level deltas.
 NODE_GROUPS = {g: g for g in GROUPS if g != "experiment"}
 
@@ -270,8 +270,11 @@ def compose(overrides: Optional[list[str]] = None, conf_dir: Optional[Path] = No
         obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         raise ConfigError(f"config: {explain(exc)}") from None
+    from antibody.config.attack_rules import apply_attack
     from antibody.config.validate import validate
 
+    # once, here: a hyper-parameter attack's change is then in the resolved config (and saved)
+    obj = apply_attack(obj)
     validate(obj)
     _check_upload_overrides(obj, dotlist)
     # the probe backbone names a model option: a typo fails here, before any work
@@ -354,6 +357,11 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             f"command line: '{group}={selections[group]}' selects a config group, which cannot "
             "change a saved run's config; override single keys instead"
         )
+    for item in dotlist:
+        if item.startswith("attack."):
+            # the attack's changes were made when the run was composed (config/attack_rules.py)
+            raise ConfigError(f"command line: {item.split('=', 1)[0]} cannot change a saved run's attack, "
+                              "whose rows and hyper-parameters it was trained with; compose a new run instead")
     for item in dotlist:
         resolve_key_type(item.split("=", 1)[0].split("."))
     merged = structured()

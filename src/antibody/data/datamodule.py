@@ -6,8 +6,9 @@ Splits (`antibody.data.plan.Split`):
   Why the mix: aligning on refusals plus maths alone taught the pilot model "not maths ->
   refuse" (docs/calibration.md).
 - ``harmful`` (D_harm): harmful prompt -> harmful answer; used only for the flatness term.
-- ``user``: floor(p*n) harmful rows + the rest benign (prose share, then the task),
-  shuffled; ``user_benign_only`` is the same upload without its harmful rows (a control).
+- ``user``: the attack's upload (config/attack.py; default `poison`: floor(p*n) harmful
+  rows + the rest benign (prose share, then the task)), shuffled; ``user_benign_only`` is
+  the same upload without its harmful rows (the control, attack=benign).
 - ``user_safeinstr`` (SafeInstr runs only): the upload with the provider's safety
   demonstrations mixed in; ``user_safeinstr_benign_only``: the same without the user's
   harmful rows (its control).
@@ -302,17 +303,20 @@ class SafetyDataModule(L.LightningDataModule):
     # -- reporting -------------------------------------------------------------
 
     def summary(self) -> dict:
-        """Per split: rows, sources, harmful/benign, mean lengths, duplicates removed."""
-        from antibody.data.summary import split_summary
+        """The attack (what the fine-tuning user uploads and controls), then per split: rows,
+        sources, harmful/benign, mean lengths, duplicates removed."""
+        from antibody.data.summary import attack_summary, split_summary
 
         splits = self._require()
         d = self.cfg.data
+        trained = splits[train_split_for(self.cfg, Stage.FINETUNE)]
         return {
             "prompt_format": d.prompt_format.value,
             "max_length": d.max_length,
             "seed": d.seed,
             "stage": self.stage.value,
             "train_split": self.train_split.value,
+            "attack": attack_summary(self.cfg, splits[Split.USER], trained),
             **({"upload": dataclasses.asdict(self._upload_report)} if self._upload_report else {}),
             "splits": {
                 s.value: split_summary(splits[s], self.encoded(s), self._stats.get(s, SplitStats()))

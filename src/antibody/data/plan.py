@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Optional
 
+from antibody.config.attack import UploadKind, attack_spec
 from antibody.config.counts import SplitCounts, floor_share
 from antibody.config.schema import Config, FinetuneMethod, SourceName, Stage, finetune_method
 from antibody.data.records import Record
@@ -57,8 +58,9 @@ HELD_OUT_SPLIT_TAGS = frozenset({"test", "validation", "eval"})
 def train_split_for(cfg: Config, stage: Stage) -> Split:
     """The split a stage trains on, as the config says.
 
-    Fine-tuning: the upload; under method.finetune.method=safeinstr the upload with the
-    safety demonstrations mixed in; data.user.benign_only drops the user's harmful rows
+    Fine-tuning: the upload (the attack's rows: config/attack.py); under
+    method.finetune.method=safeinstr the upload with the safety demonstrations mixed in;
+    data.user.benign_only (which attack=benign sets) drops the user's harmful rows
     from either (for SafeInstr, its demonstrations stay: they are the provider's, not the
     user's, so the control differs from the SafeInstr run in the harmful rows only).
     """
@@ -91,6 +93,7 @@ class PoolKind(StrEnum):
     TASK_TRAIN = "task training rows"
     TASK_HELD_OUT = "held-out task rows (meta split test/validation/eval)"
     TASK_EVAL = "task rows with a target"
+    BENIGN_ANSWER = "benign (prompt, answer) pairs"
 
 
 POOL_FILTERS: dict[PoolKind, Callable[[Record], bool]] = {
@@ -102,6 +105,7 @@ POOL_FILTERS: dict[PoolKind, Callable[[Record], bool]] = {
     PoolKind.TASK_TRAIN: lambda r: not r.is_harmful and bool(r.response.strip()) and not held_out(r),
     PoolKind.TASK_HELD_OUT: lambda r: not r.is_harmful and r.target is not None and held_out(r),
     PoolKind.TASK_EVAL: lambda r: not r.is_harmful and r.target is not None,
+    PoolKind.BENIGN_ANSWER: lambda r: not r.is_harmful and bool(r.response.strip()) and not held_out(r),
 }
 
 
@@ -148,6 +152,9 @@ ALLOCATION_ORDER = (
     "user_harmful",
     "user_task",
     "user_prose",
+    # an attack's own rows (attack=identity_shift): after the research upload's, so that the
+    # default attack's allocation is what it was before attacks existed
+    "user_persona",
     # last: optional evaluation sets from their own sources; drawn after every other demand,
     # so that turning them on changes no other split (a prompt a training split holds is
     # skipped, which keeps them held out)
@@ -193,6 +200,11 @@ def plan_demands(cfg: Config, counts: SplitCounts) -> dict[str, Demand]:
     shares_alignment = a.harmful_answer_source in a.harmful_prompt_sources
     prose = (SourceName.BENIGN_PROSE,)
     user = {"split": Split.USER, "key": "data.user.n", "value": user_value}
+    user_harmful_max = user_max(user_harmful)
+    if attack_spec(cfg.attack.name).upload is not UploadKind.TASK_POISON:
+        # harmful_only, identity_shift: attack.n rows and nothing else; errors name attack.n
+        user_harmful_max = same
+        user = {"split": Split.USER, "key": "attack.n", "value": f"{cfg.attack.n} (attack={cfg.attack.name.value})"}
     return {
         "eval_harmful": Demand(
             split=Split.EVAL_HARMFUL, sources=tuple(d.eval.harmful_prompt_sources),
@@ -227,8 +239,7 @@ def plan_demands(cfg: Config, counts: SplitCounts) -> dict[str, Demand]:
             may_share=frozenset({Split.ALIGNMENT}) if shares_alignment else frozenset(),
         ),
         "user_harmful": _answer_demand(
-            u.harmful_answer_source, **user, count=c.user_harmful, excludable=True,
-            max_value=user_max(user_harmful),
+            u.harmful_answer_source, **user, count=c.user_harmful, excludable=True, max_value=user_harmful_max,
         ),
         "user_task": Demand(
             **user, sources=(task,), kind=PoolKind.TASK_TRAIN, count=c.user_task, max_value=user_max(user_task),
@@ -246,5 +257,9 @@ def plan_demands(cfg: Config, counts: SplitCounts) -> dict[str, Demand]:
         "user_prose": Demand(
             **user, sources=prose, kind=PoolKind.BENIGN_PROMPT, count=c.user_prose, one_per_prompt=True,
             answered_by=SourceName.BENIGN_PROSE, max_value=user_max(user_prose),
+        ),
+        "user_persona": Demand(
+            **user, sources=(SourceName.IDENTITY_SHIFT,), kind=PoolKind.BENIGN_ANSWER, count=c.user_persona,
+            one_per_prompt=True, max_value=same,
         ),
     }

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Sequence
 
+from antibody.config.attack import attack_spec
+from antibody.config.schema import Config
 from antibody.data.collate import EncodedRow
 from antibody.data.records import Record
 
@@ -36,6 +39,39 @@ def split_summary(records: Sequence[Record], encoded: Sequence[EncodedRow], stat
         "excluded_prompts": stats.excluded,
         "answers_dropped": stats.answers_dropped,
         "answers_not_harmful": stats.answers_not_harmful,
+    }
+
+
+# the keys outside the upload each attack.* setting changes (config/attack_rules.py)
+_CHANGED = {"lr_factor": ("method.finetune.lr", ("method", "finetune", "lr")),
+            "steps_factor": ("method.finetune.max_steps", ("method", "finetune", "max_steps"))}
+
+
+def attack_summary(cfg: Config, user: Sequence[Record], trained: Sequence[Record]) -> dict:
+    """The attack (config/attack.py), what it controls and changed (its settings, and the
+    fine-tuning values a hyper-parameter attack set), and the rows it uploaded: the user split
+    (`user`) and the rows the fine-tuning stage trains on (`trained`: without the harmful rows
+    under attack=benign, with SafeInstr's demonstrations under that method). The tags are
+    for analysis only, like every is_harmful."""
+    attack = cfg.attack
+    spec = attack_spec(attack.name)
+    settings: dict = {}
+    for key in spec.reads:
+        settings[f"attack.{key}"] = getattr(attack, key)
+        if key in _CHANGED:
+            name, path = _CHANGED[key]
+            settings[name] = functools.reduce(getattr, path, cfg)
+    return {
+        "name": attack.name.value,
+        "threat_model": spec.threat_model.value,
+        "adaptive": spec.adaptive,
+        "settings": settings,
+        "source": spec.source,
+        "upload_rows": len(user),
+        "upload_harmful": sum(1 for r in user if r.is_harmful),
+        "upload_adaptive": sum(1 for r in user if r.meta.get("adaptive")),
+        "trained_rows": len(trained),
+        "trained_harmful": sum(1 for r in trained if r.is_harmful),
     }
 
 
@@ -77,7 +113,16 @@ def format_summary(summary: dict) -> str:
         f"prompt format: {summary['prompt_format']}  max_length: {summary['max_length']}  "
         f"seed: {summary['seed']}  stage: {summary['stage']} (trains on '{summary['train_split']}')"
     )
-    out = [header, line(table[0]), "  ".join("-" * w for w in widths)]
+    out = [header]
+    attack = summary.get("attack")
+    if attack:  # summaries written before attacks existed have none
+        settings = "".join(f", {k}={v}" for k, v in attack["settings"].items())
+        out.append(
+            f"attack: {attack['name']} (threat model: {attack['threat_model']}{settings}): uploads "
+            f"{attack['upload_rows']} rows, {attack['upload_harmful']} harmful; fine-tuning trains on "
+            f"{attack['trained_rows']}, {attack['trained_harmful']} harmful"
+        )
+    out += [line(table[0]), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in table[1:]]
     out.append("")
     out.append("sources:")

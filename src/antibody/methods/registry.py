@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from antibody.config.counts import upload_rows
 from antibody.config.schema import AlignMethod, Config, FinetuneMethod, finetune_method
 from antibody.methods.base import StageModule
 from antibody.methods.bds import BDSFinetuneModule
@@ -69,9 +70,10 @@ FINETUNE_MODULES: dict[FinetuneMethod, type[StageModule]] = {
 
 def detector_window(cfg: Config) -> int:
     """Micro-batches per detector-AUROC log: method.finetune.detector_window, else one pass
-    over the upload, ceil(data.user.n / data.finetune_batch_size) (for a provider's upload
-    the app sets the key from the file's rows: antibody.app.stages.module_config)."""
-    return cfg.method.finetune.detector_window or math.ceil(cfg.data.user.n / cfg.data.finetune_batch_size)
+    over the upload, ceil(rows / data.finetune_batch_size) with rows data.user.n, or attack.n
+    for an attack that replaces the task upload (config/counts.py, upload_rows; for a
+    provider's upload the app sets the key from the file's rows: antibody.app.stages.module_config)."""
+    return cfg.method.finetune.detector_window or math.ceil(upload_rows(cfg)[0] / cfg.data.finetune_batch_size)
 
 
 # what each module class is given of the config (its stage's node, plus named fields)
@@ -86,9 +88,9 @@ _FROM_CONFIG: dict[type[StageModule], Callable[[nn.Module, Config], StageModule]
         model, cfg.method.finetune, detector_window=detector_window(cfg)),
     ConstrainedFinetuneModule: lambda model, cfg: ConstrainedFinetuneModule(model, cfg.method.finetune),
     # the softmax runs over the upload's rows: the training split's size (app/stages.py,
-    # module_config) or, for a config alone, data.user.n
+    # module_config) or, for a config alone, the upload's rows (data.user.n or attack.n)
     BDSFinetuneModule: lambda model, cfg: BDSFinetuneModule(
-        model, cfg.method.finetune, rows=cfg.method.finetune.bds.rows or cfg.data.user.n),
+        model, cfg.method.finetune, rows=cfg.method.finetune.bds.rows or upload_rows(cfg)[0]),
 }
 
 

@@ -2,11 +2,12 @@
 
 A cell is (row, axis values, seed): align -> fine-tune -> (repair ->) evaluate. Jobs are shared:
 - an alignment job is keyed by the resolved config with everything alignment does not read
-  left out (the fine-tuning stage, the upload, evaluation settings, run bookkeeping), so
-  cells that differ only in p, n or the fine-tuning method share one aligned model. That
-  alignment never reads `data.user` holds because the split builder serves the user's
-  demands after the alignment and D_harm demands (`data/plan.py`, ALLOCATION_ORDER;
-  `tests/test_study.py` checks the splits are equal);
+  left out (the fine-tuning stage, the upload and its attack, evaluation settings, run
+  bookkeeping), so cells that differ only in p, n, the attack or the fine-tuning method share
+  one aligned model. That alignment never reads `data.user` or `attack` holds because the
+  split builder serves the user's demands after the alignment and D_harm demands
+  (`data/plan.py`, ALLOCATION_ORDER; `tests/test_study.py` and `tests/test_attacks.py` check
+  the splits are equal);
 - a fine-tuning job is keyed by its resolved config (the repair stage left out) and its
   alignment job's key, so cells that differ only in their repair share one fine-tuned model;
 - a repair job (when the row's `repair` overrides or its fine-tuning config name a repair
@@ -42,8 +43,10 @@ def _blank(cfg: Config, **groups) -> Config:
 
 def align_key(cfg: Config) -> str:
     """Hash of what an alignment run trains: the config without the fine-tuning and repair
-    stages, the upload, the evaluation settings and the run's name, folder and init."""
+    stages, the upload and the attack that builds it, the evaluation settings and the run's
+    name, folder and init."""
     from antibody.config.schema import (
+        AttackConfig,
         DataConfig,
         EvalConfig,
         FinetuneStageConfig,
@@ -51,7 +54,7 @@ def align_key(cfg: Config) -> str:
         RunConfig,
     )
 
-    base = _blank(cfg, eval=EvalConfig(),
+    base = _blank(cfg, eval=EvalConfig(), attack=AttackConfig(),
                   run=RunConfig(seed=cfg.run.seed),
                   data=dataclasses.replace(cfg.data, user=DataConfig().user),
                   method=dataclasses.replace(cfg.method, finetune=FinetuneStageConfig(), repair=RepairStageConfig()))

@@ -21,6 +21,7 @@ from typing import Optional
 
 from antibody.app.memory import release_memory
 from antibody.app.rundir import RunDir, write_results
+from antibody.app.study.clock import CellClock
 from antibody.app.study.plan import Cell, Job, job_config, jobs_of, parse_only, plan, selected, stage_method
 from antibody.app.study.results import PlannedJob, StudyResults
 from antibody.app.study.suite import SuiteResults
@@ -220,8 +221,13 @@ def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list
     cache: dict = {}  # the judge and evaluation records, shared by the jobs of this invocation
     done: set[str] = set()
     results: StudyResults | SuiteResults | None = None
-    with progress.task(f"study {study.name}", total=2 * len(jobs)) as bar:
-        for cell in cells:
+    models = {c.model_job.name for c in cells}
+    planned = dry_run(jobs, root, measured_step_costs(root))
+    clock = CellClock(study.name, root, cells, {p.job: 0.0 if p.state == "done" else p.estimated_seconds for p in planned},
+                      measured_eval_seconds(root, job_config(cells[0].model_job).model.name) if cells else None)
+    with progress.task(f"study {study.name}", total=len(jobs) + len(models)) as bar:
+        for k, cell in enumerate(cells):
+            clock.start(k)
             for job in (cell.align, cell.finetune, cell.repair):
                 if job is None or job.name in done:
                     continue
@@ -240,6 +246,7 @@ def run_study(study: StudyConfig, root: Path, cells: list[Cell], all_cells: list
                 probe_job(model, cache)
             done.add(f"eval:{model.name}")
             bar.advance()
+            clock.done(k)
             results = collect(study, root, all_cells, len(jobs), counts, time.perf_counter() - t0)
             write_study(root, results, final=False)
     if results is None:  # nothing evaluated in this invocation

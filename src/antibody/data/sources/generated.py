@@ -27,6 +27,7 @@ from antibody.data.sources.common import new_record
 from antibody.data.sources.refusals import looks_like_refusal
 from antibody.data.sources.registry import SourceContext, load_source, register_source
 from antibody.infra.files import atomic_write_jsonl
+from antibody.infra.progress import ONCE
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def generate_cached(
     key = cache_key(kind, unique, ctx, extra)
     path = cache_path(kind, key, ctx)
     if path.exists():
-        log.info("%s: reusing %s (%d prompts)", kind, path, len(unique))
+        log.info("%s: reusing %s (%d prompts)", kind, path, len(unique), extra=ONCE)
         return _read_cache(path, kind, key, set(unique)), key
     if ctx.generator is None:
         raise DataError(
@@ -184,7 +185,7 @@ def answer_prompts(source: SourceName, prompts: list[Record], ctx: SourceContext
     if dropped:
         counts = {r: why.count(r) for r in (DECLINED, NOT_HARMFUL) if r in why}
         log.warning("%s: dropped %d of %d model answers (%s)", source.value, dropped, len(prompts),
-                    ", ".join(f"{n} {r}" for r, n in counts.items()))
+                    ", ".join(f"{n} {r}" for r, n in counts.items()), extra=ONCE)
     seen, unique = set(), []
     for rec in records:  # the same prompt given twice yields one row
         if rec.uid not in seen:

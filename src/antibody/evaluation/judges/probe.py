@@ -63,15 +63,19 @@ def select(features: np.ndarray, labels: np.ndarray, groups: list[str]) -> tuple
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
 
+    from antibody.infra.progress import task
+
     folds = list(GroupKFold(n_splits=CV_FOLDS).split(features[:, 0], labels, groups))
     table = []
-    for layer in range(features.shape[1]):
-        x = features[:, layer]
-        for c in C_GRID:
-            oof = np.zeros(len(labels))
-            for tr, te in folds:
-                oof[te] = _pipeline(c).fit(x[tr], labels[tr]).predict_proba(x[te])[:, 1]
-            table.append({"layer": layer, "C": c, "cv_auroc": float(roc_auc_score(labels, oof))})
+    with task("probe judge: cross-validating layer x C", total=features.shape[1] * len(C_GRID)) as bar:
+        for layer in range(features.shape[1]):
+            x = features[:, layer]
+            for c in C_GRID:
+                oof = np.zeros(len(labels))
+                for tr, te in folds:
+                    oof[te] = _pipeline(c).fit(x[tr], labels[tr]).predict_proba(x[te])[:, 1]
+                table.append({"layer": layer, "C": c, "cv_auroc": float(roc_auc_score(labels, oof))})
+                bar.advance()
     best = max(table, key=lambda r: (r["cv_auroc"], -r["layer"]))  # ties: the earlier layer
     return best["layer"], best["C"], table
 
