@@ -95,21 +95,23 @@ def test_the_generated_source_keeps_only_flagged_non_refusals(tmp_path):
     assert len(answer_prompts(SourceName.BENIGN_PROSE, prompts, ctx, is_harmful=False)) == 3
 
 
-def test_the_judge_filter_needs_a_judge_and_the_default_keeps_run_keys(tmp_path):
+def test_the_judge_filter_needs_a_judge_and_the_old_default_keeps_run_keys(tmp_path):
     from antibody.config.compose import to_yaml
 
     prompts = [fake_record(SourceName.ADVBENCH, "q0", harmful=True)]
     ctx, _ = _ctx(tmp_path, AnswerFilter.JUDGE, dict(PAIRS), None)
     with pytest.raises(DataError, match="harmful_answer_filter=judge: no judge"):
         answer_prompts(SourceName.GENERATED_HARMFUL, prompts, ctx, is_harmful=True)
-    assert "harmful_answer_filter" not in to_yaml(compose(["experiment=tiny"]))
-    assert "harmful_answer_filter: judge" in to_yaml(compose(["experiment=tiny", "data.harmful_answer_filter=judge"]))
+    # the judge is the default since 2026-12 and is written out; the keyword filter, what runs
+    # did before, is not, so their keys stay
+    assert "harmful_answer_filter: judge" in to_yaml(compose(["experiment=tiny"]))
+    assert "harmful_answer_filter" not in to_yaml(compose(["experiment=tiny", "data.harmful_answer_filter=keyword"]))
 
 
 def test_the_application_hands_the_evaluations_judge_to_the_data_build_only_when_asked():
     from antibody.app.stages import LazyAnswerJudge, split_inputs
 
-    assert split_inputs(compose(["experiment=tiny"]))["answer_judge"] is None
+    assert split_inputs(compose(["experiment=tiny", "data.harmful_answer_filter=keyword"]))["answer_judge"] is None
     judge = split_inputs(compose(["experiment=tiny", "data.harmful_answer_filter=judge", "eval.judge=keyword",
                                   "eval.judge_threshold=0.4"]))["answer_judge"]
     assert isinstance(judge, LazyAnswerJudge) and judge.threshold == 0.4 and judge._judge is None  # not built yet

@@ -395,3 +395,19 @@ def test_num_nodes_is_left_out_of_saved_configs_while_one():
 
     assert "num_nodes" not in to_yaml(compose(["experiment=tiny"]))
     assert "num_nodes: 2" in to_yaml(compose(["experiment=tiny", "trainer.num_nodes=2"]))
+
+
+def test_a_changed_default_keeps_the_runs_made_before_it(tmp_path):
+    """data.harmful_answer_filter became `judge` (2026-12): a config on the old `keyword` value
+    serialises without the key, as every run did before, and a saved config without the key
+    reads back as `keyword`, not as today's default; the new default is written out."""
+    from antibody.config.schema import AnswerFilter
+
+    new, old = compose(["experiment=tiny"]), compose(["experiment=tiny", "data.harmful_answer_filter=keyword"])
+    assert new.data.harmful_answer_filter is AnswerFilter.JUDGE
+    assert "harmful_answer_filter: judge" in to_yaml(new) and "harmful_answer_filter" not in to_yaml(old)
+    (tmp_path / "old.yaml").write_text(to_yaml(old))
+    (tmp_path / "new.yaml").write_text(to_yaml(new))
+    assert load_saved(tmp_path / "old.yaml").data.harmful_answer_filter is AnswerFilter.KEYWORD
+    assert load_saved(tmp_path / "new.yaml").data.harmful_answer_filter is AnswerFilter.JUDGE
+    assert to_yaml(load_saved(tmp_path / "old.yaml")) == to_yaml(old)

@@ -536,6 +536,7 @@ def test_no_help_seeking_prompt_reaches_a_harmful_split(tmp_path):
         "data.user.benign_prose_share=0",
         "data.eval.harmful_prompt_sources=[donotanswer]",
         "data.eval.n_harmful=100",
+        "data.harmful_answer_filter=keyword",  # the fake answers need no judge
     )
     dm = SafetyDataModule(cfg, build_tiny_tokenizer(), "finetune", generator=generator, cache_dir=tmp_path)
     dm.prepare_data()

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from antibody.config.errors import ConfigError, DataError
-from antibody.config.schema import RefusalSource, SourceName
+from antibody.config.schema import AnswerFilter, RefusalSource, SourceName
 from antibody.data.records import make_uid, normalise_text
 from antibody.data.sources import (
     REFUSALS,
@@ -47,7 +47,9 @@ OFFLINE_FILES = PROMPT_ONLY + (SourceName.PYRIT_HARMFUL, SourceName.PYRIT_REFUSA
 
 @pytest.fixture
 def ctx(tiny_cfg, tmp_path) -> SourceContext:
-    return SourceContext(data=tiny_cfg.data, task=tiny_cfg.task, seed=7, cache_dir=tmp_path / "cache",
+    # the keyword answer filter, which needs no judge (the judge's filter: test_answer_filter.py)
+    data = dataclasses.replace(tiny_cfg.data, harmful_answer_filter=AnswerFilter.KEYWORD)
+    return SourceContext(data=data, task=tiny_cfg.task, seed=7, cache_dir=tmp_path / "cache",
                          generator_settings={"model": "fake", "max_new_tokens": 8})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -421,16 +422,24 @@ def test_existing_studies_keep_their_job_names():
     """Finished runs are found again by these names (runs/embedded-main/align-09b8a1b4ab31, ...):
     a change to the plan, the keys or the schema must not rename them. Re-pinned on purpose
     when a default changes what a job trains: 2026-12, clipping at 1.0 in both stages and
-    SFT keeping its alignment LoRA, Antibody's cosine_ema (docs/fidelity.md): runs trained
-    before are not reused."""
-    pinned = [("embedded_main.yaml", "sft -> sft", 1, "align-44b0fdea3393", "ft-d624a602774d"),
-              ("embedded_main.yaml", "sft -> benign-only control", 3, "align-2cd25bbdb90b", "ft-98a3d285c976"),
-              ("weighting_mechanism.yaml", "refusals only / ratio", 1, "align-7ade73e22b96", "ft-cfcb51078d9e"),
-              ("tiny.yaml", "sft alignment alone", 2, "align-76c8e3b96a17", None)]
-    for file, row, seed, align, finetune in pinned:
-        study = load_study(CONF / file)
-        (cell,) = plan(study, Path("runs") / study.name, {"row": row, "seed": str(seed)})
-        assert (cell.align.name, cell.finetune and cell.finetune.name) == (align, finetune), (file, row)
+    SFT keeping its alignment LoRA, Antibody's cosine_ema (docs/fidelity.md); 2026-12-08, the
+    judge as the harmful-answer filter: runs trained before are not reused. A study that pins
+    the old filter (`data.harmful_answer_filter=keyword`, left out of the YAML: config/upload.py,
+    omit_when) finds the runs of before that change under their old names (the second list)."""
+    pinned = [("embedded_main.yaml", "sft -> sft", 1, "align-155877a20379", "ft-671851fa48ef"),
+              ("embedded_main.yaml", "sft -> benign-only control", 3, "align-c74573902c88", "ft-382269a45fb5"),
+              ("weighting_mechanism.yaml", "refusals only / ratio", 1, "align-2b2371735866", "ft-af3363e2afb4"),
+              ("tiny.yaml", "sft alignment alone", 2, "align-320be2383bf8", None)]
+    before_judge = [("embedded_main.yaml", "sft -> sft", 1, "align-44b0fdea3393", "ft-d624a602774d"),
+                    ("embedded_main.yaml", "sft -> benign-only control", 3, "align-2cd25bbdb90b", "ft-98a3d285c976"),
+                    ("weighting_mechanism.yaml", "refusals only / ratio", 1, "align-7ade73e22b96", "ft-cfcb51078d9e"),
+                    ("tiny.yaml", "sft alignment alone", 2, "align-76c8e3b96a17", None)]
+    for pins, extra in ((pinned, []), (before_judge, ["data.harmful_answer_filter=keyword"])):
+        for file, row, seed, align, finetune in pins:
+            study = load_study(CONF / file)
+            study = dataclasses.replace(study, fixed=[*study.fixed, *extra])
+            (cell,) = plan(study, Path("runs") / study.name, {"row": row, "seed": str(seed)})
+            assert (cell.align.name, cell.finetune and cell.finetune.name) == (align, finetune), (file, row, extra)
 
 
 DEMO_JOBS = {

@@ -58,8 +58,15 @@ def build_upload_dm(tmp_path, fake, *overrides, tokenizer):
 
 # align_key / finetune_key of these configs, computed before the upload keys existed and
 # re-pinned when the defaults changed what a job trains (2026-12: clipping at 1.0, SFT keeping
-# its alignment LoRA, Antibody's cosine_ema lambda_t; docs/fidelity.md)
+# its alignment LoRA, Antibody's cosine_ema lambda_t; docs/fidelity.md; 2026-12-08: the judge
+# as the harmful-answer filter, whose old value `keyword` keeps the keys of before: KEYWORD)
 PINNED = {
+    ("experiment=demo", "method=sft"): ("3cda9bc8292a", "22547a1e7763"),
+    ("experiment=demo", "method=antibody"): ("14b4369b0100", "fffd829667c0"),
+    ("experiment=tiny",): ("9a1304438c95", "b781319a02e6"),
+    ("data=beavertails", "model=llama2-7b"): ("a7fc88fc1c9d", "60d8c2a73124"),
+}
+KEYWORD = {
     ("experiment=demo", "method=sft"): ("1ce90bfb8909", "50e5413f46b5"),
     ("experiment=demo", "method=antibody"): ("a2ae16af76bb", "23c466a61a11"),
     ("experiment=tiny",): ("b25dd7ea3e5d", "4af54c09812d"),
@@ -69,6 +76,9 @@ PINNED = {
 
 @pytest.mark.parametrize("overrides", list(PINNED), ids=lambda o: ",".join(o))
 def test_upload_keys_leave_existing_run_keys_unchanged(overrides):
+    old = compose([*overrides, "data.harmful_answer_filter=keyword"])
+    a = align_key(old)
+    assert (a, finetune_key(old, a)) == KEYWORD[overrides]
     cfg = compose(list(overrides))
     a = align_key(cfg)
     assert (a, finetune_key(cfg, a)) == PINNED[overrides]

@@ -308,8 +308,30 @@ def _check_upload_overrides(cfg: Config, dotlist: list[str]) -> None:
 def _omitted(obj: Any, f: dataclasses.Field) -> bool:
     if not f.metadata.get("omit_when_default"):
         return False
+    if "omitted_value" in f.metadata:  # a key whose default changed (config/upload.py, omit_when)
+        return getattr(obj, f.name) == f.metadata["omitted_value"]
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     return getattr(obj, f.name) == default
+
+
+def _fill_omitted(cls: type, data: dict) -> None:
+    """Put back, in a saved config's mapping, the keys written as omitted under `omit_when`:
+    absent, they mean the value they were left out for, not today's default."""
+    for f in fields(cls):
+        if "omitted_value" in f.metadata and f.name not in data:
+            data[f.name] = _plain(f.metadata["omitted_value"])
+        sub = data.get(f.name)
+        hint = _nested_dataclass(cls, f)
+        if hint is not None and isinstance(sub, dict):
+            _fill_omitted(hint, sub)
+
+
+def _nested_dataclass(cls: type, f: dataclasses.Field) -> Optional[type]:
+    """The dataclass type of a field that holds one (a group, e.g. DataConfig.user), else None."""
+    if f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+        return type(value) if dataclasses.is_dataclass(value) else None
+    return None
 
 
 def _plain(value: Any) -> Any:
@@ -340,6 +362,7 @@ def load_saved(path: Path) -> Config:
     """Re-load a config saved by `to_yaml` (e.g. runs/<name>/config.yaml)."""
     data, lines = read_yaml(Path(path))
     check_keys(data, Config, "", str(path), lines)
+    _fill_omitted(Config, data)
     cfg = merge(structured(), data, str(path))
     obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     return obj

@@ -32,7 +32,7 @@ from antibody.config.evaluation import EvalConfig, Incoherence, JudgeKind  # noq
 
 # the `model` group (re-exported likewise)
 from antibody.config.model import LoraConfig, ModelConfig, ModelSource, Quantization, TinyModelConfig  # noqa: F401
-from antibody.config.upload import OMIT_WHEN_DEFAULT, DuplicatePolicy, UploadFieldsConfig
+from antibody.config.upload import OMIT_WHEN_DEFAULT, DuplicatePolicy, UploadFieldsConfig, omit_when
 
 # ---------------------------------------------------------------------------
 # Enums (registries are keyed by these, never by free strings)
@@ -236,9 +236,12 @@ class DataConfig:
     # generated (model-written) sources: how many prompts and generation settings
     generation_max_new_tokens: int = 96
     generation_batch_size: int = 16
-    # model-written answers to harmful prompts kept as harmful rows (left out of the resolved
-    # YAML at its default, so the runs made before it keep their keys)
-    harmful_answer_filter: AnswerFilter = field(default=AnswerFilter.KEYWORD, metadata=OMIT_WHEN_DEFAULT)
+    # model-written answers to harmful prompts kept as harmful rows: the judge's, since 2026-12
+    # (the paper's harmful rows are labelled harmful; the keyword list missed 36 of the model's
+    # 38 hand-labelled refusals: docs/fidelity.md, docs/results/harmful-rows.md). Left out of
+    # the resolved YAML while `keyword`, what every run did before, so their keys stay; a saved
+    # config without the key reads back as `keyword` (config/upload.py, omit_when)
+    harmful_answer_filter: AnswerFilter = field(default=AnswerFilter.JUDGE, metadata=omit_when(AnswerFilter.KEYWORD))
     alignment: AlignmentDataConfig = field(default_factory=AlignmentDataConfig)
     user: UserDataConfig = field(default_factory=UserDataConfig)
     eval: EvalDataConfig = field(default_factory=EvalDataConfig)

@@ -16,6 +16,14 @@ from typing import Optional
 OMIT_WHEN_DEFAULT = {"omit_when_default": True}
 
 
+def omit_when(value) -> dict:
+    """Field metadata for a key whose DEFAULT CHANGED: left out of the resolved YAML while it
+    holds `value`, what every run did before the change (so their keys stay as they were), and
+    read back as `value` where a saved config lacks it (`compose.load_saved`); any other value,
+    the new default included, is written, so new runs say what they did."""
+    return {"omit_when_default": True, "omitted_value": value}
+
+
 class DuplicatePolicy(StrEnum):
     """What happens to a row whose (prompt, response) repeats an earlier row of the upload."""
 
