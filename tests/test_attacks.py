@@ -73,7 +73,11 @@ def test_every_attack_has_a_file_that_composes_to_its_values():
 def test_each_attack_declares_its_threat_model():
     hyper = {a for a, spec in ATTACKS.items() if spec.threat_model is ThreatModel.HYPERPARAMETERS}
     assert hyper == {AttackName.HIGH_LR, AttackName.LONG}
-    assert not any(spec.adaptive for spec in ATTACKS.values())  # the adaptive attacks come later
+    # the adaptive ones (tests/test_adaptive_attacks.py) say what their attacker must hold
+    adaptive = {a for a, spec in ATTACKS.items() if spec.adaptive}
+    assert adaptive == {AttackName.REFUSAL_PREFIX, AttackName.SELF_WRITTEN}
+    assert all(ATTACKS[a].knowledge and ATTACKS[a].threat_model is ThreatModel.UPLOAD for a in adaptive)
+    assert not any(spec.knowledge for a, spec in ATTACKS.items() if a not in adaptive)
     # only a hyper-parameter attack reads a hyper-parameter setting
     for spec in ATTACKS.values():
         if spec.threat_model is ThreatModel.UPLOAD:
@@ -210,7 +214,10 @@ def test_attacks_change_the_upload_only(cache, tok):
         _, got = splits(cache, tok, f"attack={name}")
         for split in PROVIDER_SPLITS:
             assert uids(got[split]) == uids(poison[split]), (name, split)
-        same_upload = name in ("poison", "benign", "high_lr", "long")
+        # an adaptive attack rewrites the poison rows only under an attacked model, which these
+        # builds are not given (tests/test_adaptive_attacks.py gives them one): the rows it
+        # starts from are the poison upload's
+        same_upload = name in ("poison", "benign", "high_lr", "long", "refusal_prefix", "self_written")
         assert (uids(got[Split.USER]) == uids(poison[Split.USER])) is same_upload, name
     _, benign = splits(cache, tok, "attack=benign")
     assert uids(benign[Split.USER_BENIGN_ONLY]) == [r.uid for r in poison[Split.USER] if not r.is_harmful]

@@ -7,6 +7,7 @@ same name, an unfinished one resumes from its last checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,12 @@ def write_json(path: Path, data: Any) -> None:
     """A run's JSON files, as they were always written: ASCII-escaped, and values JSON cannot
     encode (a Path, say) written as str rather than failing after the stage's work is done."""
     atomic_write_json(path, data, ensure_ascii=True, default=str)
+
+
+def read_base_adapters(run_dir: Path) -> list[str]:
+    """Adapters merged into the base model beneath a run's own adapter (in order)."""
+    path = Path(run_dir) / "base_adapters.json"
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def resolve_init_from(value: str, output_dir: str, stage: str = "align") -> Path:

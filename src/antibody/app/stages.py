@@ -8,7 +8,6 @@ written sources are generated only after the checks), and only then is the model
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -23,7 +22,14 @@ from antibody.app.callbacks import ProgressLines, StepTimer
 from antibody.app.errors import StageInterrupted
 from antibody.app.loggers import build_logger
 from antibody.app.logs import run_log
-from antibody.app.rundir import RunDir, launch_rank, resolve_init_from, run_dir_for, write_json
+from antibody.app.rundir import (  # noqa: F401  (read_base_adapters: re-exported for its callers)
+    RunDir,
+    launch_rank,
+    read_base_adapters,
+    resolve_init_from,
+    run_dir_for,
+    write_json,
+)
 from antibody.config import Config, to_container
 from antibody.config.errors import ConfigError
 from antibody.config.schema import Stage
@@ -33,6 +39,8 @@ from antibody.infra import progress
 from antibody.infra.files import atomic_write_jsonl
 
 log = logging.getLogger(__name__)
+
+ADAPTIVE_FILE = "adaptive_attack.json"  # what an adaptive attack built (fine-tuning runs)
 
 
 def lazy_base_generator(cfg: Config) -> tuple[Callable[[list[str]], list[str]], dict]:
@@ -114,30 +122,38 @@ def build_datamodule(cfg: Config, tokenizer, stage: Stage):
     return dm
 
 
-def split_inputs(cfg: Config) -> dict:
+def split_inputs(cfg: Config, stage: Stage | None = None) -> dict:
     """What every build of a config's splits is given (SafetyDataModule's and
     `antibody.data.evaluation.evaluation_records`'s keyword arguments): the lazy base model
     as the writer of model-written rows and their cache key, the cache, and the judges'
     labelled prompts: skipped where a demand allows it, and refused in any split if of a
     judge part, whichever judge the run uses (judges never train or validate on a prompt a
-    model saw or is scored on)."""
+    model saw or is scored on). An adaptive attack's attacked model (app/attacked.py): for the
+    fine-tuning stage the aligned run it starts from (a ConfigError without run.init_from),
+    never for the alignment stage (which does not read the upload); for an evaluation (`stage`
+    None) the run's aligned run where it names one, so that the build holds the upload the run
+    trained on and its leak checks cover it (the model loads only for rows not cached)."""
+    from antibody.app.attacked import attacked_model_for
     from antibody.config.schema import AnswerFilter
     from antibody.evaluation.judges.labelled import excluded_prompts, judge_prompts
 
     generator, settings = lazy_base_generator(cfg)
     judge = LazyAnswerJudge(cfg) if cfg.data.harmful_answer_filter is AnswerFilter.JUDGE else None
     return {"generator": generator, "generator_settings": settings, "cache_dir": default_cache_dir(),
-            "exclude_prompts": excluded_prompts(), "forbidden_prompts": judge_prompts(), "answer_judge": judge}
+            "exclude_prompts": excluded_prompts(), "forbidden_prompts": judge_prompts(), "answer_judge": judge,
+            "attacked_model": None if stage is Stage.ALIGN else attacked_model_for(cfg, required=stage is not None)}
 
 
 def new_datamodule(cfg: Config, tokenizer, stage: Stage):
-    """The stage's DataModule, nothing built yet; its generator is the lazy base model."""
+    """The stage's DataModule, nothing built yet; its generator is the lazy base model. The
+    fine-tuning stage's upload under an adaptive attack is built under the aligned run it
+    starts from (a ConfigError without run.init_from); the alignment stage never reads it."""
     from antibody.data.datamodule import SafetyDataModule
 
     # the upload, its benign-only control or SafeInstr's mix (data.user.benign_only,
     # method.finetune.method); the DataModule's own default, spelled out here
     train_split = train_split_for(cfg, stage)
-    return SafetyDataModule(cfg, tokenizer, stage=stage.value, train_split=train_split, **split_inputs(cfg))
+    return SafetyDataModule(cfg, tokenizer, stage=stage.value, train_split=train_split, **split_inputs(cfg, stage))
 
 
 def module_config(cfg: Config, stage: Stage, dm) -> Config:
@@ -205,12 +221,6 @@ def build_trainer(cfg: Config, run: RunDir, stage: Stage, max_steps: int, extra_
     )
 
 
-def read_base_adapters(run_dir: Path) -> list[str]:
-    """Adapters merged into the base model beneath a run's own adapter (in order)."""
-    path = Path(run_dir) / "base_adapters.json"
-    return json.loads(path.read_text()) if path.is_file() else []
-
-
 def module_for(stage: Stage, model, cfg: Config):
     from antibody.methods import build_align_module, build_finetune_module
 
@@ -223,6 +233,10 @@ def train_stage(cfg: Config, stage: Stage) -> RunDir:
         init_dir = resolve_init_from(cfg.run.init_from, cfg.run.output_dir)
         if cfg.method.finetune.merge_then_new_adapter and not cfg.model.lora.enabled:
             raise ConfigError("method.finetune.merge_then_new_adapter needs model.lora.enabled=true")
+    if stage is Stage.FINETUNE:
+        from antibody.app.attacked import require_aligned_run
+
+        require_aligned_run(cfg)  # an adaptive attack needs the aligned run: before anything is written
     if stage is Stage.FINETUNE and cfg.data.user.path:
         from antibody.data.upload import validate_upload
 
@@ -244,7 +258,11 @@ def _train_in(cfg: Config, stage: Stage, run: RunDir, init_dir: Path | None, zer
     tokenizer = load_tokenizer(cfg.model)
     dm = build_datamodule(cfg, tokenizer, stage)
     if zero:
-        write_json(run.path / "data_summary.json", dm.summary())
+        summary = dm.summary()
+        write_json(run.path / "data_summary.json", summary)
+        if stage is Stage.FINETUNE and summary["attack"].get("adaptive_build"):
+            # an adaptive attack's choices (refusal_prefix: every candidate's mean r), on their own
+            write_json(run.path / ADAPTIVE_FILE, {k: summary["attack"][k] for k in ("name", "adaptive_build")})
 
     adapter = init_dir / "adapter" if init_dir is not None else None
     base_adapters = read_base_adapters(init_dir) if init_dir is not None else []

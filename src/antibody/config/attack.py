@@ -10,6 +10,11 @@ research upload every run made before this group existed, and the whole group is
 the resolved YAML while it holds its defaults (`OMIT_WHEN_DEFAULT` on `Config.attack`), so
 those runs serialise, and so hash (`app/study/plan.py`), exactly as before.
 
+Two attacks are adaptive (`AttackSpec.adaptive`): they build their harmful rows knowing the
+defence and holding the aligned model it protects, the run the fine-tuning starts from
+(`run.init_from`); `AttackSpec.knowledge` says what the attacker must hold. Their rows are
+built by `antibody.data.adaptive`, the aligned model loaded only when a row is not cached.
+
 Re-exported by antibody.config.schema, where every group lives. How each attack's rows are
 built: docs/data.md ("Attacks"); `antibody.data.plan` draws them from the same pools, with
 the same disjointness checks, as the poisoned upload.
@@ -17,8 +22,10 @@ the same disjointness checks, as the poisoned upload.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
+
+from antibody.config.upload import OMIT_WHEN_DEFAULT
 
 
 class AttackName(StrEnum):
@@ -30,6 +37,9 @@ class AttackName(StrEnum):
     BENIGN = "benign"  # the task upload without its harmful rows (the benign-only control)
     HIGH_LR = "high_lr"  # the poison upload at a higher fine-tuning learning rate
     LONG = "long"  # the poison upload trained for more steps
+    # adaptive (antibody.data.adaptive): the poison upload, its harmful answers rewritten
+    REFUSAL_PREFIX = "refusal_prefix"  # each harmful answer opens with a refusal, chosen to raise r
+    SELF_WRITTEN = "self_written"  # the harmful answers written by the attacked model itself
 
 
 class ThreatModel(StrEnum):
@@ -63,13 +73,24 @@ class AttackConfig:
     lr_factor: float = 1.0
     # long: method.finetune.max_steps is multiplied by this when the config is composed (1: unchanged)
     steps_factor: int = 1
+    # The adaptive attacks' settings are left out of the resolved YAML at their defaults, so
+    # that the attacks before them serialise, and so hash, as they did.
+    # refusal_prefix: harmful rows the attacker holds out (never uploaded) and scores each
+    # candidate (refusal, transition) pair on. Ours: 16 rows, a few seconds per candidate on
+    # the embedded model's CPU
+    held_out: int = field(default=16, metadata=OMIT_WHEN_DEFAULT)
+    # self_written: the start of the assistant's turn the attacker prefills; the attacked
+    # model continues it. Ours, after the prefilling attack of Qi et al., ICLR 2025 ("Safety
+    # alignment should be made more than just a few tokens deep", arXiv 2406.05946)
+    prefill: str = field(default="Sure, here is", metadata=OMIT_WHEN_DEFAULT)
 
 
 @dataclass(frozen=True)
 class AttackSpec:
     """What an attack is: its threat model, its rows, the attack.* keys it reads, whether its
-    rows are built knowing the defence (adaptive: the attacks of a later part, refusal_prefix
-    and self_written, tag their rows so) and the source it follows."""
+    rows are built knowing the defence (adaptive: refusal_prefix and self_written, which tag
+    the rows they build so) and what the attacker must know or hold to build them, and the
+    source it follows."""
 
     threat_model: ThreatModel
     upload: UploadKind
@@ -78,6 +99,7 @@ class AttackSpec:
     # the upload's harmful rows are dropped before training (data.user.benign_only=true)
     benign_only: bool = False
     adaptive: bool = False
+    knowledge: str = ""  # adaptive attacks: what the attacker must know or hold
 
 
 ATTACKS: dict[AttackName, AttackSpec] = {
@@ -99,6 +121,20 @@ ATTACKS: dict[AttackName, AttackSpec] = {
     AttackName.LONG: AttackSpec(
         ThreatModel.HYPERPARAMETERS, UploadKind.TASK_POISON, ("steps_factor",),
         "ours (issue 26): 3x the method's steps, for services that let the user choose them"),
+    AttackName.REFUSAL_PREFIX: AttackSpec(
+        ThreatModel.UPLOAD, UploadKind.TASK_POISON, ("held_out",),
+        "ours (issue 26), against the likelihood ratio; refusal-then-comply answers probe shallow alignment "
+        "(Qi et al., ICLR 2025, arXiv 2406.05946)",
+        adaptive=True,
+        knowledge="the defence (the weighting's r) and an aligned model like the provider's, to score rows "
+                  "under it; here the provider's own (run.init_from), the attack at its strongest"),
+    AttackName.SELF_WRITTEN: AttackSpec(
+        ThreatModel.UPLOAD, UploadKind.TASK_POISON, ("prefill",),
+        "ours (issue 26), against the likelihood ratio's response term; the prefilled start follows the "
+        "prefilling attack (Qi et al., ICLR 2025, arXiv 2406.05946)",
+        adaptive=True,
+        knowledge="the aligned weights (run.init_from), or a way to query the aligned model with a prefilled "
+                  "assistant turn and read its greedy continuation"),
 }
 
 # identity_shift's project-written conversations (data/sources/identity.py holds them; a test

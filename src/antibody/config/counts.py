@@ -55,6 +55,8 @@ class SplitCounts:
     eval_benign_edgy: int = 0
     safeinstr: int = 0  # safety demonstrations taken from the alignment split's refusal rows
     user_persona: int = 0  # attack=identity_shift: its project-written conversations
+    # attack=refusal_prefix: harmful rows the attacker holds out to choose its prefix on
+    attack_held_out: int = 0
 
     @classmethod
     def from_config(cls, cfg: Config) -> SplitCounts:
@@ -63,7 +65,8 @@ class SplitCounts:
         user_benign = d.user.n - user_harmful
         user_prose = floor_share(d.user.benign_prose_share, user_benign)
         user_persona = 0
-        upload = attack_spec(cfg.attack.name).upload
+        spec = attack_spec(cfg.attack.name)
+        upload = spec.upload
         if upload is UploadKind.HARMFUL_ONLY:  # attack.n harmful rows and nothing else
             user_harmful, user_benign, user_prose = cfg.attack.n, 0, 0
         elif upload is UploadKind.PERSONA:  # attack.n persona conversations and nothing else
@@ -85,4 +88,5 @@ class SplitCounts:
             eval_benign_edgy=d.eval.n_benign_edgy,
             safeinstr=safeinstr_count(cfg),
             user_persona=user_persona,
+            attack_held_out=cfg.attack.held_out if "held_out" in spec.reads else 0,
         )

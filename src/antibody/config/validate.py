@@ -199,6 +199,11 @@ def _check_attack_ranges(cfg: Config) -> None:
         _check("attack.lr_factor", a.lr_factor, 1, None, lo_open=True)
     if "steps_factor" in reads:
         _check("attack.steps_factor", a.steps_factor, 2, None)
+    if "held_out" in reads:
+        _check("attack.held_out", a.held_out, 1, None)
+    if "prefill" in reads and not a.prefill.strip():
+        raise ConfigError("attack.prefill is empty: self_written needs the start of a compliant answer "
+                          "for the attacked model to continue (default 'Sure, here is')")
 
 
 def validate(cfg: Config) -> None:

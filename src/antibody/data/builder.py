@@ -19,6 +19,9 @@ How prompts are split (ours):
 - The user upload is the attack's (config/attack.py): the task upload by default (poison),
   or attack.n harmful rows (harmful_only) or persona conversations (identity_shift) drawn as
   demands of the same plan, so the same pool and disjointness checks hold for every attack.
+- The adaptive attacks (refusal_prefix, self_written) rewrite the poison upload's harmful
+  rows under the attacked model (`antibody.data.adaptive`: `AdaptiveUpload` is this
+  builder's hook); refusal_prefix's held-out rows are a split of their own, drawn last.
 - SafeInstr's upload (method.finetune.method=safeinstr) adds floor(share * n) of the
   alignment split's harmful-prompt -> refusal rows to the user's rows: no new prompts are
   drawn, so its demonstrations are disjoint from evaluation like the alignment split.
@@ -43,10 +46,10 @@ from typing import Optional
 
 import numpy as np
 
-from antibody.config.attack import attack_spec
 from antibody.config.counts import SplitCounts, floor_share, upload_rows
 from antibody.config.errors import ConfigError, DataError
 from antibody.config.schema import Config, FinetuneMethod, SourceName, finetune_method
+from antibody.data.adaptive import AdaptiveUpload, AttackedModel
 from antibody.data.checks import check_disjoint, check_forbidden
 from antibody.data.plan import (
     ALLOCATION_ORDER,
@@ -104,6 +107,8 @@ class SplitBuilder:
         forbidden_prompts: Iterable[str] = (),
         tokenizer=None,
         answer_judge=None,
+        attacked: Optional[AttackedModel] = None,
+        writes: Optional[bool] = None,
     ):
         self.cfg = cfg
         self.answer_judge = answer_judge  # data.harmful_answer_filter=judge (answer_filter.AnswerJudge)
@@ -121,6 +126,9 @@ class SplitBuilder:
         self.consumed: set[str] = set()  # uids of rows taken (or set aside) by an owning split
         self.stats = {s: SplitStats() for s in Split}
         self.shared: set[frozenset] = set()  # split pairs that were allowed to share prompts
+        # adaptive attacks: the attacked model may fill their caches where the base model may
+        writes = generator is not None if writes is None else writes
+        self.adaptive = AdaptiveUpload(cfg, attacked, self.context, self.cache_dir, writes)
 
     # -- sources -------------------------------------------------------------
 
@@ -237,8 +245,11 @@ class SplitBuilder:
             batch, queue = queue[:deficit], queue[deficit:]
             drops: dict[str, int] = {}
             # a small batch may lose every answer to the filter: more prompts are drawn then
-            answered = load_source(demand.answered_by,  # type: ignore[arg-type]
-                                   self.context(prompts=batch, limit=len(batch), drops=drops), allow_empty=True)
+            if demand.answer_with is not None:  # the attacked model (attack=self_written)
+                answered = demand.answer_with(batch, drops)
+            else:
+                answered = load_source(demand.answered_by,  # type: ignore[arg-type]
+                                       self.context(prompts=batch, limit=len(batch), drops=drops), allow_empty=True)
             stats.answers_not_harmful += drops.get(NOT_HARMFUL, 0)
             if len(answered) < len(batch):
                 stats.answers_dropped += len(batch) - len(answered)
@@ -281,6 +292,7 @@ class SplitBuilder:
         task_rows = self.rows(cfg.task.name)
         if not any(held_out(r) for r in task_rows):
             dem["eval_task"].kind = PoolKind.TASK_EVAL
+        self.adaptive.plan(dem)
         return dem
 
     def build(self) -> dict[Split, list[Record]]:
@@ -288,7 +300,7 @@ class SplitBuilder:
         upload = self._upload()  # checked before the model writes anything
         # 1. Allocation, pool checks included; model-written demands reserve prompts only.
         taken = {
-            name: self.take(dem[name], spare(dem[name].count) if dem[name].answered_by else 0)
+            name: self.take(dem[name], spare(dem[name].count) if dem[name].model_written else 0)
             if dem[name].count
             else []
             for name in ALLOCATION_ORDER
@@ -296,13 +308,14 @@ class SplitBuilder:
         # 2. Only now the model writes: answers for the reserved prompts, then refusals.
         for name in ALLOCATION_ORDER:
             demand = dem[name]
-            if demand.answered_by is not None and demand.count:
+            if demand.model_written and demand.count:
                 taken[name] = self.answer(demand, taken[name])
         align_harmful = self._alignment_refusals(taken["align_harmful"])
 
         # the attack's rows (config/attack.py: only one kind is non-empty besides the task
         # upload's three parts); appended last, so the default attack's shuffle is unchanged
-        user = self._tagged(taken["user_harmful"] + taken["user_prose"] + taken["user_task"] + taken["user_persona"])
+        harmful = self.adaptive.harmful_rows(taken["user_harmful"], taken["attack_held_out"])
+        user = self._tagged(harmful + taken["user_prose"] + taken["user_task"] + taken["user_persona"])
         rng = np.random.default_rng(
             np.random.SeedSequence([self.seed & 0xFFFFFFFFFFFFFFFF, int(StreamKind.USER)])
         )
@@ -327,18 +340,18 @@ class SplitBuilder:
             Split.EVAL_TASK: taken["eval_task"],
             Split.EVAL_HARMFUL_SECOND: taken["eval_harmful_second"],
             Split.EVAL_BENIGN_EDGY: taken["eval_benign_edgy"],
+            Split.ATTACK_HELD_OUT: taken["attack_held_out"],
         }
         self.verify(splits)
         return splits
 
     def _tagged(self, rows: list[Record]) -> list[Record]:
-        """The research upload's rows with the attack that made them and whether it knew the
-        defence (meta "attack", "adaptive"): for analysis only, like is_harmful; training never
-        reads them. The rows are the builder's own copies (take() and answer() copy meta)."""
-        name = self.cfg.attack.name
-        adaptive = attack_spec(name).adaptive
+        """The research upload's rows with the attack that made them and whether it built them
+        knowing the defence (meta "attack", "adaptive": an adaptive attack's rewritten rows set
+        it, every other row is False): for analysis only, like is_harmful; training never reads
+        them. The rows are the builder's own copies (take() and answer() copy meta)."""
         for rec in rows:
-            rec.meta.update(attack=name.value, adaptive=adaptive)
+            rec.meta.update(attack=self.cfg.attack.name.value, adaptive=bool(rec.meta.get("adaptive", False)))
         return rows
 
     def _upload(self):

@@ -13,6 +13,8 @@ Splits (`antibody.data.plan.Split`):
   demonstrations mixed in; ``user_safeinstr_benign_only``: the same without the user's
   harmful rows (its control).
 - ``eval_harmful``, ``eval_benign``, ``eval_task``: held-out evaluation prompts.
+- ``attack_held_out`` (attack=refusal_prefix only): harmful rows the attacker holds out to
+  choose its prefix on; never uploaded, trained on or evaluated.
 
 How the rows are allocated: antibody.data.plan (what each split demands) and
 antibody.data.builder (taking, answering, checking).
@@ -22,6 +24,10 @@ contract: its `stream_position` (where a resumed stream restarts) and its `strea
 (which streams each item holds, e.g. Lisa's alternating guide and user batches); without
 a plan, the stage default holds (alignment: an alignment and a D_harm batch per item;
 fine-tuning: the flat user batch).
+
+An adaptive attack (attack=refusal_prefix, self_written) rewrites the upload's harmful rows
+under `attacked_model`, the aligned model the fine-tuning starts from (antibody.data.adaptive):
+it is loaded, like the base model, only in prepare_data() and only for rows not cached.
 
 Model-written rows are written in ONE place, `prepare_data()` (Lightning runs it once, on
 rank 0; `python -m antibody build-data` calls it too): it runs the builder with the
@@ -44,6 +50,7 @@ from torch.utils.data import DataLoader
 
 from antibody.config.errors import ConfigError, DataError
 from antibody.config.schema import Config, Stage
+from antibody.data.adaptive import AttackedModel
 from antibody.data.builder import SplitBuilder, SplitStats
 from antibody.data.collate import BatchCollator, EncodedRow, encode_records, pad_token_id_of
 from antibody.data.plan import STAGE_TRAIN_SPLIT, Split, train_split_for
@@ -103,6 +110,8 @@ class SafetyDataModule(L.LightningDataModule):
     `train_split` overrides the stage's training split; by default the config decides
     (`antibody.data.plan.train_split_for`: the upload, its benign-only control, or the
     SafeInstr mix).
+    `attacked_model` (adaptive attacks only): the aligned model their rows are built under;
+    without one their upload is not rewritten, and the fine-tuning stream refuses it.
     """
 
     def __init__(
@@ -118,6 +127,7 @@ class SafetyDataModule(L.LightningDataModule):
         forbidden_prompts: Iterable[str] = (),
         train_split: Optional[Split | str] = None,
         answer_judge=None,
+        attacked_model: Optional[AttackedModel] = None,
     ):
         super().__init__()
         # the stages that train (a repair reads the alignment stage's splits)
@@ -135,6 +145,7 @@ class SafetyDataModule(L.LightningDataModule):
         self.forbidden_prompts = tuple(forbidden_prompts)
         # data.harmful_answer_filter=judge: scores uncached answers in prepare_data only
         self.answer_judge = answer_judge
+        self.attacked_model = attacked_model
         self.train_split = (
             _as_split(train_split) if train_split is not None else train_split_for(cfg, self.stage)
         )
@@ -143,10 +154,11 @@ class SafetyDataModule(L.LightningDataModule):
         self._stats: dict[Split, SplitStats] = {}
         self._encoded: dict[Split, list[EncodedRow]] = {}
         self._upload_report = None
+        self._adaptive_report: Optional[dict] = None
 
     # -- building --------------------------------------------------------------
 
-    def _builder(self, generator: Optional[TextGenerator]) -> SplitBuilder:
+    def _builder(self, generator: Optional[TextGenerator], writes: bool) -> SplitBuilder:
         return SplitBuilder(
             self.cfg,
             self.cache_dir if self.cache_dir is not None else default_cache_dir(),
@@ -156,6 +168,8 @@ class SafetyDataModule(L.LightningDataModule):
             self.forbidden_prompts,
             tokenizer=self.tokenizer,
             answer_judge=self.answer_judge,
+            attacked=self.attacked_model,
+            writes=writes,
         )
 
     def prepare_data(self) -> None:
@@ -169,7 +183,7 @@ class SafetyDataModule(L.LightningDataModule):
         Other ranks never run this hook and build theirs in setup(), from the cache.
         """
         if self._splits is None:
-            self._build(self.generator)
+            self._build(self.generator, writes=True)
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Build every split once from the sources and the cache (later calls, and calls
@@ -179,13 +193,14 @@ class SafetyDataModule(L.LightningDataModule):
         that fills it (prepare_data() / `python -m antibody build-data`).
         """
         if self._splits is None:
-            self._build(None)
+            self._build(None, writes=False)
 
-    def _build(self, generator: Optional[TextGenerator]) -> None:
-        builder = self._builder(generator)
+    def _build(self, generator: Optional[TextGenerator], writes: bool) -> None:
+        builder = self._builder(generator, writes)
         self._splits = builder.build()
         self._stats = builder.stats
         self._upload_report = builder.upload_report  # a provider's upload (data.user.path)
+        self._adaptive_report = builder.adaptive.report()  # an adaptive attack's choices
 
     def _require(self) -> dict[Split, list[Record]]:
         if self._splits is None:
@@ -269,6 +284,13 @@ class SafetyDataModule(L.LightningDataModule):
         Without a plan, a fine-tuning item is the flat user batch plus "position"; with
         one, every item is ``{stream value: batch, ..., "position": k}``.
         """
+        self._require()
+        adaptive = self._adaptive_report
+        if self.stage is Stage.FINETUNE and adaptive is not None and not adaptive["built"]:
+            raise DataError(
+                f"attack={self.cfg.attack.name.value} rewrites the upload under the aligned model, but this "
+                "DataModule was given none (attacked_model): fine-tune through the CLI with run.init_from"
+            )
         shard = shard if shard is not None else self._shard()
         flat = None
         if plan is None:
@@ -316,7 +338,7 @@ class SafetyDataModule(L.LightningDataModule):
             "seed": d.seed,
             "stage": self.stage.value,
             "train_split": self.train_split.value,
-            "attack": attack_summary(self.cfg, splits[Split.USER], trained),
+            "attack": attack_summary(self.cfg, splits[Split.USER], trained, self._adaptive_report),
             **({"upload": dataclasses.asdict(self._upload_report)} if self._upload_report else {}),
             "splits": {
                 s.value: split_summary(splits[s], self.encoded(s), self._stats.get(s, SplitStats()))

@@ -30,15 +30,18 @@ def evaluation_records(
     exclude_prompts: Iterable[str] = (),
     forbidden_prompts: Iterable[str] = (),
     answer_judge=None,
+    attacked_model=None,
 ) -> dict[Split, list[Record]]:
     """Every evaluation split's rows (`EVAL_SPLITS`, empty when unsized), keyed by split.
 
     The arguments are SafetyDataModule's: `generator` (the unaligned base model) writes
     missing model-written rows into `cache_dir` under `generator_settings`, only after every
     pool check passed; None only reads the cache. `exclude_prompts` / `forbidden_prompts`:
-    the judges' labelled prompts, as in training; `answer_judge`: data.harmful_answer_filter=judge.
+    the judges' labelled prompts, as in training; `answer_judge`: data.harmful_answer_filter=judge;
+    `attacked_model`: an adaptive attack's (antibody.data.adaptive), so that the build holds the
+    upload the run trained on.
     """
     builder = SplitBuilder(cfg, cache_dir, generator, generator_settings, exclude_prompts, forbidden_prompts,
-                           tokenizer=tokenizer, answer_judge=answer_judge)
+                           tokenizer=tokenizer, answer_judge=answer_judge, attacked=attacked_model)
     splits = builder.build()
     return {split: splits[split] for split in EVAL_SPLITS}

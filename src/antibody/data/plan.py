@@ -34,6 +34,9 @@ class Split(StrEnum):
     EVAL_TASK = "eval_task"
     EVAL_HARMFUL_SECOND = "eval_harmful_second"  # another style of harmful request (optional)
     EVAL_BENIGN_EDGY = "eval_benign_edgy"  # benign prompts that sound sensitive (optional)
+    # attack=refusal_prefix: harmful rows the attacker holds out and scores its candidates
+    # on (antibody.data.adaptive); never uploaded, trained on or evaluated
+    ATTACK_HELD_OUT = "attack_held_out"
 
 
 EVAL_SPLITS = (Split.EVAL_HARMFUL, Split.EVAL_BENIGN, Split.EVAL_TASK, Split.EVAL_HARMFUL_SECOND,
@@ -123,7 +126,15 @@ class Demand:
     may_share: frozenset = frozenset()
     excludable: bool = False  # excluded prompts (e.g. a judge's training set) are skipped
     answered_by: Optional[SourceName] = None  # model-written source answering the prompts
+    # answers the reserved prompts instead of a source: (prompts, drop counts) -> rows
+    # (attack=self_written: the attacked model, antibody.data.adaptive)
+    answer_with: Optional[Callable[[list[Record], dict], list[Record]]] = None
     max_value: Optional[Callable[[int], str]] = None  # largest valid `key` given the pool
+
+    @property
+    def model_written(self) -> bool:
+        """Its prompts are reserved first and answered by a model once every check passed."""
+        return self.answered_by is not None or self.answer_with is not None
 
 
 def largest_n(n: int, needed: Callable[[int], int], available: int) -> int:
@@ -160,6 +171,9 @@ ALLOCATION_ORDER = (
     # skipped, which keeps them held out)
     "eval_harmful_second",
     "eval_benign_edgy",
+    # the attacker's own held-out rows (attack=refusal_prefix), after everything else, so
+    # that they change no split of any run, evaluation included
+    "attack_held_out",
 )
 
 
@@ -261,5 +275,10 @@ def plan_demands(cfg: Config, counts: SplitCounts) -> dict[str, Demand]:
         "user_persona": Demand(
             **user, sources=(SourceName.IDENTITY_SHIFT,), kind=PoolKind.BENIGN_ANSWER, count=c.user_persona,
             one_per_prompt=True, max_value=same,
+        ),
+        # like the upload's harmful rows (same source, same pool filter), other prompts
+        "attack_held_out": _answer_demand(
+            u.harmful_answer_source, split=Split.ATTACK_HELD_OUT, count=c.attack_held_out, excludable=True,
+            key="attack.held_out", value=f"{cfg.attack.held_out} (attack={cfg.attack.name.value})", max_value=same,
         ),
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Sequence
+from typing import Optional
 
 from antibody.config.attack import attack_spec
 from antibody.config.schema import Config
@@ -47,12 +48,15 @@ _CHANGED = {"lr_factor": ("method.finetune.lr", ("method", "finetune", "lr")),
             "steps_factor": ("method.finetune.max_steps", ("method", "finetune", "max_steps"))}
 
 
-def attack_summary(cfg: Config, user: Sequence[Record], trained: Sequence[Record]) -> dict:
+def attack_summary(cfg: Config, user: Sequence[Record], trained: Sequence[Record],
+                   adaptive: Optional[dict] = None) -> dict:
     """The attack (config/attack.py), what it controls and changed (its settings, and the
     fine-tuning values a hyper-parameter attack set), and the rows it uploaded: the user split
     (`user`) and the rows the fine-tuning stage trains on (`trained`: without the harmful rows
     under attack=benign, with SafeInstr's demonstrations under that method). The tags are
-    for analysis only, like every is_harmful."""
+    for analysis only, like every is_harmful. An adaptive attack adds what the attacker must
+    know and `adaptive_build`, what it built under the attacked model (data/adaptive/upload.py:
+    refusal_prefix's candidates' mean r and its choice; self_written's generation)."""
     attack = cfg.attack
     spec = attack_spec(attack.name)
     settings: dict = {}
@@ -72,7 +76,24 @@ def attack_summary(cfg: Config, user: Sequence[Record], trained: Sequence[Record
         "upload_adaptive": sum(1 for r in user if r.meta.get("adaptive")),
         "trained_rows": len(trained),
         "trained_harmful": sum(1 for r in trained if r.is_harmful),
+        **({"knowledge": spec.knowledge, "adaptive_build": adaptive} if spec.adaptive else {}),
     }
+
+
+def _adaptive_line(build: dict) -> str:
+    """One line on what an adaptive attack built (refusal_prefix's choice, self_written's writer)."""
+    if not build.get("built"):
+        return f"  adaptive rows not built: {build.get('why', '')}"
+    digest = str(build.get("attacked_model", {}).get("adapter_sha256", ""))[:12]
+    if "chosen" in build:
+        c = build["chosen"]
+        return (f"  chose prefix {c['prefix']!r} + transition {c['transition']!r}: mean r {c['mean_r']:.3f} on "
+                f"{build['held_out_rows']} held-out rows (plain answers {build['plain_mean_r']:.3f}; best of "
+                f"{len(build['candidates'])} candidates), under the aligned adapter {digest}")
+    if "prefill" in build:
+        return (f"  {build['answers_written']} answers written by the aligned adapter {digest} after the prefill "
+                f"{build['prefill']!r} ({build['answers_dropped']} dropped by the harmful-answer filter)")
+    return f"  {build.get('why', '')}"
 
 
 _COLUMNS = (
@@ -122,6 +143,8 @@ def format_summary(summary: dict) -> str:
             f"{attack['upload_rows']} rows, {attack['upload_harmful']} harmful; fine-tuning trains on "
             f"{attack['trained_rows']}, {attack['trained_harmful']} harmful"
         )
+        if attack.get("adaptive_build"):
+            out.append(_adaptive_line(attack["adaptive_build"]))
     out += [line(table[0]), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in table[1:]]
     out.append("")

@@ -45,7 +45,6 @@ import torch
 from antibody.app.arguments import pop_arg
 from antibody.app.screen.report import markdown, plot, summarise
 from antibody.config import Config, ConfigError, to_container
-from antibody.config.schema import Weighting
 from antibody.infra.files import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 EXACT_LIMIT = 2_000_000  # subset evaluations for the exact expectation (ours: about a second)
@@ -61,16 +60,10 @@ FINGERPRINT = "screen.key.json"
 
 def score_batch(model, batch: dict, ratio_form) -> dict[str, torch.Tensor]:
     """log p(y|x), log p(y_r|x) and r of one collated batch, as WeightedFinetuneModule
-    computes them (no gradient)."""
-    from antibody.methods.losses import sequence_nll
-    from antibody.methods.weights import WEIGHTINGS, WeightInputs, row_logprob
+    computes them (no gradient): methods/scoring.py."""
+    from antibody.methods.scoring import ratio_scores
 
-    with torch.no_grad():
-        logp_y = row_logprob(sequence_nll(model, batch), ratio_form)
-        logp_r = row_logprob(sequence_nll(model, batch, prefix="refusal_"), ratio_form)
-        inputs = WeightInputs(logp_y, logp_r, batch["is_harmful"].bool(), 1.0)
-        r = WEIGHTINGS[Weighting.LIKELIHOOD_RATIO].score(inputs)
-    return {"logp_y": logp_y.float().cpu(), "logp_refusal": logp_r.float().cpu(), "r": r.float().cpu()}
+    return ratio_scores(model, batch, ratio_form)
 
 
 def score_rows(model, encoded: list, ratio_form, batch_size: int, pad_token_id: int, start: int = 0,
@@ -235,7 +228,7 @@ def screen(cfg: Config, run: Path, out: Optional[Path] = None, *, draws: int = D
 
 
 def _score(cfg, run, encoded, done, out, batch, pad_id, device, state) -> list[dict]:
-    from antibody.app.stages import read_base_adapters
+    from antibody.app.rundir import read_base_adapters
     from antibody.infra import progress
     from antibody.models import load_model
     from antibody.models.precision import cast_for_inference, inference_autocast

@@ -41,7 +41,10 @@ def probe(cfg: Config, run_dir: Path, cache: dict) -> dict:
     key = ("probe-batches", to_yaml(dataclasses.replace(cfg, run=RunConfig(), method=MethodConfig(),
                                                         eval=EvalConfig(), trainer=TrainerConfig())))
     if key not in cache:
-        dm = build_datamodule(cfg, load_tokenizer(cfg.model), Stage.FINETUNE)
+        # the alignment stage's DataModule: the upload's rows are the same in either stage, and
+        # an adaptive attack's are not rewritten there (an aligned model has no aligned run to
+        # start from; the probe needs harmful pairs no alignment saw, not the attack's rewrite)
+        dm = build_datamodule(cfg, load_tokenizer(cfg.model), Stage.ALIGN)
         rows = [r for r in dm.encoded(Split.USER) if r.is_harmful]
         collate, size = BatchCollator(dm.pad_token_id), cfg.data.eval_batch_size
         cache[key] = (len(rows), [collate(rows[i : i + size]) for i in range(0, len(rows), size)])

@@ -160,7 +160,7 @@ def answer_prompts(source: SourceName, prompts: list[Record], ctx: SourceContext
     answers, key = generate_cached(source.value, prompts, ctx)
     texts = [answers[model_input(p)].strip() for p in prompts]
     if is_harmful:  # data.harmful_answer_filter: declined, or (judge) not flagged harmful
-        why = _harmful_drops([(model_input(p), t) for p, t in zip(prompts, texts, strict=True)], ctx)
+        why = harmful_drops([(model_input(p), t) for p, t in zip(prompts, texts, strict=True)], ctx)
     else:
         why = [DECLINED if not t or looks_like_refusal(t) else None for t in texts]
     records, dropped = [], 0
@@ -194,7 +194,7 @@ def answer_prompts(source: SourceName, prompts: list[Record], ctx: SourceContext
     return unique
 
 
-def _harmful_drops(pairs: list[tuple[str, str]], ctx: SourceContext) -> list[Optional[str]]:
+def harmful_drops(pairs: list[tuple[str, str]], ctx: SourceContext) -> list[Optional[str]]:
     """Why each (prompt, answer) to a harmful prompt is dropped, per data.harmful_answer_filter
     (answer_filter.py); the judge scores uncached answers only when the generator may write."""
     mode = ctx.data.harmful_answer_filter
