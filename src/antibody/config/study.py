@@ -33,6 +33,8 @@ for the demo's study files, `conf/study/demo*.yaml`):
                                    # by cell (same axis values and seed), then over seeds
     probe_aligned: true            # the sharpness probe on every aligned model it evaluates
     suite: main                    # results per model, as the demo's tables
+    utility_margin: 5.0            # with an `attack` axis: FA points for the utility-bounded
+                                   # worst case (study/stress.py; conf/study/stress.yaml)
 
 Unknown keys are refused with file and line, like every config group; each cell's
 overrides are composed (and so validated) before any job runs.
@@ -104,6 +106,12 @@ class StudyConfig:
     # results.json (main) or results_<suite>.json, the block `report` fills on docs/results/
     suite: Optional[str] = None
     paper: Optional[StudyPaper] = None
+    # a study with an `attack` axis reports each row's worst case over the attacks and, so that
+    # an attack which destroys the model does not count as a win, the worst case over the
+    # attacks whose mean FA is at most this many points below the row's FA under `benign`
+    # (ours, not calibrated: 5 points; FA's seed std at demo sizes is 0-1.2 points,
+    # docs/results/embedded-main.md)
+    utility_margin: float = 5.0
 
 
 def load_study(path: Path) -> StudyConfig:
@@ -148,6 +156,8 @@ def load_study(path: Path) -> StudyConfig:
             raise ConfigError(f"{path}: comparison {c.question!r}: metric {c.metric!r} is not <task>/<metric>")
     if study.paper is not None:
         _check_paper(study, path)
+    if not 0.0 <= study.utility_margin <= 100.0:
+        raise ConfigError(f"{path}: utility_margin {study.utility_margin} must be in [0, 100] (FA points)")
     if study.suite is not None and not study.suite.isidentifier():
         raise ConfigError(f"{path}: suite {study.suite!r} must be a plain word (it names results_<suite>.json)")
     return study

@@ -1,7 +1,8 @@
 """A study's plots, written beside its results.json: `results.png` (HS and FA per row, and
 the harmful rows' weight), `tradeoff.png` (HS against FA per row beside the paper's points:
-study.tradeoff) and, when some row weighted its upload, `weights.png` (each source's weight
-x batch size and each term's AUROC as a harmful-row detector)."""
+study.tradeoff), when some row weighted its upload, `weights.png` (each source's weight
+x batch size and each term's AUROC as a harmful-row detector), and for a study with an
+`attack` axis, `heatmap.png` (HS per defence and attack: study.heatmap)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from antibody.app.study.report import HS, WEIGHT, weight_key_name, weight_keys, weighted_rows
 from antibody.app.study.results import RowSummary, StudyResults
 
-FIGURES = ("results.png", "weights.png", "tradeoff.png")
+FIGURES = ("results.png", "weights.png", "tradeoff.png", "heatmap.png")
 # where `report` puts a study's plots, relative to its results page (runs/ is never committed)
 FIGURES_DIR = Path("figures")
 
@@ -121,14 +122,16 @@ def weights_plot(results: StudyResults, path: Path) -> bool:
 
 
 def write_figures(results: StudyResults, root: Path) -> None:
-    """The study's plots into its folder; a stale weights.png (no weighted row now) or
-    tradeoff.png (no row with both HS and FA now) is removed."""
+    """The study's plots into its folder; a stale weights.png (no weighted row now),
+    tradeoff.png (no row with both HS and FA now) or heatmap.png (no attack axis) is removed."""
+    from antibody.app.study.heatmap import write_heatmap
     from antibody.app.study.tradeoff import study_tradeoff
 
     plot(results, root / FIGURES[0])
     if not weights_plot(results, root / FIGURES[1]):
         (root / FIGURES[1]).unlink(missing_ok=True)
     study_tradeoff(results, root / FIGURES[2])  # removes its own stale file
+    write_heatmap(results, root / FIGURES[3])  # likewise
 
 
 def figure_name(study: str, figure: str) -> str:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Optional
 
+from antibody.app.study.markdown import SPREAD, paired_cells, pm, weight_key_name
 from antibody.app.study.plan import Cell
 from antibody.app.study.results import (
     EVALUATED,
@@ -35,7 +35,6 @@ COLUMNS = ((HS, "HS"), (HS_CORRECTED, "HS corrected"), (REFUSAL, "refusal"), (HS
 # weighted fine-tuning: the harmful rows' mean weight x batch size (1 = as under SFT) and the
 # -r term as a harmful-row detector (not rates: shown as they are, not in %)
 WEIGHT, AUROC_R = "weights/harmful_x_batch", "detector/auroc_neg_ratio"
-SPREAD = "rows/harmful_at_least_half"  # share of harmful rows with weight x B >= 0.5
 RAW_COLUMNS = ((WEIGHT, "weight x B harmful"), (AUROC_R, "AUROC -r"))
 
 
@@ -202,14 +201,6 @@ def compute_line(cost: Compute) -> str:
             f"in all, on machines with {cores} CPU cores.")
 
 
-def _pm(stat: Optional[MeanStd], scale: float = 100.0, digits: int = 1) -> str:
-    if stat is None or stat.mean is None:
-        return "-"
-    if stat.std is None:
-        return f"{scale * stat.mean:.{digits}f} (1 seed)"
-    return f"{scale * stat.mean:.{digits}f} ± {scale * stat.std:.{digits}f}"
-
-
 def study_table(results: StudyResults) -> str:
     axes = results.axes
     present = [(k, name) for k, name in COLUMNS if any(k in s.stats for s in results.summary)]
@@ -223,8 +214,8 @@ def study_table(results: StudyResults) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in results.summary:
         sizes = " / ".join(str(s.n.get(k, "-")) for k in (HS, OVER, "FA"))
-        cells = [s.row, *(str(s.value(a)) for a in axes), str(s.seeds), *(_pm(s.get(k)) for k, _ in present),
-                 *(_pm(s.get(k), scale=1.0, digits=2) for k, _ in raw), sizes]
+        cells = [s.row, *(str(s.value(a)) for a in axes), str(s.seeds), *(pm(s.get(k)) for k, _ in present),
+                 *(pm(s.get(k), scale=1.0, digits=2) for k, _ in raw), sizes]
         lines.append("| " + " | ".join(cells) + " |")
     pending = [c for c in results.cells if not c.evaluated]
     if pending:
@@ -238,12 +229,16 @@ def study_table(results: StudyResults) -> str:
                   "| row | " + " | ".join(axes) + (" | " if axes else "") + "HS diff | 95% t interval | p per seed |",
                   "|---|" + "---|" * len(axes) + "---|---|---|"]
         for p in results.paired:
-            lines.append("| " + " | ".join([p.row, *(str(p.value(a)) for a in axes), *_paired_cells(p.over)]) + " |")
+            lines.append("| " + " | ".join([p.row, *(str(p.value(a)) for a in axes), *paired_cells(p.over)]) + " |")
     from antibody.app.study.agreement import agreement_table
 
     agreement = agreement_table(results)  # a study of one two-valued axis: does it move the comparisons?
     if agreement:
         lines += ["", agreement]
+    if results.stress is not None:  # a study with an `attack` axis: each row's worst case
+        from antibody.app.study.stress_table import stress_table
+
+        lines += ["", stress_table(results.stress)]
     mechanism = weights_table(results)
     if mechanism:
         lines += ["", mechanism]
@@ -254,13 +249,6 @@ def study_table(results: StudyResults) -> str:
     if results.named_paired:
         lines += ["", named_comparisons_table(results)]
     return "\n".join(lines)
-
-
-def _paired_cells(p: OverSeeds) -> list[str]:
-    """A comparison over seeds (`over_seeds`) as table cells: difference, t interval, p per seed."""
-    ci = p.ci95
-    return [_pm(p.diff), "-" if ci is None else f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]",
-            ", ".join(f"{x:.2g}" for x in p.p_values)]
 
 
 def named_comparisons_table(results: StudyResults) -> str:
@@ -274,8 +262,8 @@ def named_comparisons_table(results: StudyResults) -> str:
              + "A | B | A - B | 95% t interval | p per seed |",
              "|---|---|" + "---|" * len(axes) + "---|---|---|---|---|"]
     for c in results.named_paired or []:
-        cells = [c.question, c.metric, *(str(c.axes.get(a)) for a in axes), f"{c.a} {_pm(c.rate_a)}",
-                 f"{c.b} {_pm(c.rate_b)}", *_paired_cells(c.over)]
+        cells = [c.question, c.metric, *(str(c.axes.get(a)) for a in axes), f"{c.a} {pm(c.rate_a)}",
+                 f"{c.b} {pm(c.rate_b)}", *paired_cells(c.over)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -296,12 +284,6 @@ def weight_keys(summary: list[RowSummary]) -> list[str]:
                   key=lambda k: (next(i for i, p in enumerate(order) if k.startswith(p)), k != WEIGHT, k))
 
 
-def weight_key_name(key: str) -> str:
-    if key == SPREAD:
-        return "harmful rows w x B >= 0.5"
-    return key.split("/", 1)[1].removesuffix("_x_batch").replace("auroc_", "AUROC ")
-
-
 def weights_table(results: StudyResults) -> str:
     """What the weights did, for rows whose fine-tuning weighted its rows: each source's
     mean weight x batch size (1 = as under SFT) and each term's AUROC as a harmful-row
@@ -318,7 +300,7 @@ def weights_table(results: StudyResults) -> str:
              "| row | " + " | ".join([*axes, *names]) + " |", "|---|" + "---|" * (len(axes) + len(keys))]
     for s in summary:
         lines.append("| " + " | ".join([s.row, *(str(s.value(a)) for a in axes),
-                                        *(_pm(s.get(k), scale=1.0, digits=2) for k in keys)]) + " |")
+                                        *(pm(s.get(k), scale=1.0, digits=2) for k in keys)]) + " |")
     return "\n".join(lines)
 
 

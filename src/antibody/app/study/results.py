@@ -266,6 +266,9 @@ class StudyResults:
     named_paired: Optional[list[NamedPaired]] = None
     # study.paper.paper_comparison: the paper's table beside ours
     paper: Optional[dict] = None
+    # a study with an `attack` axis: study.stress.StressSummary's JSON (each row's worst case);
+    # absent otherwise, so other studies' results keep their layout
+    stress: Optional[dict] = None
 
     @property
     def evaluated(self) -> list[CellResult]:
@@ -289,6 +292,8 @@ class StudyResults:
             out["named_paired"] = [n.to_json() for n in self.named_paired or []]
         if self.paper is not None:
             out["paper"] = self.paper
+        if self.stress is not None:
+            out["stress"] = self.stress
         return out
 
     @classmethod
@@ -307,4 +312,5 @@ class StudyResults:
             d.get("named_comparisons"),
             None if named is None else [NamedPaired.from_json(n, axes) for n in named],
             d.get("paper"),
+            d.get("stress"),
         )

@@ -275,6 +275,10 @@ def collect(study: StudyConfig, root: Path, all_cells: list[Cell], n_jobs: int, 
         from antibody.app.study.paper import paper_comparison
 
         results.paper = paper_comparison(results, dataclasses.asdict(study.paper))
+    from antibody.app.study.stress import stress_summary
+
+    stress = stress_summary(results, study.utility_margin / 100)  # None without an `attack` axis
+    results.stress = None if stress is None else stress.to_json()
     return results
 
 
