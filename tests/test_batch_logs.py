@@ -26,6 +26,7 @@ def _run(args: list[str], cwd: Path) -> list[str]:
     done = subprocess.run([sys.executable, "-m", "antibody", *args], cwd=cwd, env=env, text=True,
                           capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "\r" not in done.stderr and "Loading weights" not in done.stderr  # no library progress bars
     return done.stderr.splitlines()
 
 
@@ -83,3 +84,18 @@ def test_progress_lines_report_every_n_units_or_seconds(caplog, monkeypatch):
     monkeypatch.setenv("ANTIBODY_PROGRESS_STEPS", "x")
     with pytest.raises(ValueError, match="ANTIBODY_PROGRESS_STEPS='x': expected a number"):
         progress.Lines("bad", total=3)
+
+
+def test_off_a_terminal_the_libraries_bars_are_turned_off(monkeypatch):
+    import huggingface_hub
+    import transformers
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    try:
+        logs._no_library_bars()
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+        assert huggingface_hub.utils.are_progress_bars_disabled()
+        assert not transformers.utils.logging.is_progress_bar_enabled()  # "Loading weights: ..." bars
+    finally:
+        huggingface_hub.utils.enable_progress_bars()
+        transformers.utils.logging.enable_progress_bar()

@@ -15,6 +15,7 @@ keeps the same plain lines in its own log.txt (`run_log`).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -136,6 +137,18 @@ class _DropMessage(logging.Filter):
         return not str(record.msg).startswith(self.prefix)
 
 
+def _no_library_bars() -> None:
+    """Off a terminal, the hub's and transformers' tqdm bars ("Loading weights: 0%|...") are a
+    carriage-return-joined line of escape codes in a log file: turned off. The variable is read
+    when huggingface_hub is imported (transformers reads it from there), which a command does
+    after this; a library already imported is told directly."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
 def configure_logging() -> None:
     """Show `antibody.*` INFO messages on stderr (so a command's printed output can be
     redirected on its own): through rich on the progress bars' console on a terminal (a line
@@ -151,6 +164,8 @@ def configure_logging() -> None:
         logger.setLevel(logging.INFO)
         logger.propagate = False  # an application that also logs to root would print each line twice
 
+    if not progress.console.is_terminal:
+        _no_library_bars()
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name, message in ((BNB_LOGGER, BNB_KERNELS_MESSAGE), (KERNELS_LOGGER, KERNELS_OFFLINE_MESSAGE)):
