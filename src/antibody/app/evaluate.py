@@ -118,20 +118,29 @@ def evaluate_model(cfg: Config, adapter: Optional[Path], out_dir: Path, records=
     return result
 
 
-def eval_summary(name: str, result: dict) -> str:
-    """One line per finished evaluation: HS, HS corrected, refusal and FA (or win rate), in %."""
-    metrics = result.get("metrics", {})
+def task_metric(metrics: dict) -> str | None:
+    """The task's metric key among an evaluation's metrics (`<task>/accuracy` or `/win_rate`)."""
+    return next((k for k in metrics if k.endswith(("/accuracy", "/win_rate"))), None)
 
-    def pct(key: str) -> str:
-        value = (metrics.get(key) or {}).get("value")
+
+def metrics_line(metrics: dict) -> str:
+    """HS, HS corrected, refusal and FA of an evaluation's metrics, in %, for one log line
+    (an evaluation's summary, a study cell's)."""
+    def pct(key: str | None) -> str:
+        value = (metrics.get(key) or {}).get("value") if key else None
         return "-" if value is None else f"{100 * value:.1f}%"
 
-    task = next((k for k in metrics if k.endswith(("/accuracy", "/win_rate"))), None)
+    return (f"HS {pct('harmful/harmful_score')}, HS corrected {pct('harmful/harmful_score_corrected')}, "
+            f"refusal {pct('harmful/refusal_rate')}, FA {pct(task_metric(metrics))}")
+
+
+def eval_summary(name: str, result: dict) -> str:
+    """One line per finished evaluation: its figures (metrics_line), prompts and wall time."""
+    metrics = result.get("metrics", {})
     n = (metrics.get("harmful/harmful_score") or {}).get("n")
     seconds = result.get("eval_seconds")
-    return (f"eval done: {name}: HS {pct('harmful/harmful_score')} (n={n}), HS corrected "
-            f"{pct('harmful/harmful_score_corrected')}, refusal {pct('harmful/refusal_rate')}, "
-            f"FA {pct(task) if task else '-'}" + (f", {seconds:.1f} s" if seconds else ""))
+    head, rest = metrics_line(metrics).split(", ", 1)
+    return f"eval done: {name}: {head} (n={n}), {rest}" + (f", {seconds:.1f} s" if seconds else "")
 
 
 def refuse_multi_process(command: str = "eval") -> None:

@@ -75,7 +75,8 @@ def _setting(name: str, default: float) -> float:
         raise ValueError(f"{name}={value!r}: expected a number (0 turns it off)") from None
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """`1h02m03s`, `4m05s`, `6s`: an elapsed time or ETA in a log line."""
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
@@ -109,11 +110,11 @@ class Lines:
         elapsed = time.monotonic() - self._t0
         new = self.completed - self._start_done
         rate = new / elapsed if elapsed > 0 else 0.0
-        parts = [self._count(), f"{_duration(elapsed)} elapsed"]
+        parts = [self._count(), f"{duration(elapsed)} elapsed"]
         if new > 0 and elapsed > 0:
             parts.append(f"{rate:.3g}/s" if rate >= 1 else f"{1 / rate:.3g} s each")
             if self.total and not final:
-                parts.append(f"ETA {_duration((self.total - self.completed) / rate)}")
+                parts.append(f"ETA {duration((self.total - self.completed) / rate)}")
         if self.note:
             parts.append(self.note)
         return f"{'done' if final else 'progress'}: {self.description}: {', '.join(parts)}"

@@ -10,14 +10,11 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from antibody.app.evaluate import metrics_line
 from antibody.app.study.plan import Cell
+from antibody.infra.progress import duration
 
 log = logging.getLogger(__name__)
-
-
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes} min"
 
 
 class CellClock:
@@ -54,19 +51,11 @@ class CellClock:
         label = ", ".join(f"{key}={value}" for key, value in cell.label().items())
         missing = f" (+ {unknown} parts with no measured cost yet)" if unknown else ""
         log.info("study %s: cell %d of %d (%s); left: about %s%s", self.study, k + 1, len(self.cells), label,
-                 _duration(seconds), missing)
+                 duration(seconds), missing)
 
     def done(self, k: int) -> None:
         cell = self.cells[k]
         path = self.root / cell.model_job.name / "eval" / "metrics.json"
         metrics = json.loads(path.read_text()).get("metrics", {}) if path.is_file() else {}
-
-        def pct(key: Optional[str]) -> str:
-            value = (metrics.get(key) or {}).get("value") if key else None
-            return "-" if value is None else f"{100 * value:.1f}%"
-
-        task = next((m for m in metrics if m.endswith(("/accuracy", "/win_rate"))), None)
-        log.info("study %s: cell %d of %d done (%s, seed %d, %s): HS %s, HS corrected %s, refusal %s, FA %s",
-                 self.study, k + 1, len(self.cells), cell.row, cell.seed, cell.model_job.name,
-                 pct("harmful/harmful_score"), pct("harmful/harmful_score_corrected"), pct("harmful/refusal_rate"),
-                 pct(task))
+        log.info("study %s: cell %d of %d done (%s, seed %d, %s): %s", self.study, k + 1, len(self.cells),
+                 cell.row, cell.seed, cell.model_job.name, metrics_line(metrics))

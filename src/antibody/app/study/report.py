@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from antibody.app.evaluate import task_metric
 from antibody.app.study.markdown import SPREAD, paired_cells, pm, weight_key_name
 from antibody.app.study.plan import Cell
 from antibody.app.study.results import (
@@ -61,8 +62,8 @@ def weights_and_detector(run_dir: Path, cfg=None) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _task_metric(metrics: dict) -> str | None:
-    return next((k for k in metrics if k.endswith(("/accuracy", "/win_rate"))), None)
+# the task's metric key (one definition, app/evaluate.py); tradeoff.py imports it from here
+_task_metric = task_metric
 
 
 def cell_result(cell: Cell, root: Path) -> CellResult:
