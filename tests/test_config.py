@@ -149,7 +149,12 @@ def _at(container: dict, path: tuple[str, ...]):
 
 
 def _differences(cfg: Config, leaves: dict[tuple[str, ...], object], prefix: tuple[str, ...] = ()) -> list[str]:
+    from antibody.config.precision import AUTO, auto_precision
+
     plain = to_container(cfg)
+    # a file's precision "auto" composes to what it stands for (tests/test_precision_auto.py)
+    leaves = {p: auto_precision(cfg.trainer.accelerator) if (*prefix, *p) == ("trainer", "precision") and v == AUTO
+              else v for p, v in leaves.items()}
     return [
         f"{'.'.join((*prefix, *path))}: file {want!r}, composed {_at(plain, (*prefix, *path))!r}"
         for path, want in leaves.items()

@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from antibody.config.errors import ConfigError
 from antibody.config.merging import COMMAND_LINE, explain, merge, merge_sources, structured
+from antibody.config.precision import resolve_precision
 from antibody.config.schema import Config
 from antibody.config.sizes import size_problems
 from antibody.infra.files import parse_yaml
@@ -273,8 +274,9 @@ def compose(overrides: Optional[list[str]] = None, conf_dir: Optional[Path] = No
     from antibody.config.attack_rules import apply_attack
     from antibody.config.validate import validate
 
-    # once, here: a hyper-parameter attack's change is then in the resolved config (and saved)
-    obj = apply_attack(obj)
+    # once, here: a hyper-parameter attack's change is then in the resolved config (and saved),
+    # as is the precision "auto" stands for on this machine (config/precision.py)
+    obj = resolve_precision(apply_attack(obj))
     validate(obj)
     _check_upload_overrides(obj, dotlist)
     # the probe backbone names a model option: a typo fails here, before any work
@@ -394,5 +396,6 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     obj: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     from antibody.config.validate import validate
 
+    obj = resolve_precision(obj)
     validate(obj)
     return obj

@@ -346,6 +346,8 @@ class TrainerConfig:
     accelerator: str = "cpu"
     devices: int = 1
     strategy: str = "auto"
+    # Lightning's precision string, or "auto" (bf16-mixed where the hardware has native bf16,
+    # else 32-true), which compose resolves: saved configs never say "auto" (config/precision.py)
     precision: str = "32-true"
     # processes = devices x num_nodes under DDP (docs/multi-gpu.md); left out of saved
     # configs and study keys while 1, so runs keyed before it existed are found again
