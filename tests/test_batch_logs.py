@@ -69,6 +69,21 @@ def test_a_notice_marked_once_is_shown_once_per_process(capsys, monkeypatch):
     assert sum("news 1" in line for line in err) == 2  # unmarked messages all show
 
 
+def test_a_judge_loaded_by_every_job_is_announced_once(capsys, monkeypatch):
+    """The bench and a study load the same cached judge for each job: one line, not one each."""
+    from antibody.evaluation.judges.trained import announce
+
+    monkeypatch.setattr(type(progress.console), "is_terminal", property(lambda self: False))
+    logs.configure_logging()
+    report = {"validation_auroc": 0.937, "n_validation": 378, "n_validation_prompts": 207}
+    for _ in range(3):
+        announce("probe", "v-test-once", False, report)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if "judge probe v-test-once" in line]
+    assert len(lines) == 1 and "validation AUROC 0.937 (n=378 rows, 207 prompts" in lines[0]
+    assert "[judge]" not in captured.out
+
+
 def test_progress_lines_report_every_n_units_or_seconds(caplog, monkeypatch):
     monkeypatch.setattr(type(progress.console), "is_terminal", property(lambda self: False))
     monkeypatch.setenv("ANTIBODY_PROGRESS_STEPS", "5")

@@ -3,8 +3,9 @@ the calibration forward over its harmful rows and the pruning), given in units o
 fine-tuning step timed in the same round: "this repair costs as much as k fine-tuning steps".
 
 Expected, counted in passes like the training stages (bench.stats.EXPECTED): one no-grad
-forward (1/3 of a forward+backward) over R calibration rows, against an SFT step's one
-forward+backward over B user rows: R / (3 B) steps, at equal row lengths.
+forward (1/2 of a LoRA's forward+backward, bench.stats.NO_GRAD_FORWARD) over R calibration
+rows, against an SFT step's one forward+backward over B user rows: R / (2 B) steps, at equal
+row lengths.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import lightning as L
 import numpy as np
 
-from antibody.app.bench.stats import Expected
+from antibody.app.bench.stats import NO_GRAD_FORWARD, Expected
 from antibody.config import Config
 from antibody.config.schema import RepairMethod
 
@@ -23,7 +24,8 @@ REPAIR_METHODS = [m.value for m in RepairMethod if m is not RepairMethod.NONE]
 
 def expected_repair(cfg: Config, rows: int) -> Expected:
     b = cfg.data.finetune_batch_size
-    return Expected(rows / (3 * b), f"1 no-grad forward over {rows} calibration rows = {rows}/(3 x {b}) SFT steps")
+    return Expected(rows * NO_GRAD_FORWARD / b,
+                    f"1 no-grad forward over {rows} calibration rows = {rows}/(2 x {b}) SFT steps")
 
 
 def time_repair(cfg: Config, batches: list[dict]) -> float:

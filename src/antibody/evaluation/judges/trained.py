@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import Callable
 from pathlib import Path
 
 from antibody.config.errors import DataError
 from antibody.infra.files import atomic_write_pickle
+from antibody.infra.progress import ONCE
+
+log = logging.getLogger(__name__)
 
 
 def load_or_train(name: str, version: str, cache_dir: Path, fit: Callable[[], dict]) -> tuple[dict, Path, bool]:
@@ -27,6 +31,8 @@ def load_or_train(name: str, version: str, cache_dir: Path, fit: Callable[[], di
 
 
 def announce(name: str, version: str, trained: bool, report: dict) -> None:
-    print(f"[judge] {name} {version} ({'trained' if trained else 'loaded from cache'}): validation AUROC "
-          f"{report['validation_auroc']:.3f} (n={report['n_validation']} rows, "
-          f"{report['n_validation_prompts']} prompts; `python -m antibody judge-eval` for the full report)")
+    """One line per judge and process (a study or the bench loads the same judge for every
+    job; ONCE keeps the repeats out of the console and each run's log.txt)."""
+    log.info("judge %s %s (%s): validation AUROC %.3f (n=%d rows, %d prompts; `python -m antibody judge-eval` "
+             "for the full report)", name, version, "trained" if trained else "loaded from cache",
+             report["validation_auroc"], report["n_validation"], report["n_validation_prompts"], extra=ONCE)
