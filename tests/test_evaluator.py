@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -154,6 +155,19 @@ def test_resume_refuses_foreign_or_corrupt_files(monkeypatch, cfg, tokenizer, tm
     with pytest.raises(DataError, match="task version"):
         ev.evaluate(None, tokenizer, records, cfg, tmp_path, KeywordJudge())
     dup = {"benign": records["benign"] + records["benign"][:1]}
+    path.unlink()
+    # answers generated under other settings (here a shorter answer budget) are not resumed into this one
+    ev.evaluate(None, tokenizer, records, cfg, tmp_path, KeywordJudge())
+    first = read_rows(path)[0]
+    assert first["generation"] == ev.generation_settings(cfg, ev.get_task("benign"))
+    other = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, max_new_tokens=cfg.eval.max_new_tokens + 1))
+    with pytest.raises(DataError, match=r"benign.jsonl:1: answer generated under .*'max_new_tokens': "
+                                        rf"{cfg.eval.max_new_tokens}\}}, this evaluation generates under"):
+        ev.evaluate(None, tokenizer, records, other, tmp_path, KeywordJudge())
+    # a file written before rows carried their settings resumes as before
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "generation"}) + "\n"
+                            for r in read_rows(path)))
+    assert ev.evaluate(None, tokenizer, records, other, tmp_path, KeywordJudge())["tasks"]["benign"]["generated_this_run"] == 0
     path.unlink()
     with pytest.raises(DataError, match="duplicate"):
         ev.evaluate(None, tokenizer, dup, cfg, tmp_path, KeywordJudge())

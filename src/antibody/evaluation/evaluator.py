@@ -3,7 +3,9 @@
 For each task, answers are streamed to `out_dir/predictions/<task>.jsonl` (one JSON row
 per prompt, flushed and fsynced per batch). A killed evaluation resumes: rows already in
 the file are kept and not regenerated; a truncated last line (the kill hit a write) is
-dropped and redone. Metrics are computed from the file, so a resumed run scores exactly
+dropped and redone. Each row records the settings it was generated under
+(`generation_settings`), and a file written under others is refused, not mixed. Metrics are
+computed from the file, so a resumed run scores exactly
 what an uninterrupted one would, and written to `out_dir/metrics.json` with each task's
 version and the judge's name, version and report.
 """
@@ -32,7 +34,7 @@ from antibody.evaluation.scoring import RowScorer
 from antibody.evaluation.tasks import EvalTask, MetricKind, get_task
 from antibody.infra import progress as progress_bars
 from antibody.infra.files import append_jsonl, atomic_write_json, atomic_write_jsonl
-from antibody.models.precision import inference_autocast
+from antibody.models.precision import BF16_MIXED, inference_autocast
 
 Progress = Callable[[str, int, int], None]  # (task, rows done, rows total)
 
@@ -72,7 +74,18 @@ def read_predictions(path: Path, repair: bool = True) -> list[dict]:
     return rows
 
 
-def _check_resumable(rows: list[dict], path: Path, records: dict[str, Record], task: EvalTask) -> None:
+def generation_settings(cfg: Config, task: EvalTask) -> dict:
+    """What an answer depends on besides its prompt and the weights, stored in every row: a
+    predictions file resumed under other settings (the base model's `base-<model>/` folder is
+    shared by every evaluation of it in one output dir) would otherwise mix answers of two
+    generations, e.g. fp32 answers under a bf16-mixed run's name."""
+    return {"autocast_bf16": cfg.trainer.precision in BF16_MIXED,
+            "attn_implementation": cfg.model.attn_implementation,
+            "max_new_tokens": task.resolve_max_new_tokens(cfg)}
+
+
+def _check_resumable(rows: list[dict], path: Path, records: dict[str, Record], task: EvalTask,
+                     settings: dict) -> None:
     seen: set[str] = set()
     for i, row in enumerate(rows, start=1):
         uid = row.get("uid")
@@ -85,6 +98,10 @@ def _check_resumable(rows: list[dict], path: Path, records: dict[str, Record], t
         if row.get("task_version") != task.version:
             raise DataError(f"{path}:{i}: written by task version {row.get('task_version')!r}, now "
                             f"{task.version!r}; delete the file to regenerate")
+        # rows written before the settings were stored (2026-12-08) carry none and are kept
+        if "generation" in row and row["generation"] != settings:
+            raise DataError(f"{path}:{i}: answer generated under {row['generation']}, this evaluation "
+                            f"generates under {settings}; use another run.output_dir or delete the file")
 
 
 # ---------------------------------------------------------------------------
@@ -93,7 +110,7 @@ def _check_resumable(rows: list[dict], path: Path, records: dict[str, Record], t
 
 
 def _make_rows(task: EvalTask, batch: list[Record], prompts: list[str], responses: list[str],
-               scorer: RowScorer) -> list[dict]:
+               scorer: RowScorer, settings: dict) -> list[dict]:
     questions = [user_message(r) for r in batch]  # the judge sees the question, not the template
     rows = []
     for rec, prompt, question, response in zip(batch, prompts, questions, responses, strict=True):
@@ -110,7 +127,7 @@ def _make_rows(task: EvalTask, batch: list[Record], prompts: list[str], response
             "question": question, "prompt": prompt, "response": response,
             "judge": None, "judge_score": None, "verdict": None,
             "refusal": is_refusal(response), "incoherent": M.is_incoherent(response),
-            "target": rec.target, "extracted": extracted, "correct": correct,
+            "target": rec.target, "extracted": extracted, "correct": correct, "generation": settings,
         })
     if task.uses_judge:
         scorer.score(rows)
@@ -177,7 +194,8 @@ def evaluate_task(model, tokenizer, task: EvalTask, records: list[Record], cfg: 
     path = Path(out_dir) / "predictions" / f"{task.name.value}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = read_predictions(path)
-    _check_resumable(existing, path, by_uid, task)
+    settings = generation_settings(cfg, task)
+    _check_resumable(existing, path, by_uid, task, settings)
     if task.uses_judge and scorer.refresh(existing):
         # answers judged by another judge or rule: judged again, never regenerated
         atomic_write_jsonl(path, existing)
@@ -200,7 +218,7 @@ def evaluate_task(model, tokenizer, task: EvalTask, records: list[Record], cfg: 
             # (models/precision.py); the judge stays in the precision it was validated in (fp32)
             with inference_autocast(cfg.trainer.precision, model):
                 responses = generate(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=bs)
-            new_rows = _make_rows(task, batch, prompts, responses, scorer)
+            new_rows = _make_rows(task, batch, prompts, responses, scorer, settings)
             append_jsonl(path, new_rows)  # fsynced per batch: a kill loses at most this batch
             done.update((row["uid"], row) for row in new_rows)
             bar.update(completed=len(done))
