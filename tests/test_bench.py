@@ -11,7 +11,7 @@ import torch
 
 from antibody.app.bench import run as bench
 from antibody.app.bench.memory import MemoryPassError, measure_in_subprocess, peak_memory
-from antibody.app.bench.run import parse_protocol
+from antibody.app.bench.protocol import parse_protocol, variant_args
 from antibody.app.bench.stats import EXPECTED, memory_ratios, rotated, timing_summary
 from antibody.app.report import block_name, render, report_command
 from antibody.cli.main import main
@@ -194,7 +194,7 @@ def test_the_bench_compares_clipping_side_by_side(tmp_path, monkeypatch):
     args = ["experiment=tiny", f"run.output_dir={out}", "steps=1", "warmup=1", "repeats=2", "methods=sft",
             "memory=false", "clip=0,1.0"]
     protocol, rest = parse_protocol(args)
-    assert bench.variant_args(rest, protocol)["clip 1.0"][-2:] == ["method.align.gradient_clip_val=1.0",
+    assert variant_args(rest, protocol)["clip 1.0"][-2:] == ["method.align.gradient_clip_val=1.0",
                                                                    "method.finetune.gradient_clip_val=1.0"]
     assert main(["bench", *args]) == 0
     result = json.loads((out / "bench" / "bench.json").read_text())
@@ -206,6 +206,31 @@ def test_the_bench_compares_clipping_side_by_side(tmp_path, monkeypatch):
     assert block_name(result) == "bench-tiny-llama-clipping-results"
     for bad, match in ((["clip=-1"], "clip=-1: name one or more"), (["clip=0,x"], "clip=0,x"),
                        (["clip=0,1", "precisions=32-true"], "one axis at a time")):
+        with pytest.raises(ConfigError, match=match):
+            parse_protocol(bad)
+
+
+def test_the_bench_compares_named_sets_of_overrides(tmp_path, monkeypatch):
+    """variants=label:overrides;...: any comparison in the same rounds (e.g. bf16 with eager
+    attention against fp32), each label's overrides named in the caption, its own block."""
+    out = tmp_path / "runs"
+    spec = "fp32:;bf16 eager:trainer.precision=bf16-mixed+model.attn_implementation=eager"
+    args = ["experiment=tiny", f"run.output_dir={out}", "steps=1", "warmup=1", "repeats=2", "methods=sft",
+            "memory=false", f"variants={spec}"]
+    protocol, rest = parse_protocol(args)
+    assert variant_args(rest, protocol) == {
+        "fp32": rest, "bf16 eager": [*rest, "trainer.precision=bf16-mixed", "model.attn_implementation=eager"]}
+    assert main(["bench", *args]) == 0
+    result = json.loads((out / "bench" / "bench.json").read_text())
+    assert result["axis"] == "variant" and result["variants"] == ["fp32", "bf16 eager"]
+    assert result["by_variant"]["bf16 eager"]["stages"]["finetune"]["methods"]["sft"]["variant_ratio"] > 0
+    table = render(result)
+    assert "| finetune | sft | bf16 eager |" in table and "x fp32" in table
+    assert "(fp32 = the config as it is, bf16 eager = trainer.precision=bf16-mixed model.attn_implementation=eager," in table
+    assert block_name(result) == "bench-tiny-llama-variant-results"
+    for bad, match in ((["variants=a:x=1"], "two or more"), (["variants=a:x=1;a:y=2"], "distinct labels"),
+                       (["variants=a:x;b:"], "label:key=value"), (["variants=:x=1;b:"], "at ':x=1'"),
+                       (["variants=a:;b:", "clip=0,1"], "one axis at a time")):
         with pytest.raises(ConfigError, match=match):
             parse_protocol(bad)
 

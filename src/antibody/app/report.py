@@ -73,14 +73,16 @@ def bench_table(results: dict) -> str:
     first = results.get("variant", results["precision"])
     variants = results.get("variants") or results.get("precisions") or [first]
     axis = results.get("axis", "precision")
-    held = "" if axis == "precision" else f"{results['precision']}; {axis}: "
+    held = "" if axis in ("precision", "variant") else f"{results['precision']}; {axis}: "
+    named = results.get("variant_overrides")  # variants=...: each label with its overrides
+    shown = [f"{v} = {' '.join(named[v]) or 'the config as it is'}" for v in variants] if named else variants
     kinds = {(m.get("memory") or {}).get("kind") for s in results["stages"].values() for m in s["methods"].values()}
     memory = "; ".join(_MEMORY_KINDS[k] for k in sorted(k for k in kinds if k)) or "not measured"
     by = results.get("by_variant") or results.get("by_precision") or {}
     runs = {first: results["stages"]} | {v: r["stages"] for v, r in by.items()}
     compare = len(runs) > 1  # the variant columns only where the bench compared variants
     lines = [
-        f"Model {results['model']} on {results['device']} ({held}{', '.join(variants)}, "
+        f"Model {results['model']} on {results['device']} ({held}{', '.join(shown)}, "
         f"{results['torch_threads']} "
         f"torch threads, {results['cpu_count']} CPUs); batch {b['align']} alignment + {b['harmful']} harmful "
         f"rows, {b['finetune']} fine-tuning rows, max length {results['max_length']}. Each of "

@@ -11,7 +11,9 @@ builds caches and the data iterator), ``repeats=N`` rounds (default 3),
 always runs in a stage that runs), ``memory=true|false`` (the memory pass, default true),
 ``precisions=a,b,...`` (``trainer.precision`` values, e.g. ``32-true,bf16-mixed``) or
 ``clip=a,b,...`` (the global-norm clipping of both stages, ``method.*.gradient_clip_val``;
-0 is off, e.g. ``clip=0,1.0``): one axis of variants; every method runs in each, in the
+0 is off, e.g. ``clip=0,1.0``) or ``variants=label:key=value+key=value;label:...`` (any named
+sets of overrides, e.g. ``variants='fp32:trainer.precision=32-true;bf16 eager:trainer.precision=bf16-mixed+model.attn_implementation=eager'``):
+one axis of variants; every method runs in each, in the
 same rounds, and each variant's step time is also given as a ratio to the same method's at
 the first variant; default: the config as it is.
 
@@ -28,7 +30,8 @@ exercised. Then the memory pass runs each method once more in a fresh process
 (bench.memory). Runs on the config's accelerator (the CPU by default).
 
 Duration (measured on 2 quiet CPU cores): ``bench steps=2`` on the embedded model took
-25.4 minutes (RepNoise's logit lens is the slowest method, ~45 s/step); the default
+40.7 minutes with every method and the repair (2026-12-08; RepNoise's logit lens is the
+slowest method, ~50 s/step); the default
 steps=3 adds one timed step per method and round. ``experiment=tiny`` took 3.3 minutes
 (about half of it the memory pass's fresh interpreters).
 
@@ -44,19 +47,17 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from antibody.app.arguments import pop_arg
 from antibody.app.bench.memory import MemoryPassError, measure_in_subprocess, peak_memory
-from antibody.app.bench.repair import REPAIR_METHODS, expected_repair, repair_summary, time_repair
+from antibody.app.bench.protocol import Protocol, parse_protocol, variant_args, variant_axis
+from antibody.app.bench.repair import expected_repair, repair_summary, time_repair
 from antibody.app.bench.stats import (
     EXPECTED,
     REFERENCE,
-    STAGE_METHODS,
     memory_ratios,
     rotated,
     timing_summary,
@@ -64,99 +65,9 @@ from antibody.app.bench.stats import (
 from antibody.app.callbacks import StepTimer
 from antibody.app.errors import StageInterrupted
 from antibody.app.rundir import write_json
-from antibody.config import Config, ConfigError, compose
+from antibody.config import Config, compose
 from antibody.config.schema import Stage
 from antibody.infra import progress
-
-
-@dataclass(frozen=True)
-class Protocol:
-    steps: int
-    warmup: int
-    repeats: int
-    methods: dict[Stage, list[str]]  # per stage that runs: SFT first, then the enum's order
-    memory: bool
-    # trainer.precision of each variant, the first the reference of the variant ratio;
-    # empty: the config's own precision only
-    precisions: tuple[str, ...] = ()
-    # or the gradient_clip_val of both stages per variant (0: off)
-    clips: tuple[str, ...] = ()
-    # repair methods timed once per round at the first variant (bench.repair), against the
-    # round's SFT fine-tuning step
-    repairs: tuple[str, ...] = ()
-
-
-def _int_arg(args: list[str], name: str, default: int, lo: int) -> tuple[int, list[str]]:
-    value, args = pop_arg(args, name)
-    if value is None:
-        return default, args
-    if not value.isdigit() or int(value) < lo:  # one line, not a traceback
-        raise ConfigError(f"{name}={value}: expected an integer in [{lo}, inf)")
-    return int(value), args
-
-
-def _methods_arg(value: str | None) -> tuple[dict[Stage, list[str]], tuple[str, ...]]:
-    known = list(dict.fromkeys([*(m for ms in STAGE_METHODS.values() for m in ms), *REPAIR_METHODS]))
-    chosen = known if value is None else [m.strip() for m in value.split(",") if m.strip()]
-    unknown = [m for m in chosen if m not in known]
-    if unknown or not chosen:
-        raise ConfigError(f"methods={value}: unknown method {', '.join(unknown) or '(none)'}; "
-                          f"choose from {', '.join(known)}")
-    plan = {}
-    for stage, methods in STAGE_METHODS.items():
-        if any(m in chosen for m in methods):  # a stage runs if a chosen method belongs to it
-            plan[stage] = [REFERENCE, *(m for m in methods if m in chosen and m != REFERENCE)]
-    repairs = tuple(m for m in REPAIR_METHODS if m in chosen)
-    if repairs:  # a repair is given in SFT fine-tuning steps: that step is timed too
-        plan.setdefault(Stage.FINETUNE, [REFERENCE])
-    return plan, repairs
-
-
-def parse_protocol(args: list[str]) -> tuple[Protocol, list[str]]:
-    """The bench's own arguments (see the module docstring) and the config overrides left."""
-    steps, args = _int_arg(args, "steps", 3, 1)
-    warmup, args = _int_arg(args, "warmup", 1, 0)
-    repeats, args = _int_arg(args, "repeats", 3, 1)
-    methods, args = pop_arg(args, "methods")
-    memory, args = pop_arg(args, "memory")
-    if memory not in (None, "true", "false"):
-        raise ConfigError(f"memory={memory}: expected true or false")
-    precisions, args = pop_arg(args, "precisions")
-    chosen = tuple(dict.fromkeys(p.strip() for p in (precisions or "").split(",") if p.strip()))
-    if precisions is not None and not chosen:
-        raise ConfigError(f"precisions={precisions}: name one or more trainer.precision values, e.g. 32-true,bf16-mixed")
-    clip, args = pop_arg(args, "clip")
-    clips = tuple(dict.fromkeys(c.strip() for c in (clip or "").split(",") if c.strip()))
-    if clip is not None:
-        bad = [c for c in clips if not _is_norm(c)]
-        if not clips or bad:
-            raise ConfigError(f"clip={clip}: name one or more global gradient norms >= 0 (0 is off), e.g. 0,1.0")
-        if chosen:
-            raise ConfigError(f"precisions={precisions} and clip={clip}: the bench compares one axis at a time")
-    plan, repairs = _methods_arg(methods)
-    return Protocol(steps, warmup, repeats, plan, memory != "false", chosen, clips, repairs), args
-
-
-def _is_norm(text: str) -> bool:
-    try:
-        return float(text) >= 0
-    except ValueError:
-        return False
-
-
-def variant_args(args: list[str], protocol: Protocol) -> dict[str, list[str]]:
-    """The overrides of each variant the bench compares, by label: precisions, or clipping
-    norms ("clip 1.0"); the config as it is (labelled by its precision) when none is named."""
-    if protocol.clips:
-        return {f"clip {c}": [*args, f"method.align.gradient_clip_val={c}", f"method.finetune.gradient_clip_val={c}"]
-                for c in protocol.clips}
-    if not protocol.precisions:
-        return {compose(args).trainer.precision: list(args)}
-    return {p: [*args, f"trainer.precision={p}"] for p in protocol.precisions}
-
-
-def variant_axis(protocol: Protocol) -> str:
-    return "clipping" if protocol.clips else "precision"
 
 
 def method_config(args: list[str], stage: Stage, method: str, max_steps: int) -> Config:
@@ -356,6 +267,8 @@ def bench_command(args: list[str]) -> int:
         "axis": variant_axis(protocol),  # what the variants vary: precision or clipping
         "variant": variants[0],  # of "stages"; the others' in "by_variant", with their ratio to it
         "variants": variants,
+        # variants=...: each label's overrides, named in the table's caption
+        **({"variant_overrides": {label: list(o) for label, o in protocol.variants}} if protocol.variants else {}),
         "by_variant": {p: {"stages": by_variant[p]} for p in variants[1:]},
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
