@@ -11,12 +11,36 @@ from antibody.config.errors import ConfigError
 from antibody.config.precision import NATIVE_BF16_ENV, _cpuinfo_flags, _detected_native_bf16, native_cpu_bf16
 
 
-@pytest.mark.parametrize(("native", "expected"), [("1", "bf16-mixed"), ("0", "32-true")])
-def test_the_demo_trains_in_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, native, expected):
+@pytest.mark.parametrize(("native", "expected", "attention"), [("1", "bf16-mixed", "eager"), ("0", "32-true", None)])
+def test_the_demo_trains_in_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, native, expected, attention):
     monkeypatch.setenv(NATIVE_BF16_ENV, native)
     cfg = compose(["experiment=demo"])
-    assert cfg.trainer.precision == expected
+    assert cfg.trainer.precision == expected and cfg.trainer.attention == attention
     assert f"precision: {expected}" in to_yaml(cfg) and "precision: auto" not in to_yaml(cfg)
+    # fp32 keeps the saved config (and so the keys) it had before: no attention key at all
+    assert ("attention: eager" in to_yaml(cfg)) == (attention == "eager") and "attention: null" not in to_yaml(cfg)
+    assert cfg.model.attn_implementation is None  # generation keeps the model's kernel
+
+
+def test_an_attention_the_config_names_is_kept_and_a_wrong_one_is_refused(monkeypatch):
+    monkeypatch.setenv(NATIVE_BF16_ENV, "1")
+    assert compose(["experiment=demo", "trainer.attention=sdpa"]).trainer.attention == "sdpa"
+    assert compose(["experiment=demo", "trainer.precision=bf16-mixed"]).trainer.attention is None  # explicit: as named
+    with pytest.raises(ConfigError, match=r"trainer.attention='eagr' is not allowed; choose one of eager, sdpa"):
+        compose(["experiment=tiny", "trainer.attention=eagr"])
+
+
+def test_training_switches_the_model_to_its_attention_and_evaluation_loads_the_models_own(monkeypatch):
+    from antibody.app.stages import module_for
+    from antibody.config.schema import Stage
+    from antibody.models import load_model
+
+    cfg = compose(["experiment=tiny", "trainer.attention=eager"])
+    model, _ = load_model(cfg.model)
+    assert model.config._attn_implementation == "sdpa"
+    module_for(Stage.FINETUNE, model, cfg)
+    assert model.config._attn_implementation == "eager"
+    assert load_model(cfg.model)[0].config._attn_implementation == "sdpa"
 
 
 def test_an_explicit_precision_is_kept_and_auto_on_a_gpu_is_bf16(monkeypatch):
@@ -51,7 +75,7 @@ def test_the_job_key_follows_the_resolved_precision(monkeypatch):
     fp32 = compose(["experiment=demo"])
     monkeypatch.setenv(NATIVE_BF16_ENV, "1")
     bf16 = compose(["experiment=demo"])
-    pinned = compose(["experiment=demo", "trainer.precision=bf16-mixed"])
+    pinned = compose(["experiment=demo", "trainer.precision=bf16-mixed", "trainer.attention=eager"])
     assert align_key(bf16) == align_key(pinned) != align_key(fp32)
 
 

@@ -224,6 +224,10 @@ def build_trainer(cfg: Config, run: RunDir, stage: Stage, max_steps: int, extra_
 def module_for(stage: Stage, model, cfg: Config):
     from antibody.methods import build_align_module, build_finetune_module
 
+    if cfg.trainer.attention is not None:
+        # training's own attention kernel (config/precision.py); the adapter saved from this
+        # model does not record it, so an evaluation loads the model's kernel again
+        model.set_attn_implementation(cfg.trainer.attention)
     return {Stage.ALIGN: build_align_module, Stage.FINETUNE: build_finetune_module}[stage](model, cfg)
 
 

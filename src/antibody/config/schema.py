@@ -352,6 +352,10 @@ class TrainerConfig:
     # processes = devices x num_nodes under DDP (docs/multi-gpu.md); left out of saved
     # configs and study keys while 1, so runs keyed before it existed are found again
     num_nodes: int = field(default=1, metadata=OMIT_WHEN_DEFAULT)
+    # the attention kernel while training only ("eager", "sdpa"; None: the model's own,
+    # model.attn_implementation); generation keeps the model's. precision=auto sets "eager" on a
+    # CPU with native bf16 (config/precision.py). Left out of saved configs while None.
+    attention: Optional[str] = field(default=None, metadata=OMIT_WHEN_DEFAULT)
     log_every_n_steps: int = 5
     checkpoint_every_n_steps: int = 50
     deterministic: bool = False

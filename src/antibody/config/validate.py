@@ -71,6 +71,9 @@ REFUSED_PRECISIONS = ("16-mixed",)
 # afterwards has the weights back but not its own state (weight records, counters), so the
 # run's files would be wrong; `ddp` (one process per device, each running the stage) is right
 SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+# transformers' attention implementations a model can be switched to for training
+# (PreTrainedModel.set_attn_implementation); the GPU kernels need their packages
+ATTENTION_KERNELS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
 # W&B's documented modes, if wandb itself cannot be asked (it is a dependency: a fallback only)
 _WANDB_MODES = ("online", "offline", "disabled")
 
@@ -168,6 +171,8 @@ def _check_trainer(cfg: Config) -> None:
                     f"data.{key}={size} is not divisible by trainer.devices x trainer.num_nodes = {world} "
                     "(the batch size is global; each process takes batch_size / processes rows)"
                 )
+    if t.attention is not None:
+        _one_of("trainer.attention", t.attention, ATTENTION_KERNELS)
     _one_of("logger.mode", cfg.logger.mode, choices.logger_mode)
     precision = choices.aliases.get(t.precision, t.precision)
     if precision in REFUSED_PRECISIONS:
