@@ -132,13 +132,18 @@ def tfidf_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("judge-cache")
 
 
-def test_tfidf_trains_reports_and_caches(tfidf_cache, monkeypatch, capsys):
+def test_tfidf_trains_reports_and_caches(tfidf_cache, monkeypatch, caplog):
+    import logging
+
+    # the judge announces itself on the `antibody` logger, which the CLI keeps from root
+    monkeypatch.setattr(logging.getLogger("antibody"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="antibody.evaluation.judges.trained")
     judge = build_judge(JudgeKind.TFIDF, compose(["experiment=tiny"]), tfidf_cache)
     assert isinstance(judge, TfidfJudge) and isinstance(judge, Judge)
     report = judge.report()
     assert report["trained_now"] is True
     assert report["validation_auroc"] > 0.8
-    assert "validation AUROC" in capsys.readouterr().out
+    assert "judge tfidf" in caplog.text and "(trained): validation AUROC" in caplog.text
     files = list((tfidf_cache / "judges").iterdir())
     assert [f.name for f in files] == [f"tfidf-{judge.version}.pkl"]  # no temp file left
 
