@@ -274,8 +274,7 @@ def compose(overrides: Optional[list[str]] = None, conf_dir: Optional[Path] = No
     from antibody.config.attack_rules import apply_attack
     from antibody.config.validate import validate
 
-    # once, here: a hyper-parameter attack's change is then in the resolved config (and saved),
-    # as is the precision "auto" stands for on this machine (config/precision.py)
+    # once, here: an attack's changes and what precision "auto" stands for are then saved
     obj = resolve_precision(apply_attack(obj))
     validate(obj)
     _check_upload_overrides(obj, dotlist)

@@ -346,15 +346,11 @@ class TrainerConfig:
     accelerator: str = "cpu"
     devices: int = 1
     strategy: str = "auto"
-    # Lightning's precision string, or "auto" (bf16-mixed where the hardware has native bf16,
-    # else 32-true), which compose resolves: saved configs never say "auto" (config/precision.py)
-    precision: str = "32-true"
+    precision: str = "32-true"  # or "auto", resolved at compose (config/precision.py)
     # processes = devices x num_nodes under DDP (docs/multi-gpu.md); left out of saved
     # configs and study keys while 1, so runs keyed before it existed are found again
     num_nodes: int = field(default=1, metadata=OMIT_WHEN_DEFAULT)
-    # the attention kernel while training only ("eager", "sdpa"; None: the model's own,
-    # model.attn_implementation); generation keeps the model's. precision=auto sets "eager" on a
-    # CPU with native bf16 (config/precision.py). Left out of saved configs while None.
+    # the attention kernel of training only (None: the model's own); see config/precision.py
     attention: Optional[str] = field(default=None, metadata=OMIT_WHEN_DEFAULT)
     log_every_n_steps: int = 5
     checkpoint_every_n_steps: int = 50
