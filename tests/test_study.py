@@ -570,8 +570,9 @@ def test_step_costs_tell_quantisation_and_precision_apart():
 
     base = ["experiment=tiny", "method=sft"]
     keys = {cost_key(compose([*base, *extra]), Stage.ALIGN)
-            for extra in ([], ["model.quantization=nf4"], ["trainer.precision=bf16-mixed"], ["model.dtype=bfloat16"])}
-    assert len(keys) == 4
+            for extra in ([], ["model.quantization=nf4"], ["trainer.precision=bf16-mixed"], ["model.dtype=bfloat16"],
+                          ["trainer.precision=bf16-mixed", "trainer.attention=eager"])}
+    assert len(keys) == 5
 
 
 def test_results_json_round_trips_through_the_types(tmp_path):

@@ -76,7 +76,8 @@ def measured_eval_seconds(root: Path, model_name: str) -> float | None:
 def cost_key(cfg: Config, stage: Stage) -> tuple:
     """What a step's cost depends on: stage, method, model (its quantisation too: an nf4 SFT
     step of the embedded model took 12.98 s on the CPU against about 3.5 s in fp32), device
-    and precision (bf16-mixed: 0.68-0.77x the fp32 step, docs/calibration.md), sequence length
+    and precision (bf16-mixed: 0.68-0.77x the fp32 step, docs/calibration.md) and training's attention
+    kernel (eager under bf16: 0.50-0.61x the fp32 step), sequence length
     and batch sizes, and the method settings that change the passes a step makes (RepNoise's
     logit lens: `make bench` measured 9.82x an SFT step with it, 2.45x without)."""
     from antibody.config.schema import AlignMethod
@@ -87,7 +88,7 @@ def cost_key(cfg: Config, stage: Stage) -> tuple:
     if stage is Stage.ALIGN and cfg.method.align.method is AlignMethod.REPNOISE:
         passes = ("logit_lens", cfg.method.align.repnoise.logit_lens)
     return (stage.value, stage_method(cfg, stage), cfg.model.name, cfg.model.quantization.value, cfg.model.dtype,
-            cfg.trainer.accelerator, cfg.trainer.precision, d.max_length, *batch, passes)
+            cfg.trainer.accelerator, cfg.trainer.precision, cfg.trainer.attention, d.max_length, *batch, passes)
 
 
 def measured_step_costs(root: Path) -> dict[tuple, float]:
