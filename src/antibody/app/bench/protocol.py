@@ -21,16 +21,13 @@ class Protocol:
     repeats: int
     methods: dict[Stage, list[str]]  # per stage that runs: SFT first, then the enum's order
     memory: bool
-    # trainer.precision of each variant, the first the reference of the variant ratio;
-    # empty: the config's own precision only
-    precisions: tuple[str, ...] = ()
-    # or the gradient_clip_val of both stages per variant (0: off)
-    clips: tuple[str, ...] = ()
     # repair methods timed once per round at the first variant (bench.repair), against the
     # round's SFT fine-tuning step
     repairs: tuple[str, ...] = ()
-    # or named sets of config overrides ((label, overrides), ...): any comparison, e.g. fp32
-    # against bf16-mixed with eager attention
+    # the one axis of variants compared (precision, clipping, or named sets of overrides) and
+    # each variant's (label, overrides), the first the reference of the variant ratio; none:
+    # the config as it is
+    axis: str = "precision"
     variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
@@ -70,23 +67,28 @@ def parse_protocol(args: list[str]) -> tuple[Protocol, list[str]]:
     if memory not in (None, "true", "false"):
         raise ConfigError(f"memory={memory}: expected true or false")
     precisions, args = pop_arg(args, "precisions")
-    chosen = tuple(dict.fromkeys(p.strip() for p in (precisions or "").split(",") if p.strip()))
-    if precisions is not None and not chosen:
-        raise ConfigError(f"precisions={precisions}: name one or more trainer.precision values, e.g. 32-true,bf16-mixed")
     clip, args = pop_arg(args, "clip")
-    clips = tuple(dict.fromkeys(c.strip() for c in (clip or "").split(",") if c.strip()))
-    if clip is not None:
-        bad = [c for c in clips if not _is_norm(c)]
-        if not clips or bad:
-            raise ConfigError(f"clip={clip}: name one or more global gradient norms >= 0 (0 is off), e.g. 0,1.0")
-        if chosen:
-            raise ConfigError(f"precisions={precisions} and clip={clip}: the bench compares one axis at a time")
     spec, args = pop_arg(args, "variants")
-    variants = _variants_arg(spec) if spec is not None else ()
-    if variants and (chosen or clips):
-        raise ConfigError(f"variants={spec} with precisions= or clip=: the bench compares one axis at a time")
+    named = [f"{k}={v}" for k, v in (("precisions", precisions), ("clip", clip), ("variants", spec)) if v is not None]
+    if len(named) > 1:
+        raise ConfigError(f"{' and '.join(named)}: the bench compares one axis at a time")
+    axis, variants = "precision", ()
+    if precisions is not None:
+        chosen = tuple(dict.fromkeys(p.strip() for p in precisions.split(",") if p.strip()))
+        if not chosen:
+            raise ConfigError(f"precisions={precisions}: name one or more trainer.precision values, e.g. 32-true,bf16-mixed")
+        variants = tuple((p, (f"trainer.precision={p}",)) for p in chosen)
+    elif clip is not None:
+        clips = tuple(dict.fromkeys(c.strip() for c in clip.split(",") if c.strip()))
+        if not clips or not all(_is_norm(c) for c in clips):
+            raise ConfigError(f"clip={clip}: name one or more global gradient norms >= 0 (0 is off), e.g. 0,1.0")
+        axis = "clipping"
+        variants = tuple((f"clip {c}", (f"method.align.gradient_clip_val={c}", f"method.finetune.gradient_clip_val={c}"))
+                         for c in clips)
+    elif spec is not None:
+        axis, variants = "variant", _variants_arg(spec)
     plan, repairs = _methods_arg(methods)
-    return Protocol(steps, warmup, repeats, plan, memory != "false", chosen, clips, repairs, variants), args
+    return Protocol(steps, warmup, repeats, plan, memory != "false", repairs, axis, variants), args
 
 
 def _variants_arg(spec: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -115,17 +117,12 @@ def _is_norm(text: str) -> bool:
 
 
 def variant_args(args: list[str], protocol: Protocol) -> dict[str, list[str]]:
-    """The overrides of each variant the bench compares, by label: precisions, or clipping
-    norms ("clip 1.0"); the config as it is (labelled by its precision) when none is named."""
-    if protocol.variants:
-        return {label: [*args, *overrides] for label, overrides in protocol.variants}
-    if protocol.clips:
-        return {f"clip {c}": [*args, f"method.align.gradient_clip_val={c}", f"method.finetune.gradient_clip_val={c}"]
-                for c in protocol.clips}
-    if not protocol.precisions:
+    """The overrides of each variant the bench compares, by label; the config as it is
+    (labelled by its precision) when none is named."""
+    if not protocol.variants:
         return {compose(args).trainer.precision: list(args)}
-    return {p: [*args, f"trainer.precision={p}"] for p in protocol.precisions}
+    return {label: [*args, *overrides] for label, overrides in protocol.variants}
 
 
 def variant_axis(protocol: Protocol) -> str:
-    return "variant" if protocol.variants else "clipping" if protocol.clips else "precision"
+    return protocol.axis

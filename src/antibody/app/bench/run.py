@@ -264,11 +264,12 @@ def bench_command(args: list[str]) -> int:
         "model": base.model.name,
         "device": base.trainer.accelerator,
         "precision": base.trainer.precision,
-        "axis": variant_axis(protocol),  # what the variants vary: precision or clipping
+        "axis": variant_axis(protocol),  # what the variants vary: precision, clipping or named overrides
         "variant": variants[0],  # of "stages"; the others' in "by_variant", with their ratio to it
         "variants": variants,
         # variants=...: each label's overrides, named in the table's caption
-        **({"variant_overrides": {label: list(o) for label, o in protocol.variants}} if protocol.variants else {}),
+        **({"variant_overrides": {label: list(o) for label, o in protocol.variants}}
+           if protocol.axis == "variant" else {}),
         "by_variant": {p: {"stages": by_variant[p]} for p in variants[1:]},
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
